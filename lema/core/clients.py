@@ -1,0 +1,71 @@
+"""Typed clients for lema's gRPC services. Every call carries a deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lema.core.answers import DatasetKind
+from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
+from lema.core.records import Verdict
+from lema.v1 import verifier_pb2, verifier_pb2_grpc
+
+
+def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
+    """SERVING / NOT_SERVING / UNKNOWN / UNREACHABLE, for status displays and readiness waits."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.RpcError:
+        return "UNREACHABLE"
+
+
+@dataclass(frozen=True)
+class VerifyJob:
+    kind: DatasetKind
+    gold: str
+    candidate: str
+    candidate_is_answer: bool = False
+    id: str = ""
+
+
+class VerifierClient:
+    def __init__(self, address: str, timeout_s: float = 30.0):
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address)
+        self._stub = verifier_pb2_grpc.VerifierStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> VerifierClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @staticmethod
+    def _request(job: VerifyJob) -> verifier_pb2.VerifyRequest:
+        return verifier_pb2.VerifyRequest(
+            kind=KIND_TO_PB[job.kind],
+            gold_answer=job.gold,
+            candidate=job.candidate,
+            candidate_is_answer=job.candidate_is_answer,
+            id=job.id,
+        )
+
+    def verify(self, job: VerifyJob) -> Verdict:
+        return verdict_from_pb(self._stub.Verify(self._request(job), timeout=self.timeout_s).verdict)
+
+    def verify_batch(self, jobs: Iterable[VerifyJob], batch_timeout_s: float = 600.0) -> Iterator[Verdict]:
+        """Verdicts in job order (streamed as they are ready)."""
+        request = verifier_pb2.VerifyBatchRequest(items=[self._request(j) for j in jobs])
+        for response in self._stub.VerifyBatch(request, timeout=batch_timeout_s):
+            yield verdict_from_pb(response.verdict)

@@ -1,0 +1,81 @@
+"""What every lema gRPC server shares: health checking, reflection, limits, metrics, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from lema.core.config import GrpcServerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One gRPC service to mount: its full name (for health and reflection) and how to add it."""
+
+    full_name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+
+
+async def run_grpc_server(
+    config: GrpcServerConfig,
+    services: Sequence[ServiceBinding],
+    on_ready: Callable[[int], None] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then stop gracefully (NOT_SERVING, drain in-flight calls, close)."""
+    limit = config.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    for service in services:
+        service.add_to_server(server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = [s.full_name for s in services]
+    reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                         reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {config.host}:{config.port}")
+    if config.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port, addr=config.host)
+    await server.start()
+    for name in ["", *names]:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving %s on %s:%d", ", ".join(names), config.host, port)
+    if on_ready is not None:
+        on_ready(port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: draining in-flight calls for up to %.1fs", config.grace_s)
+    await health.enter_graceful_shutdown()
+    await server.stop(config.grace_s)
+    if on_shutdown is not None:
+        await on_shutdown()
+    log.info("stopped")
+
+
+def invalid_argument(context: grpc.aio.ServicerContext, message: str) -> Awaitable[None]:
+    """Abort the call with INVALID_ARGUMENT and a message a person can act on."""
+    return context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)

@@ -1,0 +1,100 @@
+"""Shared fixtures: real servers on 127.0.0.1 started through the real `lema` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def lema_command() -> list[str]:
+    exe = shutil.which("lema", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "lema.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(address: str, timeout: float = 60.0, service: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with grpc.insecure_channel(address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"{address} not SERVING after {timeout}s: {last}")
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    address: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout=timeout)
+
+
+def start_server(args: list[str], port: int, log_path: Path, timeout: float = 120.0) -> RunningServer:
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [*lema_command(), *args], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    server = RunningServer(process, f"127.0.0.1:{port}", log_path)
+    try:
+        wait_healthy(server.address, timeout=timeout)
+    except TimeoutError:
+        process.kill()
+        raise RuntimeError(f"server failed to start:\n{server.log()}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def verifier_server(tmp_path_factory) -> Iterator[RunningServer]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("verifier") / "server.log"
+    server = start_server(
+        ["serve", "verifier", "--port", str(port), "--workers", "2", "--item-timeout", "2"], port, log_path
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def verifier_channel(verifier_server) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(verifier_server.address) as channel:
+        yield channel
+
+
+def require_shared_data(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"{path} is missing (the GSM8K/MATH copies live in ../shared/data)")
+    return path
