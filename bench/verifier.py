@@ -105,7 +105,7 @@ def main() -> None:
 
     items = load_items(args.limit)
     groups = {name: [it for it in items if it[0] == name] for name in ("gsm8k", "math")}
-    console = Console()
+    console = Console(width=130)
     console.print(f"{len(items)} items (gold vs itself + perturbed), service workers={args.workers}")
     service = run_service(groups, args.workers)
     direct = {name: run_direct(group) for name, group in groups.items()}

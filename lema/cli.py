@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # keep gRPC's C-core chatter (GOAWAY notices) off the console
 
 app = typer.Typer(
     name="lema",
@@ -58,6 +61,144 @@ def serve_verifier(
     except ValueError as exc:
         _fail(str(exc))
     main(section)
+
+
+@serve_app.command("reasoner")
+def serve_reasoner(
+    model: Optional[str] = typer.Option(None, help="lema-tiny (default), smollm2, a local folder or a HF id"),
+    engine: Optional[str] = typer.Option(None, help="vllm | transformers | openai"),
+    port: Optional[int] = typer.Option(None, help="gRPC port (default 50062; 0 picks a free one)"),
+    host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL (engine=openai)"),
+    adapter: list[str] = typer.Option([], help="preload a LoRA adapter: NAME=PATH (repeatable)"),
+    max_samples: Optional[int] = typer.Option(None, help="upper limit on samples per problem"),
+    metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus metrics on this port"),
+    config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
+) -> None:
+    """Serve the reasoner over gRPC: n step-by-step solutions per problem."""
+    from lema.core.config import load_config
+    from lema.services.reasoner.server import main
+
+    section = load_config(config).reasoner
+    overrides = {
+        "model": model, "engine": engine, "port": port, "host": host, "base_url": base_url,
+        "max_samples": max_samples, "metrics_port": metrics_port,
+    }
+    try:
+        section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    except ValueError as exc:
+        _fail(str(exc))
+    adapters = {}
+    for spec in adapter:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            _fail(f"--adapter must be NAME=PATH (got {spec!r})")
+        adapters[name] = path
+    main(section, adapters)
+
+
+@serve_app.command("corrector")
+def serve_corrector(
+    upstream: Optional[str] = typer.Option(None, help="reference (default, synthetic problems) | openai"),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible upstream URL, e.g. http://127.0.0.1:3000/v1"),
+    model: Optional[str] = typer.Option(None, help="the upstream model name"),
+    api_key_env: Optional[str] = typer.Option(None, help="environment variable holding the upstream API key"),
+    max_candidates: Optional[int] = typer.Option(None, help="samples drawn until one verifies"),
+    port: Optional[int] = typer.Option(None, help="gRPC port (default 50063; 0 picks a free one)"),
+    host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus metrics on this port"),
+    config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
+) -> None:
+    """Serve the corrector proxy over gRPC: correction-as-a-service in front of a trusted model."""
+    from lema.core.config import load_config
+    from lema.services.corrector.server import main
+
+    section = load_config(config).corrector
+    overrides = {
+        "upstream": upstream, "base_url": base_url, "model": model, "api_key_env": api_key_env,
+        "max_candidates": max_candidates, "port": port, "host": host, "metrics_port": metrics_port,
+    }
+    try:
+        section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    except ValueError as exc:
+        _fail(str(exc))
+    if section.upstream == "openai" and not section.base_url:
+        _fail("--upstream openai needs --base-url")
+    main(section)
+
+
+@app.command()
+def correct(
+    question: str = typer.Option(..., help="the problem statement"),
+    solution_file: Path = typer.Option(..., help="the wrong solution, as text"),
+    gold: Optional[str] = typer.Option(None, help="the gold answer: keep only corrections that verify"),
+    kind: str = typer.Option("gsm8k", help="gsm8k | math | synthetic"),
+    server: Optional[str] = typer.Option(None, help="a running corrector at HOST:PORT"),
+    base_url: Optional[str] = typer.Option(None, help="in-process, OpenAI-compatible upstream URL"),
+    model: str = typer.Option("gpt-4", help="the upstream model name (with --base-url)"),
+    program_file: Optional[Path] = typer.Option(None, help="in-process reference corrector: the synthetic program JSON"),
+    max_candidates: int = typer.Option(0, help="samples until one verifies (0 = server default)"),
+    timeout: float = typer.Option(120.0, help="deadline, seconds"),
+) -> None:
+    """Correct one wrong solution and print the correction as JSON."""
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from lema.core.answers import DatasetKind
+    from lema.core.proto_convert import KIND_TO_PB
+    from lema.v1 import common_pb2, corrector_pb2, corrector_pb2_grpc
+
+    try:
+        dataset_kind = DatasetKind(kind.lower())
+    except ValueError:
+        _fail(f"--kind must be one of gsm8k, math, synthetic (got {kind!r})")
+    try:
+        solution = solution_file.read_text()
+        program = program_file.read_text() if program_file else ""
+    except OSError as exc:
+        _fail(f"cannot read a file: {exc}")
+    request = corrector_pb2.CorrectRequest(
+        problem=common_pb2.Problem(kind=KIND_TO_PB[dataset_kind], question=question, gold_answer=gold or "",
+                                   program_json=program),
+        wrong_solution=solution,
+        max_candidates=max_candidates,
+    )
+    if server is None:
+        response = asyncio.run(_correct_in_process(request, base_url, model, timeout))
+    else:
+        with grpc.insecure_channel(server) as channel:
+            try:
+                response = corrector_pb2_grpc.CorrectorStub(channel).Correct(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                _fail(f"{exc.code().name}: {exc.details()}", code=1)
+    typer.echo(json.dumps(MessageToDict(response, preserving_proto_field_name=True), ensure_ascii=False))
+
+
+async def _correct_in_process(request, base_url: Optional[str], model: str, timeout: float):
+    """Run the same servicer code in-process, against a throwaway gRPC server on a free loopback port."""
+    import grpc
+
+    from lema.core.config import CorrectorConfig
+    from lema.services.corrector.server import build_proxy
+    from lema.services.corrector.servicer import CorrectorServicer
+    from lema.v1 import corrector_pb2_grpc
+
+    config = CorrectorConfig(upstream="openai" if base_url else "reference", base_url=base_url, model=model)
+    proxy = await build_proxy(config)
+    server = grpc.aio.server()
+    corrector_pb2_grpc.add_CorrectorServicer_to_server(CorrectorServicer(proxy, config), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                return await corrector_pb2_grpc.CorrectorStub(channel).Correct(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                _fail(f"{exc.code().name}: {exc.details()}", code=1)
+    finally:
+        await server.stop(0)
+        await proxy.upstream.close()
+        await proxy.verifier.close()
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,8 +41,47 @@ class VerifierConfig(GrpcServerConfig):
     max_batch_items: int = Field(default=10_000, ge=1)
 
 
+class ReasonerConfig(GrpcServerConfig):
+    port: int = DEFAULT_PORTS["reasoner"]
+    model: str = Field(default="lema-tiny", description="lema-tiny, smollm2, a local folder or a Hugging Face id")
+    engine: Literal["vllm", "transformers", "openai"] = "transformers"
+    base_url: str | None = Field(default=None, description="OpenAI-compatible server (engine=openai)")
+    api_key_env: str = "OPENAI_API_KEY"
+    max_samples: int = Field(default=64, ge=1, description="upper limit on n per problem")
+    max_problems: int = Field(default=512, ge=1)
+    max_question_chars: int = Field(default=8_000, ge=1)
+    max_tokens_limit: int = Field(default=2_048, ge=1)
+    default_max_tokens: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="problems per engine call (and per streamed chunk)")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for local engines (default 1 on CPU)")
+
+
+class CorrectorConfig(GrpcServerConfig):
+    port: int = DEFAULT_PORTS["corrector"]
+    upstream: Literal["reference", "openai"] = "reference"
+    base_url: str | None = Field(default=None, description="OpenAI-compatible upstream (upstream=openai)")
+    model: str = Field(default="gpt-4", description="the upstream's model name")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the API key")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="deadline of one upstream call")
+    max_retries: int = Field(default=3, ge=0, description="retries on 429, 5xx and timeouts")
+    max_concurrency: int = Field(default=8, ge=1, description="calls in flight toward the upstream")
+    max_candidates: int = Field(default=3, ge=1, le=16, description="samples drawn until one verifies (with a gold answer)")
+    temperature: float = Field(default=0.7, ge=0, description="sampling temperature of the 2nd..k-th candidates")
+    max_tokens: int = Field(default=768, ge=1)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    cache_entries: int = Field(default=10_000, ge=0)
+    usd_per_million_prompt_tokens: float = Field(default=0.0, ge=0)
+    usd_per_million_completion_tokens: float = Field(default=0.0, ge=0)
+    max_question_chars: int = Field(default=8_000, ge=1)
+    max_solution_chars: int = Field(default=16_000, ge=1)
+    max_batch_items: int = Field(default=1_000, ge=1)
+
+
 class LemaConfig(_Section):
     verifier: VerifierConfig = VerifierConfig()
+    reasoner: ReasonerConfig = ReasonerConfig()
+    corrector: CorrectorConfig = CorrectorConfig()
 
 
 def load_config(path: str | Path | None = None) -> LemaConfig:

@@ -44,3 +44,48 @@ def split_steps(solution: str) -> list[str]:
         return stepped
     lines = [ln.strip() for ln in solution.splitlines() if ln.strip()]
     return [ln for ln in lines if not ln.lower().startswith(ANSWER_PREFIX.lower())]
+
+
+# --- the correction format (the paper's second input/output format) ------------------------------------
+
+CORRECT_INSTRUCTION = (
+    "For the question and its original solution below, find the first incorrect step, explain why it is "
+    "incorrect, and write the correct solution from that step on."
+)
+INCORRECT_STEP_LABEL = "Incorrect Step:"
+
+
+def numbered_solution(solution: str) -> str:
+    """A solution as numbered steps plus its answer line (free-form text gets one step per line)."""
+    steps = split_steps(solution)
+    answer_lines = [ln.strip() for ln in solution.splitlines() if ln.strip().lower().startswith(ANSWER_PREFIX.lower())]
+    lines = [f"Step {i}: {s}" for i, s in enumerate(steps, start=1)]
+    if answer_lines:
+        lines.append(answer_lines[-1])
+    return "\n".join(lines)
+
+
+def correction_input(question: str, wrong_solution: str) -> str:
+    """The paper's correction input: instruction, question, the wrong solution as numbered steps in braces,
+    ending with the "Incorrect Step:" label that the output continues."""
+    return (
+        f"{CORRECT_INSTRUCTION}\nQuestion: {question.strip()}\n"
+        f"Original Solution: {{\n{numbered_solution(wrong_solution)}\n}}\n{INCORRECT_STEP_LABEL}"
+    )
+
+
+def correction_output(incorrect_step: int, explanation: str, corrected_solution: str) -> str:
+    """The paper's correction output: the step number, the explanation, the corrected solution in braces.
+    Earlier, unchanged steps are elided as "..." at the top of the corrected solution."""
+    return (
+        f" Step {incorrect_step}.\nExplanation: {explanation.strip()}\n"
+        f"Correct Solution: {{\n{corrected_solution.strip()}\n}}"
+    )
+
+
+def corrected_from_step(steps: list[str], start: int, answer: str) -> str:
+    """Render a corrected solution that continues from step `start` (1-based): "...", then the steps."""
+    lines = ["..."] if start > 1 else []
+    lines += [f"Step {i}: {s.strip()}" for i, s in enumerate(steps[start - 1 :], start=start)]
+    lines.append(f"{ANSWER_PREFIX} {answer}.")
+    return "\n".join(lines)

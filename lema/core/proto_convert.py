@@ -62,3 +62,16 @@ def verdict_from_pb(message: pb.Verdict) -> Verdict:
         detail=message.detail,
         elapsed_ms=message.elapsed_ms,
     )
+
+
+def synthetic_to_pb(problem, source: str = "synthetic") -> pb.Problem:
+    """A lema synthetic problem (with its program) as a wire Problem."""
+    return pb.Problem(
+        id=problem.id,
+        kind=pb.DATASET_KIND_SYNTHETIC,
+        question=problem.question,
+        gold_answer=problem.answer,
+        source=source,
+        program_json=problem.program.to_json(),
+        metadata={"family": problem.family, "n_steps": str(problem.n_steps), "split": problem.split},
+    )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lema.v1 import common_pb2 as lema_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lema/v1/reasoner.proto\x12\x07lema.v1\x1a\x14lema/v1/common.proto\"~\n\x0cSolveRequest\x12\"\n\x08problems\x18\x01 \x03(\x0b\x32\x10.lema.v1.Problem\x12)\n\x08sampling\x18\x02 \x01(\x0b\x32\x17.lema.v1.SamplingParams\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12\x0e\n\x06verify\x18\x04 \x01(\x08\"L\n\rSolveResponse\x12$\n\x04path\x18\x01 \x01(\x0b\x32\x16.lema.v1.ReasoningPath\x12\x15\n\rproblem_index\x18\x02 \x01(\x05\"\x13\n\x11ListModelsRequest\"k\n\x12ListModelsResponse\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x10\n\x08\x61\x64\x61pters\x18\x03 \x03(\t\x12\x1f\n\x17max_samples_per_problem\x18\x04 \x01(\x05\x32\x8b\x01\n\x08Reasoner\x12\x38\n\x05Solve\x12\x15.lema.v1.SolveRequest\x1a\x16.lema.v1.SolveResponse0\x01\x12\x45\n\nListModels\x12\x1a.lema.v1.ListModelsRequest\x1a\x1b.lema.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lema/v1/reasoner.proto\x12\x07lema.v1\x1a\x14lema/v1/common.proto\"~\n\x0cSolveRequest\x12\"\n\x08problems\x18\x01 \x03(\x0b\x32\x10.lema.v1.Problem\x12)\n\x08sampling\x18\x02 \x01(\x0b\x32\x17.lema.v1.SamplingParams\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12\x0e\n\x06verify\x18\x04 \x01(\x08\"L\n\rSolveResponse\x12$\n\x04path\x18\x01 \x01(\x0b\x32\x16.lema.v1.ReasoningPath\x12\x15\n\rproblem_index\x18\x02 \x01(\x05\"\x13\n\x11ListModelsRequest\"k\n\x12ListModelsResponse\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x10\n\x08\x61\x64\x61pters\x18\x03 \x03(\t\x12\x1f\n\x17max_samples_per_problem\x18\x04 \x01(\x05\"0\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t2\xd4\x01\n\x08Reasoner\x12\x38\n\x05Solve\x12\x15.lema.v1.SolveRequest\x1a\x16.lema.v1.SolveResponse0\x01\x12\x45\n\nListModels\x12\x1a.lema.v1.ListModelsRequest\x1a\x1b.lema.v1.ListModelsResponse\x12G\n\x0bLoadAdapter\x12\x1b.lema.v1.LoadAdapterRequest\x1a\x1b.lema.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST']._serialized_end=282
   _globals['_LISTMODELSRESPONSE']._serialized_start=284
   _globals['_LISTMODELSRESPONSE']._serialized_end=391
-  _globals['_REASONER']._serialized_start=394
-  _globals['_REASONER']._serialized_end=533
+  _globals['_LOADADAPTERREQUEST']._serialized_start=393
+  _globals['_LOADADAPTERREQUEST']._serialized_end=441
+  _globals['_REASONER']._serialized_start=444
+  _globals['_REASONER']._serialized_end=656
 # @@protoc_insertion_point(module_scope)

@@ -42,3 +42,11 @@ class ListModelsResponse(_message.Message):
     adapters: _containers.RepeatedScalarFieldContainer[str]
     max_samples_per_problem: int
     def __init__(self, base_model: _Optional[str] = ..., engine: _Optional[str] = ..., adapters: _Optional[_Iterable[str]] = ..., max_samples_per_problem: _Optional[int] = ...) -> None: ...
+
+class LoadAdapterRequest(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...

@@ -44,6 +44,11 @@ class ReasonerStub:
                 request_serializer=lema_dot_v1_dot_reasoner__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=lema_dot_v1_dot_reasoner__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.LoadAdapter = channel.unary_unary(
+                '/lema.v1.Reasoner/LoadAdapter',
+                request_serializer=lema_dot_v1_dot_reasoner__pb2.LoadAdapterRequest.SerializeToString,
+                response_deserializer=lema_dot_v1_dot_reasoner__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class ReasonerServicer:
@@ -62,6 +67,13 @@ class ReasonerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadAdapter(self, request, context):
+        """Loads a LoRA adapter (PEFT folder) under a new, never reused name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReasonerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_ReasonerServicer_to_server(servicer, server):
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=lema_dot_v1_dot_reasoner__pb2.ListModelsRequest.FromString,
+                    response_serializer=lema_dot_v1_dot_reasoner__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'LoadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadAdapter,
+                    request_deserializer=lema_dot_v1_dot_reasoner__pb2.LoadAdapterRequest.FromString,
                     response_serializer=lema_dot_v1_dot_reasoner__pb2.ListModelsResponse.SerializeToString,
             ),
     }
@@ -129,6 +146,33 @@ class Reasoner:
             target,
             '/lema.v1.Reasoner/ListModels',
             lema_dot_v1_dot_reasoner__pb2.ListModelsRequest.SerializeToString,
+            lema_dot_v1_dot_reasoner__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lema.v1.Reasoner/LoadAdapter',
+            lema_dot_v1_dot_reasoner__pb2.LoadAdapterRequest.SerializeToString,
             lema_dot_v1_dot_reasoner__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,

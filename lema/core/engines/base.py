@@ -1,0 +1,82 @@
+"""One engine interface for every generator: the reasoner, the endpoint and the trainer's evaluation use it.
+
+A prompt is either raw text (sent as is) or a list of chat messages (rendered with the model's chat template
+by local engines, sent to /v1/chat/completions by the OpenAI engine). Every call asks for `n` samples per
+prompt and may name a LoRA adapter loaded earlier with `load_adapter`.
+
+Adapter names are never reused for different weights: vLLM keeps prefix-cache entries keyed by adapter name
+and serves stale ones after a same-name reload (vLLM issue #42125), so every adapter *version* gets its own name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Union, runtime_checkable
+
+ChatMessage = dict[str, str]  # {"role": ..., "content": ...}
+Prompt = Union[str, list[ChatMessage]]
+
+
+class EngineError(RuntimeError):
+    """A generation request the engine cannot serve (unknown adapter, bad parameters, ...)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("n must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: str = "stop"  # "stop" (eos or a stop string) | "length"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    path: str
+    rank: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str  # "vllm" | "transformers" | "openai"
+    model_id: str
+
+    async def generate(
+        self, prompts: list[Prompt], params: SamplingParams, adapter: str | None = None
+    ) -> list[list[Completion]]:
+        """n completions for every prompt, in prompt order."""
+        ...
+
+    async def load_adapter(self, name: str, path: str) -> AdapterInfo: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+    def adapters(self) -> list[AdapterInfo]: ...
+
+    async def close(self) -> None: ...

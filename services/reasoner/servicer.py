@@ -1,0 +1,138 @@
+"""gRPC Reasoner: n step-by-step solutions per problem from one engine (base model or a LoRA adapter)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from lema.core.answers import extract_answer
+from lema.core.config import ReasonerConfig
+from lema.core.engines import Engine, EngineError, SamplingParams
+from lema.core.formats import cot_prompt, split_steps
+from lema.core.grpc_server import invalid_argument
+from lema.core.proto_convert import kind_from_pb, verdict_to_pb
+from lema.core.verifier_pool import VerifierPool, VerifyItem
+from lema.v1 import common_pb2 as pb
+from lema.v1 import reasoner_pb2 as rpb
+from lema.v1 import reasoner_pb2_grpc
+
+PATHS = Counter("lema_reasoner_paths_total", "Reasoning paths generated", ["adapter"])
+TOKENS = Counter("lema_reasoner_completion_tokens_total", "Completion tokens generated", ["adapter"])
+CHUNK_SECONDS = Histogram("lema_reasoner_chunk_seconds", "Engine time per chunk of problems")
+
+
+class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
+    def __init__(self, engine: Engine, config: ReasonerConfig, verifier: VerifierPool | None = None):
+        self.engine = engine
+        self.config = config
+        self.verifier = verifier
+
+    def _sampling(self, message: pb.SamplingParams) -> tuple[SamplingParams | None, str]:
+        c = self.config
+        if message.n <= 0:
+            return None, f"sampling.n must be >= 1 (got {message.n})"
+        if message.n > c.max_samples:
+            return None, f"sampling.n is {message.n}; this server allows at most {c.max_samples} samples per problem"
+        if message.temperature < 0:
+            return None, f"sampling.temperature must be >= 0 (got {message.temperature})"
+        if not 0 <= message.top_p <= 1:
+            return None, f"sampling.top_p must be in (0, 1] (got {message.top_p})"
+        if message.max_tokens < 0 or message.max_tokens > c.max_tokens_limit:
+            return None, f"sampling.max_tokens must be in 1..{c.max_tokens_limit} (got {message.max_tokens})"
+        return SamplingParams(
+            n=message.n,
+            temperature=message.temperature,
+            top_p=message.top_p or 1.0,
+            max_tokens=message.max_tokens or c.default_max_tokens,
+            stop=tuple(message.stop),
+            seed=message.seed if message.HasField("seed") else None,
+        ), ""
+
+    async def Solve(self, request: rpb.SolveRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.SolveResponse]:
+        c = self.config
+        if not request.problems:
+            await invalid_argument(context, "problems is empty")
+        if len(request.problems) > c.max_problems:
+            await invalid_argument(context, f"{len(request.problems)} problems; the limit is {c.max_problems}")
+        for i, problem in enumerate(request.problems):
+            if not problem.question.strip():
+                await invalid_argument(context, f"problems[{i}].question is empty")
+            if len(problem.question) > c.max_question_chars:
+                await invalid_argument(
+                    context,
+                    f"problems[{i}].question has {len(problem.question)} characters; the limit is {c.max_question_chars}",
+                )
+            if kind_from_pb(problem.kind) is None:
+                await invalid_argument(context, f"problems[{i}].kind must be gsm8k (1), math (2) or synthetic (3)")
+            if request.verify and not problem.gold_answer.strip():
+                await invalid_argument(context, f"problems[{i}].gold_answer is empty but verify was requested")
+        params, error = self._sampling(request.sampling)
+        if params is None:
+            await invalid_argument(context, error)
+        adapter = request.adapter or None
+        if adapter and adapter not in {a.name for a in self.engine.adapters()}:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"adapter {adapter!r} is not loaded")
+
+        sampling_echo = pb.SamplingParams()
+        sampling_echo.CopyFrom(request.sampling)
+        model = pb.ModelRef(model=self.engine.model_id, adapter=request.adapter)
+        problems = list(request.problems)
+        # Chunks bound the work done after a client cancels or its deadline passes, and stream results early.
+        for start in range(0, len(problems), c.batch_size):
+            chunk = problems[start : start + c.batch_size]
+            prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in chunk]
+            started = time.perf_counter()
+            try:
+                completions = await self.engine.generate(prompts, params, adapter)
+            except EngineError as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            CHUNK_SECONDS.observe(elapsed_ms / 1000)
+            for offset, (problem, samples) in enumerate(zip(chunk, completions)):
+                kind = kind_from_pb(problem.kind)
+                for index, completion in enumerate(samples):
+                    path = pb.ReasoningPath(
+                        problem_id=problem.id,
+                        sample_index=index,
+                        text=completion.text,
+                        steps=split_steps(completion.text),
+                        extracted_answer=extract_answer(completion.text, kind).answer or "",
+                        model=model,
+                        sampling=sampling_echo,
+                        usage=pb.TokenUsage(
+                            prompt_tokens=completion.prompt_tokens,
+                            completion_tokens=completion.completion_tokens,
+                            total_tokens=completion.prompt_tokens + completion.completion_tokens,
+                        ),
+                        finish_reason=completion.finish_reason,
+                        latency_ms=elapsed_ms,
+                    )
+                    if request.verify and self.verifier is not None:
+                        verdict = await self.verifier.verify(VerifyItem(kind, problem.gold_answer, completion.text))
+                        path.verdict.CopyFrom(verdict_to_pb(verdict))
+                    PATHS.labels(adapter=request.adapter or "base").inc()
+                    TOKENS.labels(adapter=request.adapter or "base").inc(completion.completion_tokens)
+                    yield rpb.SolveResponse(path=path, problem_index=start + offset)
+
+    async def ListModels(self, request: rpb.ListModelsRequest, context) -> rpb.ListModelsResponse:
+        return self._models()
+
+    def _models(self) -> rpb.ListModelsResponse:
+        return rpb.ListModelsResponse(
+            base_model=self.engine.model_id,
+            engine=self.engine.name,
+            adapters=[a.name for a in self.engine.adapters()],
+            max_samples_per_problem=self.config.max_samples,
+        )
+
+    async def LoadAdapter(self, request: rpb.LoadAdapterRequest, context) -> rpb.ListModelsResponse:
+        if not request.name.strip() or not request.path.strip():
+            await invalid_argument(context, "name and path are required")
+        try:
+            await self.engine.load_adapter(request.name, request.path)
+        except EngineError as exc:
+            await invalid_argument(context, str(exc))
+        return self._models()

@@ -1,0 +1,249 @@
+"""The corrector proxy as real `lema serve corrector` processes on 127.0.0.1.
+
+Upstreams: the reference corrector (synthetic problems), a real model behind a real OpenAI-compatible HTTP
+server (lema-tiny under lema's OpenAI API), and misbehaving HTTP upstreams for retries and the circuit breaker.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import REPO_ROOT, free_port, start_server
+from lema.core.proto_convert import synthetic_to_pb
+from lema.core.synthetic import check_solution_steps, generate
+from lema.v1 import common_pb2 as pb
+from lema.v1 import corrector_pb2 as cpb
+from lema.v1 import corrector_pb2_grpc
+
+ACCEPTED = cpb.CORRECTION_STATUS_ACCEPTED
+
+
+def corrupt(problem, step: int) -> str:
+    """The gold solution with step `step`'s result off by 3 (later steps unchanged)."""
+    lines = problem.gold_solution.splitlines()
+    lines[step - 1] = re.sub(r"= (\d+)", lambda m: f"= {int(m.group(1)) + 3}", lines[step - 1])
+    return "\n".join(lines)
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    port = free_port()
+    server = start_server(["serve", "corrector", "--port", str(port)], port,
+                          tmp_path_factory.mktemp("corrector") / "log")
+    with grpc.insecure_channel(server.address) as channel:
+        yield corrector_pb2_grpc.CorrectorStub(channel), channel
+    assert server.stop() == 0
+
+
+def http_server(args: list[str], health_path: str, log_path):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, *args, "--port", str(port)], stdout=open(log_path, "w"),
+                               stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}{health_path}")
+    except TimeoutError:
+        process.kill()
+        raise RuntimeError(open(log_path).read())
+    return process, port
+
+
+def openai_corrector(base_url: str, tmp_path, *extra: str):
+    port = free_port()
+    return start_server(["serve", "corrector", "--upstream", "openai", "--base-url", base_url, "--model",
+                         extra[0] if extra else "double", "--port", str(port), *extra[1:]], port, tmp_path / "corrector.log")
+
+
+def request_for(problem, wrong: str, with_gold: bool = True) -> cpb.CorrectRequest:
+    message = synthetic_to_pb(problem)
+    if not with_gold:
+        message.gold_answer = ""
+    return cpb.CorrectRequest(problem=message, wrong_solution=wrong, id=problem.id)
+
+
+# --- reference upstream ------------------------------------------------------------------------------
+
+
+def test_health(reference):
+    _, channel = reference
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="lema.v1.Corrector"), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reference_corrects_the_first_wrong_step(reference):
+    stub, _ = reference
+    problems = generate(30, seed=42, split="test", steps=(3, 6))
+    requests, expected = [], []
+    for i, problem in enumerate(problems):
+        step = 1 + i % problem.n_steps
+        wrong = corrupt(problem, step)
+        requests.append(request_for(problem, wrong))
+        expected.append(check_solution_steps(problem, wrong))
+        assert expected[-1] == step
+    responses = list(stub.CorrectBatch(cpb.CorrectBatchRequest(items=requests), timeout=60))
+    assert [r.index for r in responses] == list(range(30))
+    for response, step, problem in zip(responses, expected, problems):
+        c = response.correction
+        assert response.status == ACCEPTED, response.failure_reason
+        assert c.incorrect_step == step and c.verified and c.final_answer == problem.answer
+        assert c.prompt_id == "lema-correct-gsm8k-v1" and len(c.prompt_version) == 12
+        assert c.upstream_model == "lema-reference-corrector"
+        assert ("..." in c.corrected_solution) == (step > 1)
+
+
+def test_repeated_request_is_served_from_cache(reference):
+    stub, _ = reference
+    problem = generate(1, seed=77, split="test", steps=4)[0]
+    request = request_for(problem, corrupt(problem, 3))
+    first = stub.Correct(request, timeout=30)
+    second = stub.Correct(request, timeout=30)
+    assert not first.correction.cached and second.correction.cached
+    assert second.correction.usage.total_tokens == 0 and second.correction.cost_usd == 0
+    assert second.correction.corrected_solution == first.correction.corrected_solution
+
+
+def test_correct_solution_has_nothing_to_correct(reference):
+    stub, _ = reference
+    problem = generate(1, seed=5, split="test", steps=3)[0]
+    response = stub.Correct(request_for(problem, problem.gold_solution), timeout=30)
+    assert response.status == cpb.CORRECTION_STATUS_UNPARSEABLE
+    assert "no incorrect step number" in response.failure_reason
+
+
+def test_augment_returns_only_verified_solutions(reference):
+    stub, _ = reference
+    problem = generate(1, seed=9, split="test", steps=3)[0]
+    paths = list(stub.Augment(cpb.AugmentRequest(problem=synthetic_to_pb(problem), num_solutions=2), timeout=30))
+    assert paths and all(p.path.verdict.correct for p in paths)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r.problem.__setattr__("question", " "), "problem.question is empty"),
+        (lambda r: r.__setattr__("wrong_solution", ""), "wrong_solution is empty"),
+        (lambda r: r.problem.__setattr__("kind", 7), "problem.kind must be"),
+        (lambda r: r.__setattr__("wrong_solution", "x" * 16_001), "the limit is 16000"),
+        (lambda r: r.problem.__setattr__("program_json", ""), "needs the problem's program"),
+        (lambda r: r.problem.__setattr__("program_json", "{not json"), "not a valid program"),
+    ],
+)
+def test_bad_input_is_invalid_argument(reference, mutate, message):
+    stub, _ = reference
+    problem = generate(1, seed=1, split="test", steps=2)[0]
+    request = request_for(problem, corrupt(problem, 1))
+    mutate(request)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Correct(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+
+
+# --- a real model behind a real OpenAI-compatible server -----------------------------------------------
+
+
+def test_openai_upstream_with_a_real_weak_model(tmp_path):
+    api, api_port = http_server(["-m", "lema.services.endpoint.openai_api", "--model", "lema-tiny"], "/healthz",
+                                tmp_path / "api.log")
+    try:
+        corrector = openai_corrector(f"http://127.0.0.1:{api_port}/v1", tmp_path, "lema-tiny", "--max-candidates", "2")
+        try:
+            with grpc.insecure_channel(corrector.address) as channel:
+                stub = corrector_pb2_grpc.CorrectorStub(channel)
+                problems = generate(4, seed=3, split="test", steps=3)
+                requests = [request_for(p, corrupt(p, 2)) for p in problems]
+                responses = list(stub.CorrectBatch(cpb.CorrectBatchRequest(items=requests), timeout=600))
+        finally:
+            assert corrector.stop() == 0
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+    assert len(responses) == 4
+    for r in responses:
+        # lema-tiny was never taught to correct: a parsed correction or a clean failure reason, never an error
+        assert r.status in (ACCEPTED, cpb.CORRECTION_STATUS_REJECTED, cpb.CORRECTION_STATUS_UNPARSEABLE), r
+        assert r.correction.upstream_model == "lema-tiny"
+        assert r.correction.attempts >= 1 and r.correction.usage.completion_tokens > 0
+        if r.status != ACCEPTED:
+            assert r.failure_reason
+
+
+# --- retries, Retry-After and the circuit breaker --------------------------------------------------------
+
+
+def test_retries_rate_limits_then_succeeds(tmp_path):
+    double, port = http_server([str(REPO_ROOT / "tests" / "upstream_doubles.py"), "--mode", "flaky", "--failures", "2"],
+                               "/count", tmp_path / "double.log")
+    try:
+        corrector = openai_corrector(f"http://127.0.0.1:{port}/v1", tmp_path)
+        try:
+            with grpc.insecure_channel(corrector.address) as channel:
+                stub = corrector_pb2_grpc.CorrectorStub(channel)
+                request = cpb.CorrectRequest(
+                    problem=pb.Problem(kind=pb.DATASET_KIND_GSM8K, question="Q?", gold_answer="95"),
+                    wrong_solution="Step 1: 6 * 12 = 72.\nStep 2: 72 + 23 = 98.\nThe answer is 98.",
+                )
+                response = stub.Correct(request, timeout=60)
+        finally:
+            corrector.stop()
+        import httpx
+
+        calls = httpx.get(f"http://127.0.0.1:{port}/count", timeout=5).json()["count"]
+    finally:
+        double.terminate()
+        double.wait(timeout=10)
+    assert response.status == ACCEPTED and response.correction.incorrect_step == 2
+    assert response.correction.usage.prompt_tokens == 100
+    assert calls == 3  # two 429s, then the answer
+
+
+def test_circuit_breaker_fails_fast_while_upstream_is_down(tmp_path):
+    double, port = http_server([str(REPO_ROOT / "tests" / "upstream_doubles.py"), "--mode", "down"], "/count",
+                               tmp_path / "double.log")
+    try:
+        corrector = openai_corrector(f"http://127.0.0.1:{port}/v1", tmp_path)
+        try:
+            with grpc.insecure_channel(corrector.address) as channel:
+                stub = corrector_pb2_grpc.CorrectorStub(channel)
+                request = cpb.CorrectRequest(
+                    problem=pb.Problem(kind=pb.DATASET_KIND_GSM8K, question="Q?", gold_answer="95"),
+                    wrong_solution="Step 1: 1 + 1 = 3.\nThe answer is 3.",
+                )
+                codes, messages = [], []
+                for _ in range(3):
+                    with pytest.raises(grpc.RpcError) as err:
+                        stub.Correct(request, timeout=60)
+                    codes.append(err.value.code())
+                    messages.append(err.value.details())
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Correct(request, timeout=60)
+                fast = time.monotonic() - started
+        finally:
+            corrector.stop()
+    finally:
+        double.terminate()
+        double.wait(timeout=10)
+    assert all(code == grpc.StatusCode.UNAVAILABLE for code in codes)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "circuit open" in err.value.details()
+    assert fast < 0.5, f"an open circuit should fail fast, took {fast:.2f}s"
