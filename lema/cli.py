@@ -104,6 +104,10 @@ def serve_corrector(
     model: Optional[str] = typer.Option(None, help="the upstream model name"),
     api_key_env: Optional[str] = typer.Option(None, help="environment variable holding the upstream API key"),
     max_candidates: Optional[int] = typer.Option(None, help="samples drawn until one verifies"),
+    request_timeout: Optional[float] = typer.Option(None, help="deadline of one upstream call, seconds"),
+    max_retries: Optional[int] = typer.Option(None, help="retries on 429, 5xx, timeouts and malformed replies"),
+    breaker_threshold: Optional[int] = typer.Option(None, help="consecutive failures that open the circuit"),
+    breaker_cooldown: Optional[float] = typer.Option(None, help="seconds the circuit stays open"),
     port: Optional[int] = typer.Option(None, help="gRPC port (default 50063; 0 picks a free one)"),
     host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
     metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus metrics on this port"),
@@ -117,6 +121,8 @@ def serve_corrector(
     overrides = {
         "upstream": upstream, "base_url": base_url, "model": model, "api_key_env": api_key_env,
         "max_candidates": max_candidates, "port": port, "host": host, "metrics_port": metrics_port,
+        "request_timeout_s": request_timeout, "max_retries": max_retries, "breaker_threshold": breaker_threshold,
+        "breaker_cooldown_s": breaker_cooldown,
     }
     try:
         section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
@@ -199,6 +205,95 @@ async def _correct_in_process(request, base_url: Optional[str], model: str, time
         await server.stop(0)
         await proxy.upstream.close()
         await proxy.verifier.close()
+
+
+problems_app = typer.Typer(help="Feed problems to a collector running with --follow.", no_args_is_help=True)
+app.add_typer(problems_app, name="problems")
+
+
+@app.command()
+def collect(
+    source: list[str] = typer.Option([], help="synthetic:N[:seed=S][:split=train] | gsm8k:PATH | math:PATH (repeatable)"),
+    store: str = typer.Option("lema.db", help="an SQLite file path or a database URL (postgresql://...)"),
+    samples: int = typer.Option(4, min=1, max=64, help="reasoning paths per problem"),
+    temperature: float = typer.Option(0.8, min=0.0, help="sampling temperature of the reasoner"),
+    max_tokens: int = typer.Option(256, min=1, help="token limit per path"),
+    seed: int = typer.Option(0, help="sampling seed"),
+    limit: Optional[int] = typer.Option(None, help="at most this many problems from a dataset file"),
+    model: str = typer.Option("lema-tiny", help="in-process reasoner model"),
+    engine: str = typer.Option("transformers", help="in-process engine: transformers | vllm"),
+    adapter: str = typer.Option("", help="reason with this loaded adapter"),
+    reasoner: Optional[str] = typer.Option(None, help="use a running reasoner at HOST:PORT"),
+    corrector: Optional[str] = typer.Option(None, help="use a running corrector at HOST:PORT"),
+    batch_size: int = typer.Option(16, min=1, help="problems per reasoner call"),
+    concurrency: int = typer.Option(4, min=1, help="corrections in flight"),
+    follow: bool = typer.Option(False, help="keep taking new problems from the intake table"),
+) -> None:
+    """Reason -> verify -> correct the mistakes -> verify the corrections -> store. Resumable, exactly-once."""
+    from lema.services.collector.pipeline import CollectSettings
+    from lema.services.collector.run import collect as run_collect
+    from lema.services.collector.sources import SourceError
+
+    if not source and not follow:
+        _fail("give at least one --source, or --follow to take problems from the intake table")
+    settings = CollectSettings(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed,
+                               model=model, engine=engine, adapter=adapter, reasoner_address=reasoner,
+                               corrector_address=corrector, batch_size=batch_size, correct_concurrency=concurrency)
+    try:
+        stats = asyncio.run(run_collect(store, source, settings, follow=follow, limit=limit))
+    except SourceError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    typer.echo(json.dumps({"problems": stats.problems_done, "attempts": stats.attempts, "mistakes": stats.mistakes,
+                           "corrections": stats.corrections, "accepted": stats.accepted}))
+
+
+@problems_app.command("add")
+def problems_add(
+    file: Path = typer.Argument(..., help="JSONL: one problem per line: {kind, question, gold_answer[, id, source, ...]}"),
+    store: str = typer.Option("lema.db", help="an SQLite file path or a database URL"),
+) -> None:
+    """Validate a JSONL file line by line, store the valid problems and queue them for collection."""
+    from lema.core.store import repository as repo
+    from lema.core.store.db import open_store
+
+    try:
+        lines = file.read_text().splitlines()
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc}")
+    valid, errors = repo.parse_problem_lines(lines)
+    sessions = open_store(store)
+    with sessions.begin() as session:
+        added = repo.add_problems(session, valid)
+        queued = repo.enqueue_intake(session, [p.key() for p in valid])
+    for number, reason in errors:
+        typer.echo(f"{file}:{number}: rejected: {reason}", err=True)
+    typer.echo(json.dumps({"valid": len(valid), "added": added, "queued": queued, "rejected": len(errors),
+                           "rejected_lines": [n for n, _ in errors]}))
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_command(
+    store: str = typer.Option("lema.db", help="an SQLite file path or a database URL"),
+    out: Path = typer.Option(..., help="output folder"),
+    size: Optional[int] = typer.Option(None, help="also write equal-size mixes: CoT-only N and CoT + corrections N"),
+    seed: int = typer.Option(0, help="shuffling seed of the mixes"),
+) -> None:
+    """Export training JSONL in the paper's two formats (CoT and correction), mixes and a manifest."""
+    from lema.core.exports import export
+    from lema.core.store.db import open_store
+
+    sessions = open_store(store)
+    try:
+        with sessions.begin() as session:
+            manifest = export(session, out, size=size, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"id": manifest["id"], "counts": manifest["counts"], "mixes": manifest["mixes"],
+                           "out": str(out)}))
 
 
 @app.command()

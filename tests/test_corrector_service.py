@@ -188,62 +188,98 @@ def test_openai_upstream_with_a_real_weak_model(tmp_path):
             assert r.failure_reason
 
 
-# --- retries, Retry-After and the circuit breaker --------------------------------------------------------
+# --- faults: retries, Retry-After, timeouts, malformed replies, the circuit breaker, the cache, the API key ---
+
+SECRET = "sk-lema-test-secret-do-not-log-1234567890"
 
 
-def test_retries_rate_limits_then_succeeds(tmp_path):
-    double, port = http_server([str(REPO_ROOT / "tests" / "upstream_doubles.py"), "--mode", "flaky", "--failures", "2"],
-                               "/count", tmp_path / "double.log")
-    try:
-        corrector = openai_corrector(f"http://127.0.0.1:{port}/v1", tmp_path)
-        try:
-            with grpc.insecure_channel(corrector.address) as channel:
-                stub = corrector_pb2_grpc.CorrectorStub(channel)
-                request = cpb.CorrectRequest(
-                    problem=pb.Problem(kind=pb.DATASET_KIND_GSM8K, question="Q?", gold_answer="95"),
-                    wrong_solution="Step 1: 6 * 12 = 72.\nStep 2: 72 + 23 = 98.\nThe answer is 98.",
-                )
-                response = stub.Correct(request, timeout=60)
-        finally:
-            corrector.stop()
-        import httpx
+@pytest.fixture()
+def double(tmp_path):
+    """A controllable upstream and a corrector in front of it (retries 3, breaker 3 failures / 2 s)."""
+    import httpx
 
-        calls = httpx.get(f"http://127.0.0.1:{port}/count", timeout=5).json()["count"]
-    finally:
-        double.terminate()
-        double.wait(timeout=10)
+    process, port = http_server([str(REPO_ROOT / "tests" / "upstream_doubles.py")], "/stats", tmp_path / "double.log")
+    corrector_port = free_port()
+    import os
+
+    os.environ["LEMA_TEST_UPSTREAM_KEY"] = SECRET
+    corrector = start_server(
+        ["serve", "corrector", "--upstream", "openai", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "double",
+         "--api-key-env", "LEMA_TEST_UPSTREAM_KEY", "--request-timeout", "1", "--max-retries", "3",
+         "--breaker-threshold", "3", "--breaker-cooldown", "2", "--port", str(corrector_port)],
+        corrector_port, tmp_path / "corrector.log",
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+
+    class Double:
+        def control(self, mode: str, failures: int = -1) -> None:
+            client.post("/control", json={"mode": mode, "failures": failures}).raise_for_status()
+
+        def stats(self) -> dict:
+            return client.get("/stats").json()
+
+    with grpc.insecure_channel(corrector.address) as channel:
+        yield Double(), corrector_pb2_grpc.CorrectorStub(channel), corrector
+    corrector.stop()
+    process.kill()  # a "hang" request may still be sleeping inside it
+    process.wait(timeout=10)
+    client.close()
+
+
+def fault_request(question: str = "Q?") -> cpb.CorrectRequest:
+    return cpb.CorrectRequest(
+        problem=pb.Problem(kind=pb.DATASET_KIND_GSM8K, question=question, gold_answer="95"),
+        wrong_solution="Step 1: 6 * 12 = 72.\nStep 2: 72 + 23 = 98.\nThe answer is 98.",
+    )
+
+
+@pytest.mark.parametrize("mode", ["429", "500", "hang", "malformed"])
+def test_transient_faults_are_retried_then_succeed(double, mode):
+    upstream, stub, _ = double
+    upstream.control(mode, failures=2)
+    response = stub.Correct(fault_request(f"Q {mode}?"), timeout=60)
     assert response.status == ACCEPTED and response.correction.incorrect_step == 2
     assert response.correction.usage.prompt_tokens == 100
-    assert calls == 3  # two 429s, then the answer
+    assert upstream.stats()["count"] == 3  # two faults, then the answer
 
 
-def test_circuit_breaker_fails_fast_while_upstream_is_down(tmp_path):
-    double, port = http_server([str(REPO_ROOT / "tests" / "upstream_doubles.py"), "--mode", "down"], "/count",
-                               tmp_path / "double.log")
-    try:
-        corrector = openai_corrector(f"http://127.0.0.1:{port}/v1", tmp_path)
-        try:
-            with grpc.insecure_channel(corrector.address) as channel:
-                stub = corrector_pb2_grpc.CorrectorStub(channel)
-                request = cpb.CorrectRequest(
-                    problem=pb.Problem(kind=pb.DATASET_KIND_GSM8K, question="Q?", gold_answer="95"),
-                    wrong_solution="Step 1: 1 + 1 = 3.\nThe answer is 3.",
-                )
-                codes, messages = [], []
-                for _ in range(3):
-                    with pytest.raises(grpc.RpcError) as err:
-                        stub.Correct(request, timeout=60)
-                    codes.append(err.value.code())
-                    messages.append(err.value.details())
-                started = time.monotonic()
-                with pytest.raises(grpc.RpcError) as err:
-                    stub.Correct(request, timeout=60)
-                fast = time.monotonic() - started
-        finally:
-            corrector.stop()
-    finally:
-        double.terminate()
-        double.wait(timeout=10)
-    assert all(code == grpc.StatusCode.UNAVAILABLE for code in codes)
+def test_breaker_opens_fails_fast_and_recovers(double):
+    upstream, stub, _ = double
+    upstream.control("500")  # down until told otherwise
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Correct(fault_request("Q1?"), timeout=60)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    calls = upstream.stats()["count"]
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Correct(fault_request("Q2?"), timeout=60)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "circuit open" in err.value.details()
-    assert fast < 0.5, f"an open circuit should fail fast, took {fast:.2f}s"
+    assert time.monotonic() - started < 0.5, "an open circuit must fail fast"
+    assert upstream.stats()["count"] == calls, "an open circuit must not call the upstream"
+    upstream.control("ok")
+    time.sleep(2.2)  # the cool-down ends: one trial call closes the circuit again
+    assert stub.Correct(fault_request("Q3?"), timeout=60).status == ACCEPTED
+    assert stub.Correct(fault_request("Q4?"), timeout=60).status == ACCEPTED
+
+
+def test_cache_hit_makes_no_upstream_request(double):
+    upstream, stub, _ = double
+    first = stub.Correct(fault_request("cached?"), timeout=60)
+    count = upstream.stats()["count"]
+    second = stub.Correct(fault_request("cached?"), timeout=60)
+    assert upstream.stats()["count"] == count == 1
+    assert not first.correction.cached and second.correction.cached
+    assert second.correction.corrected_solution == first.correction.corrected_solution
+
+
+def test_api_key_is_sent_but_never_logged(double):
+    upstream, stub, corrector = double
+    upstream.control("500", failures=1)
+    stub.Correct(fault_request("key?"), timeout=60)
+    upstream.control("500")
+    for i in range(4):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Correct(fault_request(f"key {i}?"), timeout=60)
+        assert SECRET not in err.value.details()
+    assert upstream.stats()["auth"] == [f"Bearer {SECRET}"]
+    assert SECRET not in corrector.log()

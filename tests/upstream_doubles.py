@@ -1,12 +1,12 @@
-"""Misbehaving OpenAI-compatible upstreams (real HTTP servers on 127.0.0.1) for the corrector's failure tests.
+"""A controllable OpenAI-compatible upstream (a real HTTP server on 127.0.0.1) for the corrector's fault tests.
 
-A real model cannot be told to answer 429 or to go down, so these servers play those parts:
-  --mode flaky  : 429 (Retry-After: 0) for the first --failures chat requests, then a fixed valid correction
-  --mode down   : 503 for every request
-  --mode slow   : sleeps --delay seconds before answering
-Every request is counted; GET /count returns the count.
+A real model cannot be told to answer 429, hang or go down, so this server plays those parts on command:
 
-    python tests/upstream_doubles.py --mode flaky --failures 2 --port 8123
+    POST /control {"mode": "ok"|"429"|"500"|"hang"|"malformed", "failures": N}
+        the next N chat requests misbehave as `mode` (N = -1: until told otherwise), then it answers normally
+    GET  /stats   {"count": chat requests received, "auth": the Authorization headers seen}
+
+A normal answer is a fixed, valid correction. `python tests/upstream_doubles.py --port 8123`
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import asyncio
 import time
 
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
 CORRECTION = (
     "Step 2.\nExplanation: 72 + 23 is 95, not 98.\nCorrect Solution: {\n...\n"
@@ -25,28 +25,39 @@ CORRECTION = (
 )
 
 
-def build(mode: str, failures: int, delay: float) -> FastAPI:
+def build() -> FastAPI:
     app = FastAPI()
-    state = {"count": 0}
+    state = {"count": 0, "mode": "ok", "failures": 0, "auth": []}
 
-    @app.get("/count")
-    async def count():
-        return state
+    @app.post("/control")
+    async def control(request: Request):
+        body = await request.json()
+        state["mode"], state["failures"] = body["mode"], int(body.get("failures", -1))
+        return {"ok": True}
+
+    @app.get("/stats")
+    async def stats():
+        return {"count": state["count"], "auth": sorted(set(state["auth"]))}
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": "double", "object": "model", "created": 0, "owned_by": "test"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat():
+    async def chat(request: Request):
         state["count"] += 1
-        if mode == "down":
-            return JSONResponse(status_code=503, content={"error": {"message": "upstream is down"}})
-        if mode == "flaky" and state["count"] <= failures:
-            return JSONResponse(status_code=429, headers={"Retry-After": "0"},
-                                content={"error": {"message": "slow down"}})
-        if mode == "slow":
-            await asyncio.sleep(delay)
+        state["auth"].append(request.headers.get("authorization", ""))
+        mode = state["mode"]
+        if mode != "ok" and state["failures"] != 0:
+            state["failures"] -= 1 if state["failures"] > 0 else 0
+            if mode == "429":
+                return JSONResponse(status_code=429, headers={"Retry-After": "0"}, content={"error": {"message": "slow down"}})
+            if mode == "500":
+                return JSONResponse(status_code=500, content={"error": {"message": "internal error"}})
+            if mode == "hang":
+                await asyncio.sleep(3600)
+            if mode == "malformed":
+                return Response(status_code=200, content=b'{"choices": [ {"mess', media_type="application/json")
         return {
             "id": "x", "object": "chat.completion", "created": int(time.time()), "model": "double",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": CORRECTION}, "finish_reason": "stop"}],
@@ -58,9 +69,6 @@ def build(mode: str, failures: int, delay: float) -> FastAPI:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["flaky", "down", "slow"], required=True)
-    parser.add_argument("--failures", type=int, default=2)
-    parser.add_argument("--delay", type=float, default=5.0)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvicorn.run(build(args.mode, args.failures, args.delay), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(build(), host="127.0.0.1", port=args.port, log_level="warning")

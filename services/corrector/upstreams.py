@@ -133,6 +133,8 @@ class OpenAIUpstream:
             raise RetryableError(f"cannot reach the upstream: {_short(exc)}") from exc
         except openai.APIStatusError as exc:
             raise UpstreamFatalError(f"upstream refused the request ({exc.status_code}): {_short(exc)}") from exc
+        except (ValueError, openai.APIResponseValidationError) as exc:  # malformed JSON / unexpected shape
+            raise RetryableError(f"malformed upstream response: {_short(exc)}") from exc
         usage = response.usage
         per = len(response.choices) or 1
         return [

@@ -1,0 +1,1 @@
+"""lema's data store: problems, attempts, corrections, augmentations, intake and exports (SQLAlchemy)."""

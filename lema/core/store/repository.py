@@ -1,0 +1,172 @@
+"""Reads and idempotent writes on the store. Every write of a work unit is insert-or-ignore on its key, in one
+transaction, so a unit redone after a crash (or by a second collector) is stored exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import and_, func, inspect, select
+from sqlalchemy.orm import Session
+
+from lema.core.answers import DatasetKind
+from lema.core.store.models import Attempt, Augmentation, Correction, IntakeItem, Problem
+
+
+class ProblemIn(BaseModel):
+    """A problem as users hand it in (one JSONL line of `lema problems add`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: DatasetKind
+    question: str = Field(min_length=1, max_length=8_000)
+    gold_answer: str = Field(min_length=1, max_length=2_000)
+    id: str | None = Field(default=None, max_length=200)
+    source: str = Field(default="intake", max_length=300)
+    gold_solution: str | None = Field(default=None, max_length=20_000)
+    program_json: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("question", "gold_answer")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    def key(self) -> str:
+        """The caller's id, or a content hash (the same problem handed in twice is one problem)."""
+        if self.id:
+            return self.id
+        digest = hashlib.sha256(f"{self.kind.value}\n{self.question.strip()}\n{self.gold_answer.strip()}".encode())
+        return f"{self.kind.value}:{digest.hexdigest()[:20]}"
+
+
+def parse_problem_lines(lines: Iterable[str]) -> tuple[list[ProblemIn], list[tuple[int, str]]]:
+    """Valid problems and (line number, reason) for every rejected line; blank lines are skipped."""
+    valid: list[ProblemIn] = []
+    errors: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append((number, f"not valid JSON: {exc.msg} (column {exc.colno})"))
+            continue
+        if not isinstance(data, dict):
+            errors.append((number, "expected a JSON object"))
+            continue
+        try:
+            valid.append(ProblemIn.model_validate(data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "line"
+            errors.append((number, f"{where}: {first['msg']}"))
+    return valid, errors
+
+
+def _insert_ignore(session: Session, model, rows: Sequence[dict]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING on the primary key (SQLite and PostgreSQL)."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    key = inspect(model).primary_key[0]
+    # RETURNING counts the rows really inserted (rowcount is -1 for multi-row inserts on psycopg).
+    result = session.execute(insert(model).values(list(rows)).on_conflict_do_nothing().returning(key))
+    return len(result.all())
+
+
+def add_problems(session: Session, problems: Sequence[ProblemIn]) -> int:
+    rows = [
+        dict(id=p.key(), source=p.source, kind=p.kind.value, question=p.question, gold_answer=p.gold_answer,
+             gold_solution=p.gold_solution, program_json=p.program_json, meta=p.meta)
+        for p in problems
+    ]
+    added = 0
+    for start in range(0, len(rows), 500):
+        added += _insert_ignore(session, Problem, rows[start : start + 500])
+    return added
+
+
+def enqueue_intake(session: Session, problem_ids: Sequence[str]) -> int:
+    return _insert_ignore(session, IntakeItem, [dict(problem_id=pid, status="pending") for pid in problem_ids])
+
+
+def pending_intake(session: Session, limit: int) -> list[str]:
+    rows = session.execute(
+        select(IntakeItem.problem_id).where(IntakeItem.status == "pending").order_by(IntakeItem.seq).limit(limit)
+    )
+    return [r[0] for r in rows]
+
+
+def mark_intake_done(session: Session, problem_ids: Sequence[str]) -> None:
+    if problem_ids:
+        session.query(IntakeItem).filter(IntakeItem.problem_id.in_(problem_ids)).update(
+            {IntakeItem.status: "done"}, synchronize_session=False)
+
+
+def add_attempts(session: Session, rows: Sequence[dict]) -> int:
+    return _insert_ignore(session, Attempt, rows)
+
+
+def add_correction(session: Session, row: dict) -> int:
+    return _insert_ignore(session, Correction, [row])
+
+
+def add_augmentations(session: Session, rows: Sequence[dict]) -> int:
+    return _insert_ignore(session, Augmentation, rows)
+
+
+def problems_by_id(session: Session, ids: Sequence[str]) -> list[Problem]:
+    found = {p.id: p for p in session.scalars(select(Problem).where(Problem.id.in_(list(ids))))}
+    return [found[i] for i in ids if i in found]
+
+
+def problems_missing_attempts(session: Session, problem_ids: Sequence[str], attempt_prefix: str, k: int) -> list[str]:
+    """Problems (of `problem_ids`) that do not yet have all k attempts of this (model, adapter, sampling) run."""
+    done: set[str] = set()
+    ids = list(problem_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows = session.execute(
+            select(Attempt.problem_id, func.count())
+            .where(Attempt.problem_id.in_(chunk), Attempt.id.like(f"%|{attempt_prefix}|%"))
+            .group_by(Attempt.problem_id)
+        )
+        done |= {pid for pid, count in rows if count >= k}
+    return [pid for pid in ids if pid not in done]
+
+
+def wrong_attempts_without_correction(session: Session, correction_suffix: str, limit: int | None = None) -> list[Attempt]:
+    """Wrong attempts that have no correction from this (upstream, prompt version) yet."""
+    corrected = select(Correction.attempt_id).where(Correction.id.like(f"%|{correction_suffix}"))
+    query = (
+        select(Attempt)
+        .where(and_(Attempt.correct.is_(False), Attempt.id.not_in(corrected)))
+        .order_by(Attempt.created_at, Attempt.id)
+    )
+    if limit:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def counts(session: Session) -> dict[str, int]:
+    return {
+        "problems": session.scalar(select(func.count()).select_from(Problem)) or 0,
+        "attempts": session.scalar(select(func.count()).select_from(Attempt)) or 0,
+        "mistakes": session.scalar(select(func.count()).select_from(Attempt).where(Attempt.correct.is_(False))) or 0,
+        "corrections": session.scalar(select(func.count()).select_from(Correction)) or 0,
+        "corrections_accepted": session.scalar(
+            select(func.count()).select_from(Correction).where(Correction.status == "accepted")) or 0,
+        "augmentations": session.scalar(select(func.count()).select_from(Augmentation)) or 0,
+        "intake_pending": session.scalar(
+            select(func.count()).select_from(IntakeItem).where(IntakeItem.status == "pending")) or 0,
+    }

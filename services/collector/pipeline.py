@@ -1,0 +1,338 @@
+"""The collector: reason (k samples) -> verify -> correct the wrong ones -> verify the corrections -> store.
+
+Stages are connected by bounded queues, so the slowest stage sets the pace and memory stays flat however long the
+run. Work units have deterministic keys (attempt: problem|run|sample; correction: attempt|corrector) and are
+written insert-or-ignore in one transaction each: SIGKILL at any moment, restart, and nothing is lost or duplicated
+(a unit in flight at the kill is simply redone).
+
+Components run in-process for the embedded default (the engine, a verifier pool, the corrector proxy) or are
+reached over gRPC by address (`--reasoner`, `--corrector`), with a deadline on every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from prometheus_client import Counter
+
+from lema.core.answers import DatasetKind, extract_answer
+from lema.core.engines import SamplingParams
+from lema.core.formats import cot_prompt
+from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
+from lema.core.prompts import PROMPTS
+from lema.core.store import repository as repo
+from lema.core.store.models import Attempt, Problem
+from lema.core.verifier_pool import VerifierPool, VerifyItem
+
+PROBLEMS_DONE = Counter("lema_collector_problems_total", "Problems reasoned about")
+ATTEMPTS = Counter("lema_collector_attempts_total", "Reasoning paths stored", ["correct"])
+CORRECTIONS = Counter("lema_collector_corrections_total", "Corrections stored", ["status"])
+
+
+@dataclass
+class CollectSettings:
+    samples: int = 4
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    batch_size: int = 16
+    correct_concurrency: int = 4
+    queue_size: int = 32
+    model: str = "lema-tiny"
+    engine: str = "transformers"
+    adapter: str = ""
+    reasoner_address: str | None = None
+    corrector_address: str | None = None
+    call_timeout_s: float = 600.0
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(n=self.samples, temperature=self.temperature, top_p=self.top_p,
+                              max_tokens=self.max_tokens, seed=self.seed)
+
+    def run_key(self, model_id: str) -> str:
+        payload = json.dumps([model_id, self.adapter, self.samples, self.temperature, self.top_p, self.max_tokens,
+                              self.seed], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+@dataclass
+class Stats:
+    problems_total: int = 0
+    problems_done: int = 0
+    attempts: int = 0
+    mistakes: int = 0
+    corrections: int = 0
+    accepted: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def rate(self) -> float:
+        return self.problems_done / max(time.monotonic() - self.started, 1e-9)
+
+
+@dataclass(frozen=True)
+class PathResult:
+    text: str
+    extracted: str
+    correct: bool
+    verdict: dict
+    prompt_tokens: int
+    completion_tokens: int
+
+
+# --- the reasoner and corrector, in-process or remote ---------------------------------------------------
+
+
+class LocalReasoner:
+    def __init__(self, settings: CollectSettings, verifier: VerifierPool):
+        from lema.core.engines import create_engine
+        from lema.core.model_resolve import resolve_model
+
+        self.engine = create_engine(settings.engine, resolve_model(settings.model))
+        self.model_id = settings.model
+        self.verifier = verifier
+
+    async def start(self) -> None:
+        if hasattr(self.engine, "start"):
+            await self.engine.start()
+
+    async def solve(self, problems: list[Problem], params: SamplingParams, adapter: str) -> list[list[PathResult]]:
+        prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in problems]
+        completions = await self.engine.generate(prompts, params, adapter or None)
+        results = []
+        for problem, samples in zip(problems, completions):
+            kind = DatasetKind(problem.kind)
+            row = []
+            for c in samples:
+                verdict = await self.verifier.verify(VerifyItem(kind, problem.gold_answer, c.text))
+                row.append(PathResult(c.text, verdict.extracted_answer or (extract_answer(c.text, kind).answer or ""),
+                                      verdict.correct, verdict.model_dump(mode="json"), c.prompt_tokens,
+                                      c.completion_tokens))
+            results.append(row)
+        return results
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+
+class RemoteReasoner:
+    def __init__(self, address: str, timeout_s: float):
+        from lema.v1 import reasoner_pb2_grpc
+
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = reasoner_pb2_grpc.ReasonerStub(self.channel)
+        self.timeout_s = timeout_s
+        self.model_id = address
+
+    async def start(self) -> None:
+        from lema.v1 import reasoner_pb2
+
+        models = await self.stub.ListModels(reasoner_pb2.ListModelsRequest(), timeout=30)
+        self.model_id = models.base_model
+
+    async def solve(self, problems: list[Problem], params: SamplingParams, adapter: str) -> list[list[PathResult]]:
+        from lema.v1 import common_pb2 as pb
+        from lema.v1 import reasoner_pb2
+
+        request = reasoner_pb2.SolveRequest(
+            problems=[pb.Problem(id=p.id, kind=KIND_TO_PB[DatasetKind(p.kind)], question=p.question,
+                                 gold_answer=p.gold_answer) for p in problems],
+            sampling=pb.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                                       max_tokens=params.max_tokens, seed=params.seed),
+            adapter=adapter, verify=True,
+        )
+        results: list[list[PathResult]] = [[] for _ in problems]
+        async for response in self.stub.Solve(request, timeout=self.timeout_s):
+            path = response.path
+            verdict = verdict_from_pb(path.verdict)
+            results[response.problem_index].append(PathResult(
+                path.text, path.extracted_answer, verdict.correct, verdict.model_dump(mode="json"),
+                path.usage.prompt_tokens, path.usage.completion_tokens))
+        return results
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+@dataclass(frozen=True)
+class CorrectionResult:
+    status: str
+    fields: dict
+
+
+class LocalCorrector:
+    def __init__(self, verifier: VerifierPool):
+        from lema.core.config import CorrectorConfig
+        from lema.services.corrector.proxy import CorrectorProxy
+        from lema.services.corrector.upstreams import ReferenceUpstream
+
+        self.proxy = CorrectorProxy(ReferenceUpstream(), CorrectorConfig(), verifier)
+        versions = sorted(f"{p.id}:{p.version}" for p in PROMPTS.values())
+        self.tag = "c" + hashlib.sha256(json.dumps([self.proxy.upstream.model, versions]).encode()).hexdigest()[:10]
+
+    async def correct(self, problem: Problem, attempt: Attempt) -> CorrectionResult:
+        from lema.services.corrector.upstreams import CorrectionInput, UpstreamInputError
+
+        job = CorrectionInput(DatasetKind(problem.kind), problem.question, attempt.text, problem.gold_answer,
+                              problem.program_json or "")
+        try:
+            o = await self.proxy.correct(job)
+        except UpstreamInputError as exc:
+            return CorrectionResult("upstream_error", dict(failure_reason=str(exc), upstream_model=self.proxy.upstream.model))
+        return CorrectionResult(o.status.value, dict(
+            upstream_model=o.upstream_model, prompt_id=o.prompt_id, prompt_version=o.prompt_version,
+            incorrect_step=o.incorrect_step, explanation=o.explanation, corrected_solution=o.corrected_solution,
+            final_answer=o.final_answer, verified=o.verified,
+            verdict=o.verdict.model_dump(mode="json") if o.verdict else None, failure_reason=o.failure_reason,
+            prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens, cost_usd=o.cost_usd))
+
+    async def close(self) -> None:
+        return None
+
+
+class RemoteCorrector:
+    STATUS = {1: "accepted", 2: "unverified", 3: "rejected", 4: "unparseable", 5: "upstream_error"}
+
+    def __init__(self, address: str, timeout_s: float):
+        from lema.v1 import corrector_pb2_grpc
+
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = corrector_pb2_grpc.CorrectorStub(self.channel)
+        self.timeout_s = timeout_s
+        self.tag = "c" + hashlib.sha256(address.encode()).hexdigest()[:10]
+
+    async def correct(self, problem: Problem, attempt: Attempt) -> CorrectionResult:
+        from lema.v1 import common_pb2 as pb
+        from lema.v1 import corrector_pb2
+
+        request = corrector_pb2.CorrectRequest(
+            problem=pb.Problem(id=problem.id, kind=KIND_TO_PB[DatasetKind(problem.kind)], question=problem.question,
+                               gold_answer=problem.gold_answer, program_json=problem.program_json or ""),
+            wrong_solution=attempt.text, id=attempt.id)
+        try:
+            r = await self.stub.Correct(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return CorrectionResult("deferred", {})  # transient: not stored, so a later run retries it
+            return CorrectionResult("upstream_error", dict(failure_reason=f"{exc.code().name}: {exc.details()}"))
+        c = r.correction
+        return CorrectionResult(self.STATUS.get(r.status, "upstream_error"), dict(
+            upstream_model=c.upstream_model, prompt_id=c.prompt_id, prompt_version=c.prompt_version,
+            incorrect_step=c.incorrect_step, explanation=c.explanation, corrected_solution=c.corrected_solution,
+            final_answer=c.final_answer, verified=c.verified,
+            verdict=verdict_from_pb(c.verdict).model_dump(mode="json") if c.HasField("verdict") else None,
+            failure_reason=r.failure_reason, prompt_tokens=c.usage.prompt_tokens,
+            completion_tokens=c.usage.completion_tokens, cost_usd=c.cost_usd))
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+# --- the pipeline ---------------------------------------------------------------------------------------
+
+
+class Collector:
+    def __init__(self, sessions, settings: CollectSettings, on_update: Callable[[Stats], None] | None = None):
+        self.sessions = sessions
+        self.settings = settings
+        self.stats = Stats()
+        self.on_update = on_update or (lambda stats: None)
+        self.verifier = VerifierPool(workers=1, item_timeout_s=5.0)
+        self.reasoner = None
+        self.corrector = None
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.verifier.start()
+        self.reasoner = RemoteReasoner(s.reasoner_address, s.call_timeout_s) if s.reasoner_address \
+            else LocalReasoner(s, self.verifier)
+        await self.reasoner.start()
+        self.corrector = RemoteCorrector(s.corrector_address, s.call_timeout_s) if s.corrector_address \
+            else LocalCorrector(self.verifier)
+
+    async def close(self) -> None:
+        for part in (self.reasoner, self.corrector):
+            if part is not None:
+                await part.close()
+        await self.verifier.close()
+
+    def _attempt_rows(self, problem: Problem, paths: list[PathResult], run_key: str) -> list[dict]:
+        s = self.settings
+        sampling = dict(n=s.samples, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
+        return [
+            dict(id=f"{problem.id}|{run_key}|{i}", problem_id=problem.id, model=self.reasoner.model_id,
+                 adapter=s.adapter, sampling=sampling, sample_index=i, text=p.text, extracted_answer=p.extracted,
+                 correct=p.correct, verdict=p.verdict, prompt_tokens=p.prompt_tokens,
+                 completion_tokens=p.completion_tokens)
+            for i, p in enumerate(paths)
+        ]
+
+    async def run(self, problem_ids: list[str]) -> Stats:
+        """Collect for these problems (already in the store); resumes whatever a previous run left undone."""
+        s = self.settings
+        run_key = s.run_key(self.reasoner.model_id)
+        with self.sessions() as session:
+            todo = repo.problems_missing_attempts(session, problem_ids, run_key, s.samples)
+            leftover = repo.wrong_attempts_without_correction(session, self.corrector.tag)
+        self.stats.problems_total += len(problem_ids)
+        self.stats.problems_done += len(problem_ids) - len(todo)
+        self.on_update(self.stats)
+
+        reason_queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, s.queue_size // s.batch_size))
+        correct_queue: asyncio.Queue = asyncio.Queue(maxsize=s.queue_size)
+
+        async def produce() -> None:
+            for start in range(0, len(todo), s.batch_size):
+                await reason_queue.put(todo[start : start + s.batch_size])
+            await reason_queue.put(None)
+
+        async def reason() -> None:
+            for attempt in leftover:  # mistakes a previous run stored but did not get to correct
+                await correct_queue.put(attempt.id)
+            while (batch := await reason_queue.get()) is not None:
+                with self.sessions() as session:
+                    problems = repo.problems_by_id(session, batch)
+                results = await self.reasoner.solve(problems, s.sampling(), s.adapter)
+                for problem, paths in zip(problems, results):
+                    rows = self._attempt_rows(problem, paths, run_key)
+                    with self.sessions.begin() as session:  # one problem's k attempts: one transaction
+                        repo.add_attempts(session, rows)
+                    self.stats.problems_done += 1
+                    PROBLEMS_DONE.inc()
+                    for row in rows:
+                        self.stats.attempts += 1
+                        ATTEMPTS.labels(correct=str(row["correct"]).lower()).inc()
+                        if not row["correct"]:
+                            self.stats.mistakes += 1
+                            await correct_queue.put(row["id"])  # blocks while correctors are behind
+                    self.on_update(self.stats)
+            for _ in range(s.correct_concurrency):
+                await correct_queue.put(None)
+
+        async def correct() -> None:
+            while (attempt_id := await correct_queue.get()) is not None:
+                with self.sessions() as session:
+                    attempt = session.get(Attempt, attempt_id)
+                    problem = session.get(Problem, attempt.problem_id)
+                result = await self.corrector.correct(problem, attempt)
+                if result.status == "deferred":
+                    CORRECTIONS.labels(status="deferred").inc()
+                    continue
+                row = dict(id=f"{attempt.id}|{self.corrector.tag}", attempt_id=attempt.id, problem_id=problem.id,
+                           status=result.status, **{"upstream_model": "", "prompt_id": "", "prompt_version": "",
+                                                     **result.fields})
+                with self.sessions.begin() as session:
+                    repo.add_correction(session, row)
+                self.stats.corrections += 1
+                self.stats.accepted += result.status == "accepted"
+                CORRECTIONS.labels(status=result.status).inc()
+                self.on_update(self.stats)
+
+        await asyncio.gather(produce(), reason(), *[correct() for _ in range(s.correct_concurrency)])
+        return self.stats

@@ -1,0 +1,81 @@
+"""The store: migrations, SQLite WAL, exactly-once writes, intake validation, and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from sqlalchemy import inspect
+
+from lema.core.answers import DatasetKind
+from lema.core.store import repository as repo
+from lema.core.store.db import make_engine, open_store
+
+TABLES = {"problems", "attempts", "corrections", "augmentations", "intake", "exports", "alembic_version"}
+
+
+def problem(i: int) -> repo.ProblemIn:
+    return repo.ProblemIn(kind=DatasetKind.GSM8K, question=f"What is {i} + 1?", gold_answer=str(i + 1),
+                          source="test")
+
+
+def exercise(url: str) -> None:
+    sessions = open_store(url)
+    open_store(url)  # migrating twice is a no-op
+    assert TABLES <= set(inspect(sessions.kw["bind"]).get_table_names())
+    with sessions.begin() as s:
+        assert repo.add_problems(s, [problem(i) for i in range(5)]) == 5
+    with sessions.begin() as s:  # the same problems again: nothing new
+        assert repo.add_problems(s, [problem(i) for i in range(5)]) == 0
+    ids = [problem(i).key() for i in range(5)]
+    rows = [dict(id=f"{ids[0]}|run|{k}", problem_id=ids[0], model="m", adapter="", sampling={}, sample_index=k,
+                 text="t", extracted_answer="1", correct=k == 0, verdict={}, prompt_tokens=1, completion_tokens=1)
+            for k in range(3)]
+    with sessions.begin() as s:
+        assert repo.add_attempts(s, rows) == 3
+    with sessions.begin() as s:
+        assert repo.add_attempts(s, rows) == 0  # exactly once
+        assert repo.problems_missing_attempts(s, ids, "run", 3) == ids[1:]
+        assert len(repo.wrong_attempts_without_correction(s, "cX")) == 2
+        repo.add_correction(s, dict(id=f"{rows[1]['id']}|cX", attempt_id=rows[1]["id"], problem_id=ids[0],
+                                    upstream_model="u", prompt_id="p", prompt_version="v", status="accepted"))
+    with sessions.begin() as s:
+        assert [a.id for a in repo.wrong_attempts_without_correction(s, "cX")] == [rows[2]["id"]]
+        assert repo.enqueue_intake(s, ids[:2]) == 2 and repo.enqueue_intake(s, ids[:2]) == 0
+        assert repo.pending_intake(s, 10) == ids[:2]
+        repo.mark_intake_done(s, ids[:1])
+    with sessions() as s:
+        assert repo.pending_intake(s, 10) == ids[1:2]
+        c = repo.counts(s)
+        assert (c["problems"], c["attempts"], c["mistakes"], c["corrections_accepted"]) == (5, 3, 2, 1)
+
+
+def test_sqlite_store_in_wal_mode(tmp_path):
+    path = tmp_path / "lema.db"
+    exercise(str(path))
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_postgresql_store(postgres_url):
+    exercise(postgres_url)
+    assert make_engine(postgres_url).dialect.name == "postgresql"
+
+
+def test_intake_file_rejected_line_by_line_and_valid_lines_kept(tmp_path):
+    lines = [
+        json.dumps({"kind": "gsm8k", "question": "What is 2 + 2?", "gold_answer": "4"}),
+        "{not json",
+        json.dumps({"kind": "physics", "question": "Q", "gold_answer": "1"}),
+        "",
+        json.dumps({"kind": "math", "question": "   ", "gold_answer": "1"}),
+        json.dumps(["a", "list"]),
+        json.dumps({"kind": "math", "question": "Compute $1+1$.", "gold_answer": "2", "surprise": 1}),
+        json.dumps({"kind": "math", "question": "Compute $2+2$.", "gold_answer": "4", "id": "m-1"}),
+    ]
+    valid, errors = repo.parse_problem_lines(lines)
+    assert [p.question for p in valid] == ["What is 2 + 2?", "Compute $2+2$."]
+    assert [n for n, _ in errors] == [2, 3, 5, 6, 7]
+    reasons = dict(errors)
+    assert "not valid JSON" in reasons[2] and "kind" in reasons[3] and "question" in reasons[5]
+    assert "surprise" in reasons[7]
