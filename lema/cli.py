@@ -207,6 +207,30 @@ async def _correct_in_process(request, base_url: Optional[str], model: str, time
         await proxy.verifier.close()
 
 
+@serve_app.command("trainer")
+def serve_trainer(
+    port: Optional[int] = typer.Option(None, help="gRPC port (default 50064; 0 picks a free one)"),
+    host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    runs_root: Optional[Path] = typer.Option(None, help="folder of training runs"),
+    adapters_root: Optional[Path] = typer.Option(None, help="the adapter registry folder"),
+    endpoint_url: Optional[str] = typer.Option(None, help="the endpoint Promote hot-swaps into"),
+    metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus metrics on this port"),
+    config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
+) -> None:
+    """Serve the trainer over gRPC: QLoRA runs, the adapter registry, eval-gated promotion."""
+    from lema.core.config import load_config
+    from lema.trainer.server import main
+
+    section = load_config(config).trainer
+    overrides = {"port": port, "host": host, "runs_root": runs_root, "adapters_root": adapters_root,
+                 "endpoint_url": endpoint_url, "metrics_port": metrics_port}
+    try:
+        section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    except ValueError as exc:
+        _fail(str(exc))
+    main(section)
+
+
 problems_app = typer.Typer(help="Feed problems to a collector running with --follow.", no_args_is_help=True)
 app.add_typer(problems_app, name="problems")
 

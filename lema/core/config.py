@@ -78,10 +78,55 @@ class CorrectorConfig(GrpcServerConfig):
     max_batch_items: int = Field(default=1_000, ge=1)
 
 
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class EndpointConfig(_Section):
+    """The BentoML inference endpoint (services/endpoint): OpenAI-compatible API, /solve, LoRA hot-swap."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORTS["endpoint"], ge=0, le=65535)
+    model: str = Field(default="lema-tiny", description="lema-tiny, smollm2, a local folder or a Hugging Face id")
+    engine: Literal["auto", "vllm", "transformers"] = Field(
+        default="auto", description="auto = vLLM when importable and it starts, else transformers"
+    )
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for the transformers engine (default 1)")
+    registry_dir: str = Field(
+        default="~/.lema/adapters", description="the adapter registry: every adapter path is confined to it"
+    )
+    admin_token_env: str = Field(default="LEMA_ADMIN_TOKEN", description="env var holding the admin bearer token")
+    preload: list[str] = Field(
+        default_factory=list, description="adapters loaded at start: PATH or NAME=PATH, relative to registry_dir"
+    )
+    promote: str | None = Field(default=None, description="adapter (a preloaded NAME) promoted at start")
+    max_lora_rank: int = Field(default=64, ge=1, le=512)
+    allowed_target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    max_loaded_adapters: int = Field(default=8, ge=1, le=256)
+    max_adapter_mb: int = Field(default=1024, ge=1, description="upper limit on an adapter's safetensors size")
+    smoke_prompt: str = "Question: What is 2 + 3?\nAnswer:"
+    smoke_max_tokens: int = Field(default=4, ge=1, le=64)
+    drain_timeout_s: float = Field(default=60.0, gt=0, description="how long an unload waits for in-flight requests")
+    default_max_tokens: int = Field(default=256, ge=1)
+    max_tokens_limit: int = Field(default=2_048, ge=1)
+    vllm_kv_cache_gib: int | None = Field(default=None, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+
+
+class TrainerConfig(GrpcServerConfig):
+    port: int = DEFAULT_PORTS["trainer"]
+    runs_root: Path = Field(default=Path(".lema/runs"), description="one folder per training run")
+    adapters_root: Path = Field(default=Path(".lema/adapters"), description="the adapter registry")
+    endpoint_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['endpoint']}",
+                              description="the BentoML endpoint that Promote hot-swaps adapters into")
+    admin_token_env: str = Field(default="LEMA_ADMIN_TOKEN", description="env var with the endpoint's admin token")
+    gate_metric: str = Field(default="accuracy", description="Promote refuses adapters worse on this metric")
+
+
 class LemaConfig(_Section):
     verifier: VerifierConfig = VerifierConfig()
     reasoner: ReasonerConfig = ReasonerConfig()
     corrector: CorrectorConfig = CorrectorConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    endpoint: EndpointConfig = EndpointConfig()
 
 
 def load_config(path: str | Path | None = None) -> LemaConfig:

@@ -1,0 +1,104 @@
+"""A training recipe: every knob of a QLoRA run in one typed, YAML-loadable model (torchtune-style).
+
+Defaults are the LEMA paper's (QLoRA nf4, r=64, alpha=16, dropout 0.05, lr 2e-4, constant schedule,
+max_grad_norm 0.3, loss on the output only). An invalid field is rejected with its name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the offending field."""
+
+
+class QuantizationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    load_in_4bit: bool = True
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    # float32 on CPU: bf16 compute made a QLoRA step ~10x slower on this CPU (no native bf16, STACK.md).
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(default=64, ge=1, le=512)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class EvalSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    problems: int = Field(default=200, ge=1)
+    split: Literal["test", "ood"] = "test"
+    seed: int = 2026
+    max_tokens: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "qlora"
+    base_model: str = "lema-tiny"
+    quantization: QuantizationConfig = QuantizationConfig()
+    lora: LoraSettings = LoraSettings()
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    max_grad_norm: float = Field(default=0.3, gt=0)
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int = Field(default=-1, ge=-1, description="overrides epochs when > 0")
+    batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_seq_len: int = Field(default=512, ge=16)
+    packing: bool = False
+    completion_only_loss: bool = True
+    seed: int = 0
+    save_steps: int = Field(default=50, ge=1, description="checkpoint interval (a killed run resumes from the last)")
+    logging_steps: int = Field(default=5, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all)")
+    eval: EvalSettings = EvalSettings()
+
+
+def load_recipe(source: str | Path | None = None, overrides: dict | None = None) -> Recipe:
+    """A recipe from a YAML file (a path, or a name under trainer/configs/), a YAML string, or defaults."""
+    data: dict = {}
+    if source:
+        text = str(source)
+        path = Path(text)
+        named = CONFIGS / f"{text}.yaml"
+        if named.exists():
+            data = yaml.safe_load(named.read_text()) or {}
+        elif path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.exists():
+                raise RecipeError(f"recipe file {path} does not exist")
+            data = yaml.safe_load(path.read_text()) or {}
+        else:
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise RecipeError(f"the recipe is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise RecipeError("the recipe must be a YAML mapping")
+    data = _merge(data, overrides or {})
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "recipe"
+        raise RecipeError(f"invalid recipe field '{where}': {first['msg']}") from exc
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,88 @@
+"""The adapter registry: one versioned folder per adapter in PEFT format, plus metadata.json.
+
+    <root>/<adapter id>/adapter_config.json, adapter_model.safetensors, metadata.json
+
+Ids are never reused (vLLM serves stale prefix-cache entries for a reused name, its issue #42125): an id is the
+recipe name, a UTC timestamp and a random suffix. The content hash covers the adapter's weight and config files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+@dataclass
+class AdapterRecord:
+    id: str
+    base_model: str
+    path: str
+    content_hash: str
+    rank: int
+    target_modules: list[str]
+    export_id: str = ""
+    parent_adapter: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    created_at: str = ""
+    config_yaml: str = ""
+    run_id: str = ""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("LEMA_ADAPTERS", Path.home() / ".cache" / "lema" / "adapters"))
+
+
+def content_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        digest.update(name.encode())
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()
+
+
+class AdapterRegistry:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root or default_root())
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_id(self, prefix: str) -> str:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+    def register(self, adapter_dir: Path, base_model: str, prefix: str, metrics: dict[str, float] | None = None,
+                 export_id: str = "", parent_adapter: str = "", config_yaml: str = "", run_id: str = "") -> AdapterRecord:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        adapter_id = self.new_id(prefix)
+        target = self.root / adapter_id
+        tmp = self.root / f".{adapter_id}.tmp"
+        shutil.copytree(adapter_dir, tmp)
+        modules = config.get("target_modules") or []
+        record = AdapterRecord(
+            id=adapter_id, base_model=base_model, path=str(target), content_hash=content_hash(tmp),
+            rank=int(config.get("r", 0)), target_modules=sorted(modules) if isinstance(modules, list) else [modules],
+            export_id=export_id, parent_adapter=parent_adapter, metrics=dict(metrics or {}),
+            created_at=datetime.now(timezone.utc).isoformat(), config_yaml=config_yaml, run_id=run_id,
+        )
+        (tmp / "metadata.json").write_text(json.dumps(asdict(record), indent=2))
+        tmp.rename(target)  # atomic: a half-copied adapter never looks registered
+        return record
+
+    def get(self, adapter_id: str) -> AdapterRecord:
+        folder = (self.root / adapter_id).resolve()
+        if folder.parent != self.root.resolve() or not (folder / "metadata.json").exists():
+            raise KeyError(adapter_id)
+        return AdapterRecord(**json.loads((folder / "metadata.json").read_text()))
+
+    def list(self, base_model: str = "") -> list[AdapterRecord]:
+        records = []
+        for meta in sorted(self.root.glob("*/metadata.json")):
+            record = AdapterRecord(**json.loads(meta.read_text()))
+            if not base_model or record.base_model == base_model:
+                records.append(record)
+        return sorted(records, key=lambda r: r.created_at)

@@ -1,0 +1,166 @@
+"""gRPC Trainer: start, watch, cancel runs; list adapters; eval-gated promotion into the endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from lema.core.config import TrainerConfig
+from lema.core.grpc_server import invalid_argument
+from lema.trainer.promote import PromotionError, promote
+from lema.trainer.recipe import RecipeError, load_recipe
+from lema.trainer.registry import AdapterRecord, AdapterRegistry
+from lema.trainer.runs import TERMINAL, RunDir, RunManager, RunState
+from lema.v1 import common_pb2 as pb
+from lema.v1 import trainer_pb2 as tpb
+from lema.v1 import trainer_pb2_grpc
+
+STATE_TO_PB = {
+    "queued": tpb.RUN_STATE_QUEUED, "running": tpb.RUN_STATE_RUNNING, "evaluating": tpb.RUN_STATE_EVALUATING,
+    "succeeded": tpb.RUN_STATE_SUCCEEDED, "failed": tpb.RUN_STATE_FAILED, "cancelled": tpb.RUN_STATE_CANCELLED,
+}
+
+
+def _timestamp(iso: str) -> Timestamp | None:
+    if not iso:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(datetime.fromisoformat(iso))
+    return ts
+
+
+def run_to_pb(run: RunDir, state: RunState | None = None) -> tpb.TrainingRun:
+    state = state or run.state()
+    spec = run.spec()
+    message = tpb.TrainingRun(id=run.id, state=STATE_TO_PB[state.state], config_yaml=spec["config_yaml"],
+                              export_path=spec["export_path"], base_model=spec["base_model"], step=state.step,
+                              total_steps=state.total_steps, adapter_id=state.adapter_id, error=state.error,
+                              metrics=state.metrics)
+    if (created := _timestamp(state.created_at)) is not None:
+        message.created_at.CopyFrom(created)
+    if (finished := _timestamp(state.finished_at)) is not None:
+        message.finished_at.CopyFrom(finished)
+    return message
+
+
+def adapter_to_pb(record: AdapterRecord) -> pb.Adapter:
+    message = pb.Adapter(id=record.id, base_model=record.base_model, path=record.path,
+                         content_hash=record.content_hash, rank=record.rank, target_modules=record.target_modules,
+                         export_id=record.export_id, parent_adapter=record.parent_adapter, metrics=record.metrics,
+                         config_yaml=record.config_yaml)
+    if (created := _timestamp(record.created_at)) is not None:
+        message.created_at.CopyFrom(created)
+    return message
+
+
+def event_to_pb(run_id: str, event: dict) -> tpb.RunEvent:
+    message = tpb.RunEvent(run_id=run_id)
+    if (ts := _timestamp(event.get("time", ""))) is not None:
+        message.time.CopyFrom(ts)
+    kind = event["type"]
+    if kind == "progress":
+        message.progress.CopyFrom(tpb.ProgressEvent(
+            step=event["step"], total_steps=event["total_steps"], loss=event["loss"],
+            learning_rate=event["learning_rate"], tokens_per_second=event["tokens_per_second"],
+            epoch=event.get("epoch", 0.0)))
+    elif kind == "eval":
+        message.eval.CopyFrom(tpb.EvalEvent(metrics=event["metrics"]))
+    elif kind == "state":
+        message.state = STATE_TO_PB[event["state"]]
+    else:
+        message.log = str(event.get("message", ""))
+    return message
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
+    def __init__(self, config: TrainerConfig):
+        self.config = config
+        self.runs = RunManager(config.runs_root, config.adapters_root)
+        self.registry = AdapterRegistry(config.adapters_root)
+
+    def _run(self, run_id: str) -> RunDir | None:
+        try:
+            return self.runs.get(run_id)
+        except KeyError:
+            return None
+
+    async def StartRun(self, request: tpb.StartRunRequest, context) -> tpb.TrainingRun:
+        try:
+            recipe = load_recipe(request.config_yaml or None)
+        except RecipeError as exc:
+            await invalid_argument(context, str(exc))
+        if not request.export_path or not Path(request.export_path).is_file():
+            await invalid_argument(context, f"export_path {request.export_path!r} is not a file (a training JSONL)")
+        existing = self._run(request.run_id) if request.run_id else None
+        if existing is not None:
+            state = existing.state()
+            if state.state in ("running", "evaluating") and self.runs.active() is not None:
+                return run_to_pb(existing, state)  # idempotent start
+            if not request.resume:
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                    f"run {request.run_id} exists ({state.state}); pass resume=true to continue it")
+            if state.state == "succeeded":
+                return run_to_pb(existing, state)
+        active = self.runs.active()
+        if active is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"run {active.id} is training; this trainer runs one at a time")
+        run = existing or self.runs.create(request.config_yaml, request.export_path, recipe.base_model, request.run_id)
+        self.runs.launch(run)
+        return run_to_pb(run)
+
+    async def WatchRun(self, request: tpb.WatchRunRequest, context) -> AsyncIterator[tpb.RunEvent]:
+        run = self._run(request.run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+        offset = 0
+        while True:
+            events, offset = run.events(offset)
+            for event in events:
+                yield event_to_pb(run.id, event)
+            state = run.state()
+            if state.state in TERMINAL and not events:
+                return
+            if state.state not in TERMINAL and self.runs.active() is None and self._processes_gone(run):
+                return
+            await asyncio.sleep(0.5)
+
+    def _processes_gone(self, run: RunDir) -> bool:
+        process = self.runs._processes.get(run.id)
+        return process is None or process.poll() is not None
+
+    async def CancelRun(self, request: tpb.CancelRunRequest, context) -> tpb.TrainingRun:
+        run = self._run(request.run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+        state = await asyncio.to_thread(self.runs.cancel, run)
+        return run_to_pb(run, state)
+
+    async def GetRun(self, request: tpb.GetRunRequest, context) -> tpb.TrainingRun:
+        run = self._run(request.run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+        return run_to_pb(run)
+
+    async def ListAdapters(self, request: tpb.ListAdaptersRequest, context) -> tpb.ListAdaptersResponse:
+        return tpb.ListAdaptersResponse(adapters=[adapter_to_pb(r) for r in self.registry.list(request.base_model)])
+
+    async def Promote(self, request: tpb.PromoteRequest, context) -> tpb.PromoteResponse:
+        try:
+            record = self.registry.get(request.adapter_id)
+        except KeyError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no adapter {request.adapter_id!r} in the registry")
+        url = request.endpoint_url or self.config.endpoint_url
+        try:
+            outcome = await asyncio.to_thread(promote, record, url, self.config.admin_token_env,
+                                              self.config.gate_metric, request.force)
+        except PromotionError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE if exc.transient else grpc.StatusCode.FAILED_PRECONDITION,
+                                str(exc))
+        return tpb.PromoteResponse(promoted=outcome.promoted, reason=outcome.reason, adapter=adapter_to_pb(record),
+                                   previous_adapter_id=outcome.previous)
