@@ -231,6 +231,37 @@ def serve_trainer(
     main(section)
 
 
+@app.command()
+def ablate(
+    export: Path = typer.Option(..., help="an export folder written by `lema export --size N`"),
+    recipe: str = typer.Option("tiny", help="a recipe name under trainer/configs or a YAML file"),
+    work_dir: Path = typer.Option(Path(".lema/ablation"), help="where the two runs are written"),
+) -> None:
+    """Train CoT-only and LEMA adapters at equal data size; print their accuracies side by side (95% CIs)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lema.trainer.ablation import run_ablation
+    from lema.trainer.recipe import RecipeError, load_recipe
+
+    try:
+        parsed = load_recipe(recipe)
+    except RecipeError as exc:
+        _fail(str(exc))
+    if not (export / "manifest.json").exists():
+        _fail(f"{export} has no manifest.json: run `lema export --size N` first")
+    console = Console()
+    rows = run_ablation(parsed, export, work_dir,
+                        on_progress=lambda name, e: console.print(f"[dim]{name}: step {e['step']}/{e['total_steps']} "
+                                                                  f"loss {e['loss']:.3f}[/]"))
+    table = Table(title=f"CoT-only vs LEMA at equal data size ({parsed.eval.problems} held-out problems, greedy)")
+    for col in ("model", "training data", "examples", "accuracy", "95% CI", "correct"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row.cells())
+    console.print(table)
+
+
 problems_app = typer.Typer(help="Feed problems to a collector running with --follow.", no_args_is_help=True)
 app.add_typer(problems_app, name="problems")
 

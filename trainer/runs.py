@@ -119,7 +119,13 @@ class RunManager:
     def active(self) -> RunDir | None:
         for run_id, process in list(self._processes.items()):
             if process.poll() is None:
-                return self.get(run_id)
+                run = self.get(run_id)
+                if run.state().state not in TERMINAL:
+                    return run
+                try:  # finished, the process is only exiting
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
             del self._processes[run_id]
         return None
 
