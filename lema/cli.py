@@ -386,6 +386,14 @@ def export_command(
                            "out": str(out)}))
 
 
+try:  # the endpoint needs the `serve` extra (BentoML)
+    from lema.services.endpoint.cli import endpoint_command
+
+    serve_app.command("endpoint")(endpoint_command)
+except ImportError:  # pragma: no cover - depends on the install
+    pass
+
+
 @app.command()
 def verify(
     kind: str = typer.Option(..., help="gsm8k | math | synthetic"),

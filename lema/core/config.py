@@ -92,7 +92,8 @@ class EndpointConfig(_Section):
     )
     threads: int | None = Field(default=None, ge=1, description="CPU threads for the transformers engine (default 1)")
     registry_dir: str = Field(
-        default="~/.lema/adapters", description="the adapter registry: every adapter path is confined to it"
+        default=".lema/adapters",
+        description="the adapter registry (the trainer's adapters_root): every adapter path is confined to it",
     )
     admin_token_env: str = Field(default="LEMA_ADMIN_TOKEN", description="env var holding the admin bearer token")
     preload: list[str] = Field(

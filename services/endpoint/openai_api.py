@@ -5,18 +5,24 @@ The BentoML endpoint mounts this app; it also runs standalone under uvicorn
 OpenAI-compatible server on 127.0.0.1 for the corrector and the reasoner's `openai` engine.
 
 Requests name the base model or a loaded adapter in `model`; bad requests get HTTP 400 with an OpenAI-style
-error body, never a crash.
+error body, never a crash. Every response says which model served it: the `model` field holds the served model
+(the adapter's name, or the base model's), and so does the `x-lema-adapter` header.
+
+The BentoML endpoint passes `pin` (resolve the requested model and lease that adapter for the whole request, so
+a promotion or an unload cannot change the adapter mid-request), `list_models` and `on_request` (metrics).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -26,6 +32,7 @@ from lema.core.engines import Engine, EngineError, SamplingParams
 
 MAX_TOKENS_LIMIT = 4096
 MAX_N = 16
+ADAPTER_HEADER = "x-lema-adapter"
 
 
 class ChatMessageIn(BaseModel):
@@ -38,10 +45,11 @@ class _Common(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_N)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: Optional[int] = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    stop: str | list[str] | None = None
+    seed: int | None = None
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
 
     def sampling(self, default_max_tokens: int = 256) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -50,7 +58,7 @@ class _Common(BaseModel):
 
 
 class CompletionRequest(_Common):
-    prompt: Union[str, list[str]]
+    prompt: str | list[str]
 
 
 class ChatRequest(_Common):
@@ -68,14 +76,25 @@ def served_name(engine: Engine) -> str:
 
 def build_app(
     get_engine: Callable[[], Engine],
-    resolve_adapter: Callable[[str], Optional[str]] | None = None,
+    resolve_adapter: Callable[[str], str | None] | None = None,
     on_served: Callable[[str, int], None] | None = None,
+    *,
+    pin: Callable[[str], AbstractContextManager[str | None]] | None = None,
+    list_models: Callable[[], list[dict]] | None = None,
+    on_request: Callable[[str, str, int, float, int, int], None] | None = None,
+    default_max_tokens: int = 256,
+    max_tokens_limit: int = MAX_TOKENS_LIMIT,
 ) -> FastAPI:
     """`resolve_adapter(model_name)` maps a requested model to an adapter name (None = base model) or raises
-    KeyError for an unknown model; the default accepts the base model's name and any loaded adapter name."""
+    KeyError for an unknown model; the default accepts the base model's name and any loaded adapter name.
+
+    `pin(model_name)` is a context manager doing the same and holding the adapter for the request's duration
+    (default: `resolve_adapter` with nothing held). `list_models()` returns /models' data entries.
+    `on_request(route, served_model, status, seconds, prompt_tokens, completion_tokens)` sees every request.
+    """
     app = FastAPI(title="lema OpenAI-compatible API")
 
-    def default_resolve(model: str) -> Optional[str]:
+    def default_resolve(model: str) -> str | None:
         engine = get_engine()
         if model in (engine.model_id, served_name(engine), "default"):
             return None
@@ -84,6 +103,14 @@ def build_app(
         raise KeyError(model)
 
     resolve = resolve_adapter or default_resolve
+
+    def default_pin(model: str) -> AbstractContextManager[str | None]:
+        return contextlib.nullcontext(resolve(model))
+
+    pin_adapter = pin or default_pin
+
+    def served_as(adapter: str | None) -> str:
+        return adapter or served_name(get_engine())
 
     async def parse(request: Request, model_cls):
         try:
@@ -97,6 +124,8 @@ def build_app(
 
     @app.get("/models")
     async def models() -> dict:
+        if list_models is not None:
+            return {"object": "list", "data": list_models()}
         engine = get_engine()
         now = int(time.time())
         base = served_name(engine)
@@ -105,58 +134,86 @@ def build_app(
                  for a in engine.adapters()]
         return {"object": "list", "data": data}
 
-    async def run(body: _Common, prompts: list) -> tuple[Optional[str], list, Optional[JSONResponse]]:
+    def observe(route: str, model: str, status: int, started: float, results: list | None = None) -> None:
+        if on_request is None:
+            return
+        prompt_tokens = sum(r[0].prompt_tokens for r in results if r) if results else 0
+        completion_tokens = sum(c.completion_tokens for r in results for c in r) if results else 0
+        on_request(route, model, status, time.perf_counter() - started, prompt_tokens, completion_tokens)
+
+    async def run(body: _Common, prompts: list) -> tuple[str, list, JSONResponse | None]:
+        """Generate on the adapter pinned at the start of the request; returns (served model, results, error)."""
+        if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
+            return "-", [], _error(400, f"max_tokens: must be at most {max_tokens_limit}")
         try:
-            adapter = resolve(body.model)
+            with pin_adapter(body.model) as adapter:
+                served = served_as(adapter)
+                try:
+                    results = await get_engine().generate(prompts, body.sampling(default_max_tokens), adapter)
+                except (EngineError, ValueError) as exc:
+                    return served, [], _error(400, str(exc))
         except KeyError:
-            return None, [], _error(404, f"model {body.model!r} is not served here; see /v1/models", "not_found_error")
-        try:
-            results = await get_engine().generate(prompts, body.sampling(), adapter)
-        except (EngineError, ValueError) as exc:
-            return adapter, [], _error(400, str(exc))
+            return "-", [], _error(404, f"model {body.model!r} is not served here; see /v1/models", "not_found_error")
         if on_served is not None:
             on_served(adapter or "base", sum(c.completion_tokens for r in results for c in r))
-        return adapter, results, None
+        return served, results, None
+
+    def reply(response: dict, served: str, stream: AsyncIterator[str] | None):
+        headers = {ADAPTER_HEADER: served}
+        if stream is not None:
+            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        return JSONResponse(response, headers=headers)
+
+    def failed(route: str, served: str, error: JSONResponse, started: float) -> JSONResponse:
+        observe(route, served, error.status_code, started)
+        return error
 
     @app.post("/completions")
     async def completions(request: Request):
+        started = time.perf_counter()
         body, error = await parse(request, CompletionRequest)
         if error:
-            return error
+            return failed("completions", "-", error, started)
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if not prompts or any(not p for p in prompts):
-            return _error(400, "prompt: must be a non-empty string or list of non-empty strings")
-        adapter, results, error = await run(body, prompts)
+            error = _error(400, "prompt: must be a non-empty string or list of non-empty strings")
+            return failed("completions", "-", error, started)
+        served, results, error = await run(body, prompts)
         if error:
-            return error
+            return failed("completions", served, error, started)
         choices = [
             {"index": i * body.n + j, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
             for i, samples in enumerate(results) for j, c in enumerate(samples)
         ]
-        response = _envelope("text_completion", body.model, choices, results)
-        if body.stream:
-            return StreamingResponse(_stream_completion(response), media_type="text/event-stream")
-        return response
+        response = _envelope("text_completion", served, choices, results)
+        observe("completions", served, 200, started, results)
+        stream = _stream_completion(response, _include_usage(body)) if body.stream else None
+        return reply(response, served, stream)
 
     @app.post("/chat/completions")
     async def chat(request: Request):
+        started = time.perf_counter()
         body, error = await parse(request, ChatRequest)
         if error:
-            return error
+            return failed("chat", "-", error, started)
         messages = [m.model_dump() for m in body.messages]
-        adapter, results, error = await run(body, [messages])
+        served, results, error = await run(body, [messages])
         if error:
-            return error
+            return failed("chat", served, error, started)
         choices = [
             {"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
             for j, c in enumerate(results[0])
         ]
-        response = _envelope("chat.completion", body.model, choices, results)
-        if body.stream:
-            return StreamingResponse(_stream_chat(response), media_type="text/event-stream")
-        return response
+        response = _envelope("chat.completion", served, choices, results)
+        observe("chat", served, 200, started, results)
+        stream = _stream_chat(response, _include_usage(body)) if body.stream else None
+        return reply(response, served, stream)
 
     return app
+
+
+def _include_usage(body: _Common) -> bool:
+    return bool((body.stream_options or {}).get("include_usage"))
 
 
 def _envelope(kind: str, model: str, choices: list, results: list) -> dict:
@@ -173,15 +230,18 @@ def _envelope(kind: str, model: str, choices: list, results: list) -> dict:
     }
 
 
-async def _stream_completion(response: dict) -> AsyncIterator[str]:
+async def _stream_completion(response: dict, include_usage: bool = False) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format (one content chunk per choice, then the finish)."""
+    body = {k: v for k, v in response.items() if k != "usage"}
     for choice in response["choices"]:
-        chunk = {**response, "choices": [{**choice}]}
+        chunk = {**body, "choices": [{**choice}]}
         yield f"data: {json.dumps(chunk)}\n\n"
+    if include_usage:
+        yield f"data: {json.dumps({**body, 'choices': [], 'usage': response['usage']})}\n\n"
     yield "data: [DONE]\n\n"
 
 
-async def _stream_chat(response: dict) -> AsyncIterator[str]:
+async def _stream_chat(response: dict, include_usage: bool = False) -> AsyncIterator[str]:
     base = {k: response[k] for k in ("id", "created", "model")}
     for choice in response["choices"]:
         i = choice["index"]
@@ -189,6 +249,9 @@ async def _stream_chat(response: dict) -> AsyncIterator[str]:
         last = {"index": i, "delta": {}, "finish_reason": choice["finish_reason"]}
         for part in (first, last):
             yield f"data: {json.dumps({**base, 'object': 'chat.completion.chunk', 'choices': [part]})}\n\n"
+    if include_usage:
+        chunk = {**base, "object": "chat.completion.chunk", "choices": [], "usage": response["usage"]}
+        yield f"data: {json.dumps(chunk)}\n\n"
     yield "data: [DONE]\n\n"
 
 

@@ -83,9 +83,18 @@ class TransformersEngine:
     async def unload_adapter(self, name: str) -> None:
         if name not in self._adapters:
             raise EngineError(f"adapter {name!r} is not loaded")
+        # In a worker thread: the lock may be held by a generation in progress.
+        await asyncio.to_thread(self._unload_adapter, name)
+
+    def _unload_adapter(self, name: str) -> None:
         with self._lock:
+            last = set(self._adapters) == {name}
             self.model.delete_adapter(name)
-        del self._adapters[name]
+            if last:
+                # peft 0.21 leaves `active_adapter` naming the deleted adapter after the only one goes, and every
+                # later base-model generate fails: remove the empty LoRA layers and serve the plain model again.
+                self.model = self.model.unload()
+            self._adapters.pop(name, None)
 
     def adapters(self) -> list[AdapterInfo]:
         return list(self._adapters.values())

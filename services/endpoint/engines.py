@@ -1,0 +1,94 @@
+"""The endpoint's engine: vLLM (runtime LoRA) when asked for or available and working, else transformers+peft.
+
+`engine: auto` picks vLLM when `vllm` is importable and the engine starts and generates; any failure falls back
+to the transformers engine with a logged warning, so the same API is always served.
+
+`EndpointTransformersEngine` adds what the hot-swap path needs to the shared transformers engine: cleanup of a
+failed, half-registered load, in a worker thread (the engine lock can be held by a generation in progress, and
+waiting for it on the event loop would stall every request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+from lema.core.engines import Engine, EngineError, SamplingParams, create_engine
+from lema.core.engines.transformers_engine import TransformersEngine
+
+logger = logging.getLogger("lema.endpoint")
+
+
+class EndpointTransformersEngine(TransformersEngine):
+    async def discard_partial(self, name: str) -> None:
+        """Forget an adapter whose load failed half way (peft may have registered its config already)."""
+        await asyncio.to_thread(self._discard_partial, name)
+
+    def _discard_partial(self, name: str) -> None:
+        from peft import PeftModel
+
+        with self._lock:
+            self._adapters.pop(name, None)
+            if isinstance(self.model, PeftModel) and name in getattr(self.model, "peft_config", {}):
+                try:
+                    self.model.delete_adapter(name)
+                except Exception:  # noqa: BLE001 - half-registered: drop the config entry by hand
+                    self.model.peft_config.pop(name, None)
+                if not self.model.peft_config:
+                    self.model = self.model.unload()
+
+
+@dataclass
+class EngineChoice:
+    engine: Engine
+    kind: str  # "vllm" | "transformers"
+    fallback_reason: str | None = None
+
+
+async def _start_vllm(model_id: str, max_lora_rank: int, max_loras: int, kv_cache_gib: int | None) -> Engine:
+    options = {"max_lora_rank": max_lora_rank, "max_loras": max_loras}
+    if kv_cache_gib is not None:
+        options["kv_cache_space_gib"] = kv_cache_gib
+    engine = await asyncio.to_thread(create_engine, "vllm", model_id, **options)
+    try:
+        start = getattr(engine, "start", None)
+        if start is not None:
+            await start()
+        await engine.generate(["1 + 1 ="], SamplingParams(max_tokens=1))  # it really generates
+    except BaseException:
+        try:
+            await engine.close()
+        except Exception as exc:  # noqa: BLE001 - already failing; the first error is the one to report
+            logger.debug("closing the failed vLLM engine: %s", exc)
+        raise
+    return engine
+
+
+async def choose_engine(
+    kind: str,
+    model_id: str,
+    *,
+    threads: int | None = None,
+    max_lora_rank: int = 64,
+    max_loras: int = 8,
+    kv_cache_gib: int | None = None,
+) -> EngineChoice:
+    reason = None
+    if kind in ("auto", "vllm"):
+        if importlib.util.find_spec("vllm") is None:
+            reason = "vllm is not installed"
+            if kind == "vllm":
+                logger.warning("engine=vllm but %s; falling back to the transformers engine", reason)
+        else:
+            try:
+                engine = await _start_vllm(model_id, max_lora_rank, max_loras, kv_cache_gib)
+                return EngineChoice(engine, "vllm")
+            except Exception as exc:  # noqa: BLE001 - any failure: serve with transformers instead
+                reason = f"vLLM failed to start: {type(exc).__name__}: {exc}"
+                logger.warning("%s; falling back to the transformers engine", reason)
+    elif kind != "transformers":
+        raise ValueError(f"unknown engine {kind!r}; choose auto, vllm or transformers")
+    engine = await asyncio.to_thread(EndpointTransformersEngine, model_id, threads=threads)
+    return EngineChoice(engine, "transformers", reason)

@@ -1,0 +1,115 @@
+"""The BentoML service: `bentoml serve` from the repository root (bentofile.yaml names it) or `lema serve endpoint`.
+
+    /v1/models, /v1/completions, /v1/chat/completions   OpenAI-compatible (streaming too)   (core.v1_app)
+    /solve                                              question -> solution, answer, adapter used
+    /admin/...                                          adapter load/unload/promote/rollback (admin.py)
+    /livez /healthz /readyz /metrics                    BentoML's probes and Prometheus metrics
+
+One worker holds the one engine and the hot-swap state (several workers would each hold their own adapters and
+promotions). The engine starts in the background after the server is up: /livez answers at once, /readyz turns
+200 when the model (and any preloaded adapter) is loaded, and the APIs answer 503 until then.
+
+Configuration: $LEMA_CONFIG (a lema YAML file, its `endpoint` section), $LEMA_ENDPOINT_CONFIG (JSON of
+EndpointConfig fields, what `lema serve endpoint` sets), $LEMA_ENDPOINT_MODEL / _ENGINE / _REGISTRY.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+try:
+    import lema.services
+except ImportError:  # pragma: no cover - inside a built bento: lema/ and services/ sit side by side in src/
+    import lema
+
+    # the packages `services` and `services.endpoint` double as `lema.services` and `lema.services.endpoint`
+    sys.modules["lema.services"] = importlib.import_module("services")
+    sys.modules["lema.services.endpoint"] = importlib.import_module("services.endpoint")
+    lema.services = sys.modules["lema.services"]
+
+import bentoml
+from lema.services.endpoint.admin import build_admin_app
+from lema.services.endpoint.core import (
+    EndpointCore,
+    NotReady,
+    current_core,
+    load_endpoint_config,
+    set_current_core,
+    v1_app,
+)
+from lema.services.endpoint.openai_api import ADAPTER_HEADER
+from lema.services.endpoint.swap import UnknownModel
+
+_CONFIG = load_endpoint_config()
+V1_APP = v1_app(_CONFIG)
+ADMIN_APP = build_admin_app(current_core, _CONFIG.admin_token_env)
+
+
+@bentoml.asgi_app(V1_APP, path="/v1")
+@bentoml.asgi_app(ADMIN_APP, path="/admin")
+@bentoml.service(
+    name="lema-endpoint",
+    workers=1,
+    traffic={"timeout": 600},
+    labels={"project": "lema", "component": "endpoint"},
+)
+class Endpoint:
+    def __init__(self) -> None:
+        import logging
+
+        import torch
+
+        logging.getLogger("lema.endpoint").setLevel(logging.INFO)  # loads, swaps, readiness in the server log
+        torch.set_num_threads(self_threads(_CONFIG.threads))
+        self.core = EndpointCore(load_endpoint_config())
+        set_current_core(self.core)
+
+    @bentoml.on_startup
+    async def start_engine(self) -> None:
+        self.core.start_in_background()
+
+    @bentoml.on_shutdown
+    async def stop_engine(self) -> None:
+        await self.core.close()
+        set_current_core(None)
+
+    def __is_ready__(self) -> bool:
+        return self.core.ready
+
+    def __is_alive__(self) -> bool:
+        return self.core.failed is None
+
+    def __metrics__(self, content: str) -> str:
+        return self.core.metrics.exposition(content)
+
+    @bentoml.api(route="/solve")
+    async def solve(
+        self,
+        question: str,
+        model: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        kind: str = "gsm8k",
+        ctx: bentoml.Context = None,
+    ) -> dict:
+        """Solve a math word problem step by step: the solution text, the extracted answer, the adapter used.
+        `model` names the base model or a loaded adapter; left out, the promoted adapter serves."""
+        from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
+
+        try:
+            result = await self.core.solve(question, model, max_tokens, temperature, kind)
+        except NotReady as exc:
+            raise ServiceUnavailable(str(exc)) from None
+        except (UnknownModel, KeyError):
+            raise NotFound(f"model {model!r} is not served here; see /v1/models") from None
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if ctx is not None:
+            ctx.response.headers[ADAPTER_HEADER] = result["model"]
+        return result
+
+
+def self_threads(threads: int | None) -> int:
+    """Torch threads in the worker: 1 unless configured (lema shares the CPU with other processes)."""
+    return threads or 1
