@@ -225,6 +225,7 @@ def serve_trainer(
     runs_root: Optional[Path] = typer.Option(None, help="folder of training runs"),
     adapters_root: Optional[Path] = typer.Option(None, help="the adapter registry folder"),
     endpoint_url: Optional[str] = typer.Option(None, help="the endpoint Promote hot-swaps into"),
+    admin_token_env: Optional[str] = typer.Option(None, help="env var holding the endpoint's admin token"),
     metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus metrics on this port"),
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
@@ -234,7 +235,7 @@ def serve_trainer(
 
     section = load_config(config).trainer
     overrides = {"port": port, "host": host, "runs_root": runs_root, "adapters_root": adapters_root,
-                 "endpoint_url": endpoint_url, "metrics_port": metrics_port}
+                 "endpoint_url": endpoint_url, "metrics_port": metrics_port, "admin_token_env": admin_token_env}
     try:
         section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
     except ValueError as exc:
@@ -464,12 +465,24 @@ def _verify_remote(address: str, kind, gold: str, candidate: str, answer_only: b
 
 @app.command()
 def demo(
-    limit: int = typer.Option(500, help="gold answers per dataset in the verifier check"),
+    rounds: int = typer.Option(1, min=1, help="loop rounds; each round's promoted adapter reasons in the next"),
+    problems: int = typer.Option(150, min=8, help="synthetic training problems collected per round"),
+    samples: int = typer.Option(4, min=1, help="reasoning paths per problem"),
+    eval_problems: int = typer.Option(200, min=10, help="held-out problems for every evaluation"),
+    corrector_url: Optional[str] = typer.Option(None, help="an OpenAI-compatible corrector (default: reference)"),
+    corrector_model: str = typer.Option("gpt-4", help="the corrector upstream's model name"),
+    recipe: str = typer.Option("tiny", help="training recipe (trainer/configs/NAME.yaml or a file)"),
+    model: str = typer.Option("lema-tiny", help="the base model"),
+    workdir: Path = typer.Option(Path(".lema/demo"), help="where the run's store, exports, adapters and plot go"),
 ) -> None:
-    """The main job on the embedded default: runs every stage of the loop that exists, prints the results."""
-    from lema.demo import run_demo
+    """The main job: baseline -> collect mistakes -> correct -> verify -> export -> train CoT-only and LEMA ->
+    hot-swap the better into the endpoint -> evaluate through it -> Table 1 + plot."""
+    from lema.demo import DemoOptions, run_demo
 
-    run_demo(limit=limit)
+    if corrector_url and not corrector_url.startswith(("http://", "https://")):
+        _fail("--corrector-url must be an http(s) URL of an OpenAI-compatible server")
+    run_demo(DemoOptions(model=model, rounds=rounds, problems=problems, samples=samples, eval_problems=eval_problems,
+                         recipe=recipe, corrector_url=corrector_url, corrector_model=corrector_model, workdir=workdir))
 
 
 def main() -> None:  # pragma: no cover

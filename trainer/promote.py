@@ -34,6 +34,8 @@ class PromotionOutcome:
 
 def _client(url: str, token_env: str) -> httpx.Client:
     token = os.environ.get(token_env, "")
+    if not token:
+        raise PromotionError(f"the endpoint's admin token is not set: export {token_env}=...")
     return httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=120)
 
 

@@ -48,8 +48,11 @@ class CollectSettings:
     model: str = "lema-tiny"
     engine: str = "transformers"
     adapter: str = ""
+    adapter_path: str = ""  # in-process reasoner: load this PEFT folder as `adapter`
     reasoner_address: str | None = None
     corrector_address: str | None = None
+    corrector_url: str | None = None  # in-process corrector with an OpenAI-compatible upstream (default: reference)
+    corrector_model: str = "gpt-4"
     call_timeout_s: float = 600.0
 
     def sampling(self) -> SamplingParams:
@@ -97,10 +100,13 @@ class LocalReasoner:
         self.engine = create_engine(settings.engine, resolve_model(settings.model))
         self.model_id = settings.model
         self.verifier = verifier
+        self.adapter = (settings.adapter, settings.adapter_path) if settings.adapter_path else None
 
     async def start(self) -> None:
         if hasattr(self.engine, "start"):
             await self.engine.start()
+        if self.adapter:
+            await self.engine.load_adapter(*self.adapter)
 
     async def solve(self, problems: list[Problem], params: SamplingParams, adapter: str) -> list[list[PathResult]]:
         prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in problems]
@@ -167,24 +173,30 @@ class CorrectionResult:
 
 
 class LocalCorrector:
-    def __init__(self, verifier: VerifierPool):
+    def __init__(self, verifier: VerifierPool, url: str | None = None, model: str = "gpt-4"):
         from lema.core.config import CorrectorConfig
         from lema.services.corrector.proxy import CorrectorProxy
-        from lema.services.corrector.upstreams import ReferenceUpstream
+        from lema.services.corrector.upstreams import OpenAIUpstream, ReferenceUpstream
 
-        self.proxy = CorrectorProxy(ReferenceUpstream(), CorrectorConfig(), verifier)
+        config = CorrectorConfig(upstream="openai" if url else "reference", base_url=url, model=model)
+        upstream = OpenAIUpstream(url, model, config.api_key_env, config.max_tokens, config.temperature) if url \
+            else ReferenceUpstream()
+        self.proxy = CorrectorProxy(upstream, config, verifier)
         versions = sorted(f"{p.id}:{p.version}" for p in PROMPTS.values())
         self.tag = "c" + hashlib.sha256(json.dumps([self.proxy.upstream.model, versions]).encode()).hexdigest()[:10]
 
     async def correct(self, problem: Problem, attempt: Attempt) -> CorrectionResult:
-        from lema.services.corrector.upstreams import CorrectionInput, UpstreamInputError
+        from lema.core.resilience import CircuitOpenError, RetryableError
+        from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
 
         job = CorrectionInput(DatasetKind(problem.kind), problem.question, attempt.text, problem.gold_answer,
                               problem.program_json or "")
         try:
             o = await self.proxy.correct(job)
-        except UpstreamInputError as exc:
+        except (UpstreamInputError, UpstreamFatalError) as exc:
             return CorrectionResult("upstream_error", dict(failure_reason=str(exc), upstream_model=self.proxy.upstream.model))
+        except (CircuitOpenError, RetryableError, asyncio.TimeoutError):
+            return CorrectionResult("deferred", {})  # transient: not stored, a later run retries it
         return CorrectionResult(o.status.value, dict(
             upstream_model=o.upstream_model, prompt_id=o.prompt_id, prompt_version=o.prompt_version,
             incorrect_step=o.incorrect_step, explanation=o.explanation, corrected_solution=o.corrected_solution,
@@ -193,7 +205,7 @@ class LocalCorrector:
             prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens, cost_usd=o.cost_usd))
 
     async def close(self) -> None:
-        return None
+        await self.proxy.upstream.close()
 
 
 class RemoteCorrector:
@@ -254,7 +266,7 @@ class Collector:
             else LocalReasoner(s, self.verifier)
         await self.reasoner.start()
         self.corrector = RemoteCorrector(s.corrector_address, s.call_timeout_s) if s.corrector_address \
-            else LocalCorrector(self.verifier)
+            else LocalCorrector(self.verifier, s.corrector_url, s.corrector_model)
 
     async def close(self) -> None:
         for part in (self.reasoner, self.corrector):

@@ -1,0 +1,116 @@
+"""The whole loop through the real services: endpoint (BentoML), reasoner, corrector and trainer (gRPC), with
+the collector calling them by address. Small sizes: this asserts that data flows, not that LEMA wins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import grpc
+import httpx
+import pytest
+
+from conftest import free_port, lema_command, start_server
+from lema.v1 import common_pb2 as pb
+from lema.v1 import trainer_pb2 as tpb
+from lema.v1 import trainer_pb2_grpc
+from lema.v1 import verifier_pb2 as vpb
+from lema.v1 import verifier_pb2_grpc
+
+MODEL = os.environ.get("LEMA_TEST_MODEL", "lema-tiny")
+TOKEN = "lema-e2e-admin-token"
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    registry = root / "adapters"
+    registry.mkdir()
+    os.environ["LEMA_E2E_TOKEN"] = TOKEN
+    port = free_port()
+    endpoint = subprocess.Popen([*lema_command(), "serve", "endpoint", "--port", str(port), "--model", MODEL,
+                                 "--engine", "transformers", "--registry", str(registry),
+                                 "--admin-token-env", "LEMA_E2E_TOKEN"],
+                                stdout=open(root / "endpoint.log", "w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    started = []
+    try:
+        grpc_servers = {}
+        for name, args in (
+            ("verifier", ["--workers", "1"]),
+            ("reasoner", ["--model", MODEL, "--engine", "transformers"]),
+            ("corrector", []),
+            ("trainer", ["--runs-root", str(root / "runs"), "--adapters-root", str(registry), "--endpoint-url",
+                         f"http://127.0.0.1:{port}", "--admin-token-env", "LEMA_E2E_TOKEN"]),
+        ):
+            p = free_port()
+            env_args = ["serve", name, "--port", str(p), *args]
+            server = start_server(env_args, p, root / f"{name}.log", timeout=300)
+            started.append(server)
+            grpc_servers[name] = server.address
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert endpoint.poll() is None, (root / "endpoint.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield root, grpc_servers, f"http://127.0.0.1:{port}"
+    finally:
+        for server in started:
+            server.stop(timeout=120)
+        os.killpg(endpoint.pid, 15)
+        endpoint.wait(timeout=60)
+
+
+def test_loop_collects_corrects_trains_promotes_and_serves(services):
+    root, addresses, endpoint = services
+    store = root / "lema.db"
+    collect = subprocess.run([*lema_command(), "collect", "--source", "synthetic:24:seed=5", "--store", str(store),
+                              "--samples", "2", "--max-tokens", "160", "--reasoner", addresses["reasoner"],
+                              "--corrector", addresses["corrector"]], capture_output=True, text=True, timeout=900)
+    assert collect.returncode == 0, collect.stderr[-3000:]
+    summary = json.loads(collect.stdout.strip().splitlines()[-1])
+    assert summary["mistakes"] > 0 and summary["accepted"] > 0
+
+    export = subprocess.run([*lema_command(), "export", "--store", str(store), "--out", str(root / "export"),
+                             "--size", str(min(24, 2 * summary["accepted"]))], capture_output=True, text=True,
+                            timeout=120)
+    assert export.returncode == 0, export.stderr
+    mix = next((root / "export").glob("mix-lema-*.jsonl"))
+
+    recipe = (f"name: e2e\nbase_model: {MODEL}\nmax_steps: 8\nsave_steps: 4\nlogging_steps: 2\nbatch_size: 8\n"
+              "threads: 1\nlora: {r: 8, alpha: 16}\nlearning_rate: 2.0e-3\neval: {problems: 16, max_tokens: 160}\n")
+    with grpc.insecure_channel(addresses["trainer"]) as channel:
+        trainer = trainer_pb2_grpc.TrainerStub(channel)
+        run = trainer.StartRun(tpb.StartRunRequest(config_yaml=recipe, export_path=str(mix)), timeout=30)
+        states = [e.state for e in trainer.WatchRun(tpb.WatchRunRequest(run_id=run.id), timeout=900)
+                  if e.WhichOneof("event") == "state"]
+        assert states[-1] == tpb.RUN_STATE_SUCCEEDED, trainer.GetRun(tpb.GetRunRequest(run_id=run.id)).error
+        adapter_id = trainer.GetRun(tpb.GetRunRequest(run_id=run.id), timeout=10).adapter_id
+        promoted = trainer.Promote(tpb.PromoteRequest(adapter_id=adapter_id, force=True), timeout=300)
+    assert promoted.promoted, promoted.reason
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{endpoint}/v1", api_key="unused", timeout=120)
+    assert adapter_id in {m.id for m in client.models.list()}
+    from lema.core.formats import cot_prompt
+    from lema.core.synthetic import generate
+
+    problems = generate(4, seed=9, split="test", steps=2)
+    with grpc.insecure_channel(addresses["verifier"]) as channel:
+        verifier = verifier_pb2_grpc.VerifierStub(channel)
+        for problem in problems:
+            raw = client.chat.completions.with_raw_response.create(
+                model="default", temperature=0, max_tokens=160,
+                messages=[{"role": "user", "content": cot_prompt(problem.question)}])
+            assert raw.headers.get("x-lema-adapter") == adapter_id  # served by the promoted adapter
+            text = raw.parse().choices[0].message.content
+            verdict = verifier.Verify(vpb.VerifyRequest(kind=pb.DATASET_KIND_SYNTHETIC, gold_answer=problem.answer,
+                                                        candidate=text), timeout=30).verdict
+            assert verdict.reason != pb.VERDICT_REASON_UNSPECIFIED
