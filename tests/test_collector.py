@@ -16,6 +16,10 @@ from conftest import lema_command
 from lema.core.formats import INCORRECT_STEP_LABEL, SOLVE_INSTRUCTION
 from lema.core.synthetic import Program, SyntheticProblem, check_solution_steps
 
+from conftest import requires_lema_tiny  # noqa: E402
+
+pytestmark = requires_lema_tiny
+
 MODEL = os.environ.get("LEMA_TEST_MODEL", "lema-tiny")
 N, K = 60, 2
 

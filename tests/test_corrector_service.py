@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import REPO_ROOT, free_port, start_server
+from conftest import REPO_ROOT, free_port, requires_lema_tiny, start_server
 from lema.core.proto_convert import synthetic_to_pb
 from lema.core.synthetic import check_solution_steps, generate
 from lema.v1 import common_pb2 as pb
@@ -162,6 +162,7 @@ def test_bad_input_is_invalid_argument(reference, mutate, message):
 # --- a real model behind a real OpenAI-compatible server -----------------------------------------------
 
 
+@requires_lema_tiny
 def test_openai_upstream_with_a_real_weak_model(tmp_path):
     api, api_port = http_server(["-m", "lema.services.endpoint.openai_api", "--model", "lema-tiny"], "/healthz",
                                 tmp_path / "api.log")

@@ -19,6 +19,10 @@ from lema.v1 import trainer_pb2_grpc
 from lema.v1 import verifier_pb2 as vpb
 from lema.v1 import verifier_pb2_grpc
 
+from conftest import requires_lema_tiny  # noqa: E402
+
+pytestmark = requires_lema_tiny
+
 MODEL = os.environ.get("LEMA_TEST_MODEL", "lema-tiny")
 TOKEN = "lema-e2e-admin-token"
 

@@ -16,6 +16,10 @@ from lema.v1 import common_pb2 as pb
 from lema.v1 import reasoner_pb2 as rpb
 from lema.v1 import reasoner_pb2_grpc
 
+from conftest import requires_lema_tiny  # noqa: E402
+
+pytestmark = requires_lema_tiny
+
 MAX_SAMPLES = 8
 
 

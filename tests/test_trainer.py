@@ -16,6 +16,10 @@ from conftest import free_port, start_server
 from lema.v1 import trainer_pb2 as tpb
 from lema.v1 import trainer_pb2_grpc
 
+from conftest import requires_lema_tiny  # noqa: E402
+
+pytestmark = requires_lema_tiny
+
 MODEL = os.environ.get("LEMA_TEST_MODEL", "lema-tiny")
 RECIPE = f"""
 name: test

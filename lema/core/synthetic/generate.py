@@ -1,0 +1,137 @@
+"""Generate synthetic problems, deterministically from a seed, with train/test separated by construction.
+
+Splits: every problem has a canonical key (its family plus its program's mathematical content: operations,
+the question's numbers and which earlier results each step uses; no names or wording). A stable hash
+(sha256) of that key puts 10% of all possible problems in "test" and the rest in "train", so a test
+problem can never appear in training under any seed, even reworded. The "garden" family is held out of
+both and only appears with split="ood".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lema.core.formats import render_solution
+from lema.core.synthetic.families import FAMILIES, OOD_FAMILIES, TRAIN_FAMILIES, Family
+from lema.core.synthetic.program import Program
+from lema.core.synthetic.story import Limits, Reject, Story
+
+Split = Literal["train", "test", "ood"]
+TEST_PERCENT = 10
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class SyntheticProblem:
+    id: str
+    family: str
+    n_steps: int
+    question: str
+    answer: str  # the final result as a string of an integer
+    program: Program = field(repr=False)
+    gold_solution: str = field(repr=False)
+    split: str = "train"
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "family": self.family, "n_steps": self.n_steps, "question": self.question,
+                "answer": self.answer, "program": self.program.to_dict(), "gold_solution": self.gold_solution,
+                "split": self.split}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SyntheticProblem:
+        return cls(id=d["id"], family=d["family"], n_steps=int(d["n_steps"]), question=d["question"],
+                   answer=str(d["answer"]), program=Program.from_dict(d["program"]),
+                   gold_solution=d["gold_solution"], split=d.get("split", "train"))
+
+
+def canonical_key(family: str, program: Program) -> str:
+    return f"{family}|{program.canonical()}"
+
+
+def split_of(family: str, program: Program) -> Split:
+    """Which split a problem belongs to, from its content alone."""
+    if family in {f.name for f in OOD_FAMILIES}:
+        return "ood"
+    digest = hashlib.sha256(canonical_key(family, program).encode()).digest()
+    return "test" if int.from_bytes(digest[:4], "big") % 100 < TEST_PERCENT else "train"
+
+
+def build_problem(family: Family, rng: random.Random, n_steps: int, limits: Limits = DEFAULT_LIMITS,
+                  max_tries: int = 200) -> tuple[str, Program]:
+    """Write one question with exactly `n_steps` operations; returns (question, program)."""
+    for _ in range(max_tries):
+        story = Story(rng, n_steps, limits)
+        try:
+            family.setup(story)
+            _run_events(story, family)
+        except Reject:
+            continue
+        question = " ".join([*story.sentences, story.question or family.question(story)])
+        program = Program(tuple(story.steps))
+        program.execute()  # a family bug must fail loudly, never produce a wrong gold answer
+        return question, program
+    raise RuntimeError(f"could not build a {n_steps}-step {family.name} problem")
+
+
+def _run_events(story: Story, family: Family) -> None:
+    openers = [e for e in family.openers if e.cost < story.n_steps]
+    story.rng.choice(openers).fn(story)
+    while story.remaining > 0:
+        fits = [e for e in family.events if e.cost <= story.remaining and (not e.final or e.cost == story.remaining)
+                and story.uses.get(e.fn.__name__, 0) < e.max_uses]
+        story.rng.shuffle(fits)
+        for event in fits:
+            snap = story.snapshot()
+            try:
+                event.fn(story)
+                story.uses[event.fn.__name__] = story.uses.get(event.fn.__name__, 0) + 1
+                break
+            except Reject:
+                story.restore(snap)
+        else:
+            raise Reject("no event fits")
+        if story.question is not None and story.remaining > 0:
+            raise Reject("final event before the end")
+
+
+def generate(n: int, seed: int = 0, split: Split = "train", steps: int | tuple[int, int] = (2, 6),
+             families: list[str] | None = None, limits: Limits = DEFAULT_LIMITS,
+             distinct: bool = True) -> list[SyntheticProblem]:
+    """`n` problems of one split; step counts uniform in `steps` (inclusive) or exactly `steps`.
+
+    With `distinct` (the default) no two problems share a canonical key; training data may turn it off
+    (the same arithmetic reworded is still useful there, and small number ranges have few 2-step keys).
+    """
+    allowed = OOD_FAMILIES if split == "ood" else TRAIN_FAMILIES
+    if families is not None:
+        unknown = [f for f in families if f not in {a.name for a in allowed}]
+        if unknown:
+            raise ValueError(f"families {unknown} are not in split {split!r}")
+        allowed = tuple(FAMILIES[f] for f in families)
+    lo, hi = (steps, steps) if isinstance(steps, int) else steps
+    if not 2 <= lo <= hi <= 6:
+        raise ValueError("steps must lie in 2..6")
+
+    rng = random.Random(f"lema-synthetic:{seed}:{split}")
+    seen: set[str] = set()
+    problems: list[SyntheticProblem] = []
+    misses = 0
+    while len(problems) < n:
+        family = rng.choice(allowed)
+        n_steps = rng.randint(lo, hi)
+        question, program = build_problem(family, rng, n_steps, limits)
+        key = canonical_key(family.name, program)
+        if split_of(family.name, program) != split or (distinct and key in seen):
+            misses += 1
+            if misses > 200 * n + 10_000:
+                raise RuntimeError(f"cannot find {n} distinct {split} problems")
+            continue
+        seen.add(key)
+        answer = str(program.answer)
+        gold = render_solution([s.description for s in program.steps], answer)
+        pid = f"syn-{split}-{hashlib.sha256((key + question).encode()).hexdigest()[:12]}"
+        problems.append(SyntheticProblem(pid, family.name, n_steps, question, answer, program, gold, split))
+    return problems

@@ -1,0 +1,59 @@
+"""lema-tiny's tokenizer: a small byte-level BPE trained on synthetic problems, every digit its own token.
+
+Single-digit tokens make numbers compositional (a tiny model learns digit-wise arithmetic instead of one
+embedding per number). The full 256-byte alphabet is kept so any text round-trips, then a few hundred merges
+cover the synthetic vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+
+# One turn per role; the assistant turn ends with eos, which is what greedy decoding stops on.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Train the BPE and wrap it as a transformers fast tokenizer (left padding, for batched generation)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS, *ROLE_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=ROLE_TOKENS,
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=1024,
+    )
+
+
+def save_tokenizer(tokenizer, out_dir) -> None:
+    # save_jinja_files=False keeps the chat template inside tokenizer_config.json (one file to read).
+    tokenizer.save_pretrained(str(out_dir), save_jinja_files=False)

@@ -1,0 +1,71 @@
+"""The committed lema-tiny weights: loadable with transformers, small, and answering in the Step format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lema.core.formats import split_steps
+from lema.tiny import default_model_path
+
+from conftest import requires_lema_tiny  # noqa: E402
+
+pytestmark = requires_lema_tiny
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+MODEL_DIR = default_model_path()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return transformers.AutoTokenizer.from_pretrained(str(MODEL_DIR))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return transformers.AutoModelForCausalLM.from_pretrained(str(MODEL_DIR)).eval()
+
+
+def test_weights_folder_is_complete_and_small() -> None:
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json"):
+        assert (MODEL_DIR / name).is_file(), name
+    assert (MODEL_DIR / "model.safetensors").stat().st_size <= 25 * 1024 * 1024
+
+
+def test_config_is_a_small_llama_with_wide_heads(model) -> None:
+    cfg = model.config
+    assert cfg.model_type == "llama"
+    assert cfg.hidden_size // cfg.num_attention_heads >= 32  # vLLM's CPU attention
+    assert sum(p.numel() for p in model.parameters()) <= 6_500_000
+    gen = json.loads((MODEL_DIR / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == cfg.eos_token_id and gen["pad_token_id"] == cfg.pad_token_id
+
+
+def test_tokenizer_has_chat_template_and_splits_digits(tokenizer) -> None:
+    assert tokenizer.chat_template and tokenizer.bos_token and tokenizer.eos_token and tokenizer.pad_token
+    assert len(tokenizer) <= 1024
+    tokens = tokenizer.tokenize("She has 2024 pens.")
+    assert [t for t in tokens if any(c.isdigit() for c in t)] == ["2", "0", "2", "4"]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                         tokenize=False)
+    assert text.endswith("<|assistant|>\n") and "Hi" in text
+    full = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
+                                         tokenize=False)
+    assert tokenizer.eos_token in full
+
+
+def test_greedy_generation_uses_the_step_format(model, tokenizer) -> None:
+    from lema.core.synthetic import generate
+    from lema.tiny.evaluate import generate_solutions
+
+    torch.set_num_threads(2)
+    problems = generate(16, seed=5, split="test", steps=(2, 3))
+    outputs = generate_solutions(model, tokenizer, [p.question for p in problems], batch_size=16,
+                                 max_new_tokens=160)
+    stepped = [o for o in outputs if o.startswith("Step 1:") and "The answer is" in o]
+    assert len(stepped) >= 14, outputs
+    assert all(len(split_steps(o)) >= 1 for o in stepped)
