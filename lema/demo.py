@@ -168,7 +168,7 @@ def _collect(options: DemoOptions, store: str, round_index: int, adapter: tuple[
 
 
 def _export(store: str, out: Path) -> dict:
-    from lema.core.exports import cot_examples, correction_examples, dedupe, export
+    from lema.core.exports import correction_examples, cot_examples, dedupe, export
     from lema.core.store.db import open_store
 
     sessions = open_store(store)
@@ -206,7 +206,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
     result = DemoResult()
 
     console.rule(f"lema demo — {options.model}, {options.rounds} round(s)")
-    console.print(f"[bold]1/7[/] starting the endpoint (BentoML, transformers engine) ...")
+    console.print("[bold]1/7[/] starting the endpoint (BentoML, transformers engine) ...")
     endpoint = Endpoint(options.model, work / "adapters", work / "endpoint.log")
     try:
         cold = endpoint.wait_ready()

@@ -2,7 +2,14 @@
 
 import pytest
 
-from lema.core.answers import DatasetKind, ExtractionMethod, extract_answer, extract_boxed, gold_answer, normalize_numeric
+from lema.core.answers import (
+    DatasetKind,
+    ExtractionMethod,
+    extract_answer,
+    extract_boxed,
+    gold_answer,
+    normalize_numeric,
+)
 
 G, M = DatasetKind.GSM8K, DatasetKind.MATH
 

@@ -11,12 +11,13 @@ import subprocess
 import time
 
 import pytest
+from conftest import (
+    lema_command,
+    requires_lema_tiny,  # noqa: E402
+)
 
-from conftest import lema_command
 from lema.core.formats import INCORRECT_STEP_LABEL, SOLVE_INSTRUCTION
 from lema.core.synthetic import Program, SyntheticProblem, check_solution_steps
-
-from conftest import requires_lema_tiny  # noqa: E402
 
 pytestmark = requires_lema_tiny
 

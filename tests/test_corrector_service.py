@@ -13,9 +13,9 @@ import time
 
 import grpc
 import pytest
+from conftest import REPO_ROOT, free_port, requires_lema_tiny, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import REPO_ROOT, free_port, requires_lema_tiny, start_server
 from lema.core.proto_convert import synthetic_to_pb
 from lema.core.synthetic import check_solution_steps, generate
 from lema.v1 import common_pb2 as pb

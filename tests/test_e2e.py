@@ -11,15 +11,17 @@ import time
 import grpc
 import httpx
 import pytest
+from conftest import (
+    free_port,
+    lema_command,
+    requires_lema_tiny,  # noqa: E402
+    start_server,
+)
 
-from conftest import free_port, lema_command, start_server
 from lema.v1 import common_pb2 as pb
 from lema.v1 import trainer_pb2 as tpb
-from lema.v1 import trainer_pb2_grpc
+from lema.v1 import trainer_pb2_grpc, verifier_pb2_grpc
 from lema.v1 import verifier_pb2 as vpb
-from lema.v1 import verifier_pb2_grpc
-
-from conftest import requires_lema_tiny  # noqa: E402
 
 pytestmark = requires_lema_tiny
 

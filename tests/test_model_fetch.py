@@ -6,9 +6,7 @@ reuse a converted folder across runs (CI caches it); otherwise it lives in this 
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +15,6 @@ pytest.importorskip("gguf")
 
 from lema.core import model_fetch
 from lema.core.engines.base import SamplingParams
-
 
 
 def test_fetch_writes_a_complete_folder_and_is_cached(smollm2_dir):

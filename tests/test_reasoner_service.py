@@ -6,17 +6,19 @@ import collections
 
 import grpc
 import pytest
+from conftest import (
+    free_port,
+    requires_lema_tiny,  # noqa: E402
+    start_server,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import free_port, start_server
 from lema.core.proto_convert import synthetic_to_pb
 from lema.core.synthetic import generate
 from lema.v1 import common_pb2 as pb
 from lema.v1 import reasoner_pb2 as rpb
 from lema.v1 import reasoner_pb2_grpc
-
-from conftest import requires_lema_tiny  # noqa: E402
 
 pytestmark = requires_lema_tiny
 

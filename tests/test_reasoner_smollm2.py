@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-
 from conftest import free_port, start_server
+
 from lema.v1 import common_pb2 as pb
 from lema.v1 import reasoner_pb2 as rpb
 from lema.v1 import reasoner_pb2_grpc

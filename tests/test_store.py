@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import pytest
 from sqlalchemy import inspect
 
 from lema.core.answers import DatasetKind

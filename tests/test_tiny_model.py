@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import requires_lema_tiny  # noqa: E402
 
 from lema.core.formats import split_steps
 from lema.tiny import default_model_path
-
-from conftest import requires_lema_tiny  # noqa: E402
 
 pytestmark = requires_lema_tiny
 

@@ -11,12 +11,14 @@ import time
 
 import grpc
 import pytest
+from conftest import (
+    free_port,
+    requires_lema_tiny,  # noqa: E402
+    start_server,
+)
 
-from conftest import free_port, start_server
 from lema.v1 import trainer_pb2 as tpb
 from lema.v1 import trainer_pb2_grpc
-
-from conftest import requires_lema_tiny  # noqa: E402
 
 pytestmark = requires_lema_tiny
 
@@ -69,10 +71,10 @@ def watch(stub, run_id, until=None, timeout=900):
 
 def test_quantized_base_uses_linear4bit():
     import bitsandbytes as bnb
-
-    from lema.core.model_resolve import resolve_model
     from lema.trainer.recipe import load_recipe
     from lema.trainer.train import load_quantized_base
+
+    from lema.core.model_resolve import resolve_model
 
     model = load_quantized_base(load_recipe("tiny"), resolve_model(MODEL))
     quantized = [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]

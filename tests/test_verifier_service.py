@@ -11,10 +11,10 @@ import time
 
 import grpc
 import pytest
+from conftest import free_port, require_shared_data, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import free_port, require_shared_data, start_server
 from lema.v1 import common_pb2 as pb
 from lema.v1 import verifier_pb2 as vpb
 from lema.v1 import verifier_pb2_grpc

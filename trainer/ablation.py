@@ -36,8 +36,9 @@ def _count(path: Path) -> tuple[int, dict[str, int]]:
 
 
 def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, on_progress=None) -> list[AblationRow]:
-    from lema.core.model_resolve import resolve_model
     from lema.trainer.train import train
+
+    from lema.core.model_resolve import resolve_model
 
     manifest = json.loads((export_dir / "manifest.json").read_text())
     size = manifest["mixes"]["size"]

@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 
 import httpx
-
 from lema.trainer.registry import AdapterRecord
 
 # The endpoint's admin API (services/endpoint): list, load, promote.

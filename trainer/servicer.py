@@ -9,13 +9,13 @@ from pathlib import Path
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-
-from lema.core.config import TrainerConfig
-from lema.core.grpc_server import invalid_argument
 from lema.trainer.promote import PromotionError, promote
 from lema.trainer.recipe import RecipeError, load_recipe
 from lema.trainer.registry import AdapterRecord, AdapterRegistry
 from lema.trainer.runs import TERMINAL, RunDir, RunManager, RunState
+
+from lema.core.config import TrainerConfig
+from lema.core.grpc_server import invalid_argument
 from lema.v1 import common_pb2 as pb
 from lema.v1 import trainer_pb2 as tpb
 from lema.v1 import trainer_pb2_grpc

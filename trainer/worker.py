@@ -25,11 +25,12 @@ def main(run_path: str) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        from lema.core.model_resolve import resolve_model
         from lema.trainer.evaluate import evaluate
         from lema.trainer.recipe import load_recipe
         from lema.trainer.registry import AdapterRegistry
         from lema.trainer.train import latest_checkpoint, train
+
+        from lema.core.model_resolve import resolve_model
 
         recipe = load_recipe(spec["config_yaml"] or None)
         resume = latest_checkpoint(run.path / "checkpoints")

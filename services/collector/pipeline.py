@@ -24,8 +24,8 @@ from prometheus_client import Counter
 from lema.core.answers import DatasetKind, extract_answer
 from lema.core.engines import SamplingParams
 from lema.core.formats import cot_prompt
-from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
 from lema.core.prompts import PROMPTS
+from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
 from lema.core.store import repository as repo
 from lema.core.store.models import Attempt, Problem
 from lema.core.verifier_pool import VerifierPool, VerifyItem
@@ -174,9 +174,10 @@ class CorrectionResult:
 
 class LocalCorrector:
     def __init__(self, verifier: VerifierPool, url: str | None = None, model: str = "gpt-4"):
-        from lema.core.config import CorrectorConfig
         from lema.services.corrector.proxy import CorrectorProxy
         from lema.services.corrector.upstreams import OpenAIUpstream, ReferenceUpstream
+
+        from lema.core.config import CorrectorConfig
 
         config = CorrectorConfig(upstream="openai" if url else "reference", base_url=url, model=model)
         upstream = OpenAIUpstream(url, model, config.api_key_env, config.max_tokens, config.temperature) if url \
@@ -186,8 +187,9 @@ class LocalCorrector:
         self.tag = "c" + hashlib.sha256(json.dumps([self.proxy.upstream.model, versions]).encode()).hexdigest()[:10]
 
     async def correct(self, problem: Problem, attempt: Attempt) -> CorrectionResult:
-        from lema.core.resilience import CircuitOpenError, RetryableError
         from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
+
+        from lema.core.resilience import CircuitOpenError, RetryableError
 
         job = CorrectionInput(DatasetKind(problem.kind), problem.question, attempt.text, problem.gold_answer,
                               problem.program_json or "")

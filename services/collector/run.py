@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from lema.services.collector.pipeline import Collector, CollectSettings, Stats
+from lema.services.collector.sources import load_source
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lema.core.store import repository as repo
 from lema.core.store.db import open_store
-from lema.services.collector.pipeline import Collector, CollectSettings, Stats
-from lema.services.collector.sources import load_source
 
 
 def _describe(stats: Stats) -> str:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from lema.services.corrector.upstreams import CorrectionInput, Upstream, UpstreamReply
 from prometheus_client import Counter, Histogram
 
 from lema.core.config import CorrectorConfig
@@ -22,7 +23,6 @@ from lema.core.prompts import prompt_for
 from lema.core.records import Verdict
 from lema.core.resilience import CircuitBreaker, RetryableError, RetryPolicy, call_with_retries
 from lema.core.verifier_pool import VerifierPool, VerifyItem
-from lema.services.corrector.upstreams import CorrectionInput, Upstream, UpstreamReply
 
 CALLS = Counter("lema_corrector_upstream_calls_total", "Upstream calls", ["model", "outcome"])
 TOKENS = Counter("lema_corrector_tokens_total", "Upstream tokens", ["model", "type"])

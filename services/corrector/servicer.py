@@ -8,14 +8,14 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
+from lema.services.corrector.proxy import CorrectorProxy, Outcome, Status
+from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
 
 from lema.core.config import CorrectorConfig
 from lema.core.formats import split_steps
 from lema.core.grpc_server import invalid_argument
 from lema.core.proto_convert import kind_from_pb, verdict_to_pb
 from lema.core.resilience import CircuitOpenError, RetryableError
-from lema.services.corrector.proxy import CorrectorProxy, Outcome, Status
-from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
 from lema.v1 import common_pb2 as pb
 from lema.v1 import corrector_pb2 as cpb
 from lema.v1 import corrector_pb2_grpc

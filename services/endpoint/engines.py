@@ -15,7 +15,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 
-from lema.core.engines import Engine, EngineError, SamplingParams, create_engine
+from lema.core.engines import Engine, SamplingParams, create_engine
 from lema.core.engines.transformers_engine import TransformersEngine
 
 logger = logging.getLogger("lema.endpoint")

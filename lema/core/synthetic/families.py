@@ -523,7 +523,7 @@ def _garden_pests(s: Story) -> None:
 
 
 def _garden_baskets(s: Story) -> None:
-    p, pl, box = s.person, s.vars["plants"], s.vars["box"]
+    p, box = s.person, s.vars["box"]
     k = s.divisor_of(s.run.value)
     s.say(f"{p.Subj} picks them and puts {k} in each of the {box}.")
     s.question = f"How many {box} does {p.subj} fill?"
