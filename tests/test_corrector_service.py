@@ -6,6 +6,7 @@ server (lema-tiny under lema's OpenAI API), and misbehaving HTTP upstreams for r
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -164,10 +165,12 @@ def test_bad_input_is_invalid_argument(reference, mutate, message):
 
 @requires_lema_tiny
 def test_openai_upstream_with_a_real_weak_model(tmp_path):
-    api, api_port = http_server(["-m", "lema.services.endpoint.openai_api", "--model", "lema-tiny"], "/healthz",
+    model = os.environ.get("LEMA_TEST_MODEL", "lema-tiny")
+    name = os.path.basename(model.rstrip("/"))
+    api, api_port = http_server(["-m", "lema.services.endpoint.openai_api", "--model", model], "/healthz",
                                 tmp_path / "api.log")
     try:
-        corrector = openai_corrector(f"http://127.0.0.1:{api_port}/v1", tmp_path, "lema-tiny", "--max-candidates", "2")
+        corrector = openai_corrector(f"http://127.0.0.1:{api_port}/v1", tmp_path, name, "--max-candidates", "2")
         try:
             with grpc.insecure_channel(corrector.address) as channel:
                 stub = corrector_pb2_grpc.CorrectorStub(channel)
@@ -183,7 +186,7 @@ def test_openai_upstream_with_a_real_weak_model(tmp_path):
     for r in responses:
         # lema-tiny was never taught to correct: a parsed correction or a clean failure reason, never an error
         assert r.status in (ACCEPTED, cpb.CORRECTION_STATUS_REJECTED, cpb.CORRECTION_STATUS_UNPARSEABLE), r
-        assert r.correction.upstream_model == "lema-tiny"
+        assert r.correction.upstream_model == name
         assert r.correction.attempts >= 1 and r.correction.usage.completion_tokens > 0
         if r.status != ACCEPTED:
             assert r.failure_reason

@@ -10,6 +10,7 @@ from lema.core.formats import split_steps
 from lema.core.synthetic import (
     OOD_FAMILIES,
     TRAIN_FAMILIES,
+    Limits,
     Program,
     ProgramError,
     SyntheticProblem,
@@ -50,9 +51,9 @@ def test_programs_are_exact_small_and_consistent(train: list[SyntheticProblem]) 
         assert p.n_steps == len(p.program) and 2 <= p.n_steps <= 6
         for k, step in enumerate(p.program.steps, start=1):
             assert step.op in "+-*/"
-            assert 0 <= step.result <= 100
+            assert 0 < step.result <= Limits().max_value
             for o in step.operands:
-                assert isinstance(o.value, int) and o.value >= 0
+                assert isinstance(o.value, int) and 0 < o.value <= Limits().max_value
                 assert o.step is None or 1 <= o.step < k
                 if o.from_question:
                     assert re.search(rf"\b{o.value}\b", p.question), (p.question, o.value)
@@ -68,6 +69,13 @@ def test_step_counts_and_families(train: list[SyntheticProblem]) -> None:
         assert {p.n_steps for p in generate(20, seed=1, steps=k)} == {k}
     assert {p.n_steps for p in generate(40, seed=1, steps=(3, 4))} == {3, 4}
     assert {p.family for p in generate(20, seed=1, families=["ages"])} == {"ages"}
+
+
+def test_limits_scale_the_numbers() -> None:
+    big = generate(300, seed=3, limits=Limits(max_value=100))
+    values = [s.result for p in big for s in p.program.steps]
+    assert max(values) <= 100 and max(values) > 50
+    assert all(p.program.execute() == int(p.answer) for p in big)
 
 
 def test_variety(train: list[SyntheticProblem]) -> None:
