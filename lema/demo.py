@@ -192,6 +192,12 @@ def run_demo(options: DemoOptions) -> DemoResult:
     from lema.trainer.train import train
 
     console = Console() if sys.stdout.isatty() else Console(width=130)
+    # Our own progress lines say what is happening; the libraries' per-call progress bars only add noise.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     started = time.monotonic()
     work = options.workdir
     if work.exists():
