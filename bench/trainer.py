@@ -1,7 +1,7 @@
 """Trainer throughput and memory: lema's QLoRA trainer vs a plain TRL SFTTrainer run, same model, data and LoRA.
 
 Each run is a separate process (peak RSS = its ru_maxrss), with and without sequence packing. "plain TRL" is
-SFTTrainer with TRL's default SFTConfig (only output folder, steps, batch size and learning rate set) on the same
+SFTTrainer with TRL's default SFTConfig (only output folder, steps, batch size, learning rate and use_cpu set) on the same
 4-bit base and the same LoraConfig; lema's run is `lema.trainer.train.train` with the tiny recipe.
 
     python bench/trainer.py [--steps 20] [--data EXPORT.jsonl]
@@ -46,9 +46,11 @@ else:
     class Count(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
             seen["tokens"] = float((logs or {}).get("num_tokens") or seen["tokens"])
+    import torch
+    # TRL's defaults, plus use_cpu (without it TRL refuses to start on a machine without a GPU)
     config = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=recipe.batch_size,
                        learning_rate=recipe.learning_rate, packing=packing, report_to=[], logging_steps=1,
-                       save_strategy="no")
+                       save_strategy="no", use_cpu=not torch.cuda.is_available())
     lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                       target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(load_examples(data)),
