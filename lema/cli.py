@@ -243,6 +243,29 @@ def serve_trainer(
     main(section)
 
 
+@serve_app.command("collector")
+def serve_collector(
+    store: Optional[str] = typer.Option(None, help="an SQLite file path or a database URL (default lema.db)"),
+    port: Optional[int] = typer.Option(None, help="gRPC port (default 50065; 0 picks a free one)"),
+    host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    max_items: Optional[int] = typer.Option(None, help="upper limit on problems per AddProblems request"),
+    metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus metrics on this port"),
+    config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
+) -> None:
+    """Serve the collector's intake over gRPC: AddProblems queues problems for `lema collect --follow`."""
+    from lema.core.config import load_config
+    from lema.services.collector.intake_server import main
+
+    section = load_config(config).collector
+    overrides = {"store": store, "port": port, "host": host, "max_items_per_request": max_items,
+                 "metrics_port": metrics_port}
+    try:
+        section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    except ValueError as exc:
+        _fail(str(exc))
+    main(section)
+
+
 @app.command()
 def ablate(
     export: Path = typer.Option(..., help="an export folder written by `lema export --size N`"),
@@ -298,7 +321,10 @@ def status_command(
     raise typer.Exit(status(config))
 
 
-problems_app = typer.Typer(help="Feed problems to a collector running with --follow.", no_args_is_help=True)
+problems_app = typer.Typer(
+    help="Feed problems to a collector running with --follow (over gRPC: `lema serve collector`).",
+    no_args_is_help=True,
+)
 app.add_typer(problems_app, name="problems")
 
 
@@ -356,8 +382,7 @@ def problems_add(
     valid, errors = repo.parse_problem_lines(lines)
     sessions = open_store(store)
     with sessions.begin() as session:
-        added = repo.add_problems(session, valid)
-        queued = repo.enqueue_intake(session, [p.key() for p in valid])
+        added, queued = repo.intake_problems(session, valid)
     for number, reason in errors:
         typer.echo(f"{file}:{number}: rejected: {reason}", err=True)
     typer.echo(json.dumps({"valid": len(valid), "added": added, "queued": queued, "rejected": len(errors),

@@ -22,7 +22,7 @@ from rich.table import Table
 from lema.core.clients import health_status
 from lema.core.config import LemaConfig, load_config
 
-GRPC_SERVICES = ("verifier", "reasoner", "corrector", "trainer")
+GRPC_SERVICES = ("verifier", "reasoner", "corrector", "trainer", "collector")
 
 
 @dataclass

@@ -18,7 +18,7 @@ def test_generated_stubs_are_fresh(tmp_path: Path):
 
 def test_every_service_has_a_proto():
     names = {p.stem for p in (REPO_ROOT / "protos" / "lema" / "v1").glob("*.proto")}
-    assert {"common", "verifier", "reasoner", "corrector", "trainer"} <= names
+    assert {"common", "verifier", "reasoner", "corrector", "trainer", "collector"} <= names
 
 
 def test_contract_services_and_streaming():
@@ -34,3 +34,6 @@ def test_contract_services_and_streaming():
     t = methods(trainer_pb2, "Trainer")
     assert {"StartRun", "WatchRun", "CancelRun", "ListAdapters", "Promote"} <= set(t)
     assert t["WatchRun"].server_streaming
+    from lema.v1 import collector_pb2
+
+    assert {"AddProblems", "GetStats"} <= set(methods(collector_pb2, "Collector"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lema.core.answers import DatasetKind
 from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
 from lema.core.records import Verdict
-from lema.v1 import verifier_pb2, verifier_pb2_grpc
+from lema.v1 import collector_pb2, collector_pb2_grpc, common_pb2, verifier_pb2, verifier_pb2_grpc
 
 
 def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
@@ -69,3 +69,46 @@ class VerifierClient:
         request = verifier_pb2.VerifyBatchRequest(items=[self._request(j) for j in jobs])
         for response in self._stub.VerifyBatch(request, timeout=batch_timeout_s):
             yield verdict_from_pb(response.verdict)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    """What `CollectorClient.add_problems` did: counts, (index, reason) per rejected problem, the valid ids."""
+
+    valid: int
+    added: int
+    queued: int
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    problem_ids: list[str] = field(default_factory=list)
+
+
+class CollectorClient:
+    """The collector's intake (`lema serve collector`): queue problems for `lema collect --follow`, read counts."""
+
+    def __init__(self, address: str, timeout_s: float = 60.0):
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address)
+        self._stub = collector_pb2_grpc.CollectorStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> CollectorClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add_problems(self, problems: Iterable[common_pb2.Problem]) -> IntakeResult:
+        """Store and queue the valid problems (one transaction); invalid ones come back with their reasons."""
+        response = self._stub.AddProblems(collector_pb2.AddProblemsRequest(problems=list(problems)),
+                                          timeout=self.timeout_s)
+        return IntakeResult(valid=response.valid, added=response.added, queued=response.queued,
+                            rejected=[(r.index, r.reason) for r in response.rejected],
+                            problem_ids=list(response.problem_ids))
+
+    def stats(self) -> dict[str, int]:
+        """The store's counts: problems, attempts, mistakes, corrections, accepted corrections, intake."""
+        reply = self._stub.GetStats(collector_pb2.GetStatsRequest(), timeout=self.timeout_s)
+        return {f.name: getattr(reply, f.name) for f in reply.DESCRIPTOR.fields}

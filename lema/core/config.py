@@ -13,7 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_PORTS = {"verifier": 50061, "reasoner": 50062, "corrector": 50063, "trainer": 50064, "endpoint": 3000}
+DEFAULT_PORTS = {"verifier": 50061, "reasoner": 50062, "corrector": 50063, "trainer": 50064, "collector": 50065,
+                 "endpoint": 3000}
 
 
 class _Section(BaseModel):
@@ -122,11 +123,21 @@ class TrainerConfig(GrpcServerConfig):
     gate_metric: str = Field(default="accuracy", description="Promote refuses adapters worse on this metric")
 
 
+class CollectorConfig(GrpcServerConfig):
+    """The collector's intake server (`lema serve collector`): problems over gRPC into the intake table that
+    `lema collect --follow` consumes, and the store's counts."""
+
+    port: int = DEFAULT_PORTS["collector"]
+    store: str = Field(default="lema.db", description="an SQLite file path or a database URL (postgresql://...)")
+    max_items_per_request: int = Field(default=10_000, ge=1, description="upper limit on problems per AddProblems")
+
+
 class LemaConfig(_Section):
     verifier: VerifierConfig = VerifierConfig()
     reasoner: ReasonerConfig = ReasonerConfig()
     corrector: CorrectorConfig = CorrectorConfig()
     trainer: TrainerConfig = TrainerConfig()
+    collector: CollectorConfig = CollectorConfig()
     endpoint: EndpointConfig = EndpointConfig()
 
 

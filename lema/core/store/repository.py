@@ -45,6 +45,17 @@ class ProblemIn(BaseModel):
         return f"{self.kind.value}:{digest.hexdigest()[:20]}"
 
 
+def validate_problem(data: dict[str, Any]) -> tuple[ProblemIn | None, str]:
+    """One handed-in problem (a JSONL line's object, or a gRPC item as a dict): the problem, or the reason it is
+    rejected, naming the field ("question: String should have at least 1 character")."""
+    try:
+        return ProblemIn.model_validate(data), ""
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "line"
+        return None, f"{where}: {first['msg']}"
+
+
 def parse_problem_lines(lines: Iterable[str]) -> tuple[list[ProblemIn], list[tuple[int, str]]]:
     """Valid problems and (line number, reason) for every rejected line; blank lines are skipped."""
     valid: list[ProblemIn] = []
@@ -60,13 +71,20 @@ def parse_problem_lines(lines: Iterable[str]) -> tuple[list[ProblemIn], list[tup
         if not isinstance(data, dict):
             errors.append((number, "expected a JSON object"))
             continue
-        try:
-            valid.append(ProblemIn.model_validate(data))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "line"
-            errors.append((number, f"{where}: {first['msg']}"))
+        problem, reason = validate_problem(data)
+        if problem is None:
+            errors.append((number, reason))
+        else:
+            valid.append(problem)
     return valid, errors
+
+
+def intake_problems(session: Session, problems: Sequence[ProblemIn]) -> tuple[int, int]:
+    """Store the problems and queue them for a `--follow` collector, in the caller's transaction:
+    (newly added, newly queued). Problems already stored or queued are left as they are."""
+    added = add_problems(session, problems)
+    queued = enqueue_intake(session, list(dict.fromkeys(p.key() for p in problems)))
+    return added, queued
 
 
 def _insert_ignore(session: Session, model, rows: Sequence[dict]) -> int:
@@ -169,4 +187,6 @@ def counts(session: Session) -> dict[str, int]:
         "augmentations": session.scalar(select(func.count()).select_from(Augmentation)) or 0,
         "intake_pending": session.scalar(
             select(func.count()).select_from(IntakeItem).where(IntakeItem.status == "pending")) or 0,
+        "intake_done": session.scalar(
+            select(func.count()).select_from(IntakeItem).where(IntakeItem.status == "done")) or 0,
     }
