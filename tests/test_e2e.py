@@ -120,3 +120,51 @@ def test_loop_collects_corrects_trains_promotes_and_serves(services):
             verdict = verifier.Verify(vpb.VerifyRequest(kind=pb.DATASET_KIND_SYNTHETIC, gold_answer=problem.answer,
                                                         candidate=text), timeout=30).verdict
             assert verdict.reason != pb.VERDICT_REASON_UNSPECIFIED
+
+
+def _registered_adapter(registry_root, accuracy: float) -> str:
+    """A real PEFT adapter on the test model (fresh LoRA weights), registered with a given evaluation."""
+    import tempfile
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lema.core.model_resolve import resolve_model
+    from lema.trainer.registry import AdapterRegistry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_model(MODEL)),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        model.save_pretrained(tmp)
+        record = AdapterRegistry(registry_root).register(Path(tmp), MODEL, "gate",
+                                                         metrics={"accuracy": accuracy, "n": 16})
+    return record.id
+
+
+def test_promote_refuses_a_worse_adapter_unless_forced(services):
+    root, addresses, endpoint = services
+    best = _registered_adapter(root / "adapters", accuracy=1.0)  # nothing can be better: the gate lets it in
+    worse = _registered_adapter(root / "adapters", accuracy=0.0)
+    with grpc.insecure_channel(addresses["trainer"]) as channel:
+        trainer = trainer_pb2_grpc.TrainerStub(channel)
+        first = trainer.Promote(tpb.PromoteRequest(adapter_id=best), timeout=300)
+        assert first.promoted, first.reason
+        refused = trainer.Promote(tpb.PromoteRequest(adapter_id=worse), timeout=300)
+        assert not refused.promoted and "worse" in refused.reason and refused.previous_adapter_id == best
+        status = httpx.get(f"{endpoint}/admin/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert status.json()["promoted"] == best  # the refusal changed nothing on the endpoint
+        forced = trainer.Promote(tpb.PromoteRequest(adapter_id=worse, force=True), timeout=300)
+        assert forced.promoted and forced.previous_adapter_id == best
+        missing = None
+        try:
+            trainer.Promote(tpb.PromoteRequest(adapter_id="no-such-adapter"), timeout=30)
+        except grpc.RpcError as exc:
+            missing = exc.code()
+        assert missing == grpc.StatusCode.NOT_FOUND
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{endpoint}/v1", api_key="unused", timeout=120)
+    raw = client.chat.completions.with_raw_response.create(
+        model="default", temperature=0, max_tokens=8, messages=[{"role": "user", "content": "1 + 1"}])
+    assert raw.headers.get("x-lema-adapter") == worse  # the forced promotion is what serves now

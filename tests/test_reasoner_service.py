@@ -84,11 +84,6 @@ def test_n_distinct_sampled_paths_per_problem(reasoner):
             assert path.steps, path.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 3 is open: the committed lema-tiny is a stand-in (about 5% greedy accuracy) until a pretraining "
-    "run lands in the 30-70% band; strict, so this fails loudly once a model in the band is committed",
-)
 def test_greedy_accuracy_on_held_out_synthetic_problems_is_in_band(reasoner):
     _, stub, _ = reasoner
     problems = generate(200, seed=2026, split="test")

@@ -44,11 +44,14 @@ def test_config_is_a_small_llama_with_wide_heads(model) -> None:
     assert gen["eos_token_id"] == cfg.eos_token_id and gen["pad_token_id"] == cfg.pad_token_id
 
 
-def test_tokenizer_has_chat_template_and_splits_digits(tokenizer) -> None:
+def test_tokenizer_has_chat_template_and_whole_number_tokens(tokenizer) -> None:
     assert tokenizer.chat_template and tokenizer.bos_token and tokenizer.eos_token and tokenizer.pad_token
     assert len(tokenizer) <= 1024
-    tokens = tokenizer.tokenize("She has 2024 pens.")
-    assert [t for t in tokens if any(c.isdigit() for c in t)] == ["2", "0", "2", "4"]
+    for n in range(21):  # the synthetic number range: one token each, so a op b = c is a one-token look-up
+        tokens = tokenizer.tokenize(f"She has {n} pens.")
+        assert [t for t in tokens if any(c.isdigit() for c in t)] == [str(n)], tokens
+    text = "Tom has 2024 pens and 3.75 dollars; 1/2 of 1,000 is 500."  # anything else still round-trips
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
                                          tokenize=False)
     assert text.endswith("<|assistant|>\n") and "Hi" in text
@@ -65,7 +68,6 @@ def test_greedy_generation_uses_the_step_format(model, tokenizer) -> None:
     problems = generate(16, seed=5, split="test", steps=(2, 3))
     outputs = generate_solutions(model, tokenizer, [p.question for p in problems], batch_size=16,
                                  max_new_tokens=160)
-    # Every solution is in the Step format (so a mistake can be located); most reach an answer line within
-    # 160 tokens (the stand-in weights sometimes keep adding steps: see issue 3).
+    # Every solution is in the Step format (so a mistake can be located) and ends with an answer line.
     assert all(o.startswith("Step 1:") and len(split_steps(o)) >= 1 for o in outputs), outputs
-    assert sum("The answer is" in o for o in outputs) >= 12, outputs
+    assert sum("The answer is" in o for o in outputs) >= 15, outputs

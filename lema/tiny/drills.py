@@ -1,8 +1,14 @@
-"""Arithmetic drills: packed lines "So a op b = c." that teach lema-tiny the four operations cheaply.
+"""Drills: cheap sequences that teach lema-tiny the two skills a word problem needs before it can be solved.
 
-STACK.md found arithmetic to be the bottleneck of a from-scratch model: a word problem spends ~200 tokens
-on 2-6 equations, a drill sequence packs ~20 equations into the same budget. Operands follow the same
-limits as the story families, and the loss covers only what follows "=" (operands are random).
+- Arithmetic drills, packed lines "So a op b = c.": STACK.md found arithmetic to be the bottleneck of a
+  from-scratch model; a word problem spends ~150 tokens on 2-6 equations, a drill packs ~15 equations into
+  the same budget. Operands follow the story families' limits; the loss covers only what follows "=".
+- Copy drills, a question then the same question again (loss on the copy): copying from the context
+  (induction) is how the model brings a question's sentence and numbers into its steps; pilots without
+  these drills had barely started copying after ~400 problem batches.
+- Random copy drills, a random token sequence then the same sequence again: the only way to predict the copy
+  is to look back (an induction head). Question copies can mostly be predicted from the story grammar, so
+  they teach copying weakly; pilots with them still invented names and numbers after 450 steps.
 """
 
 from __future__ import annotations
@@ -52,4 +58,27 @@ def drill_examples(tokenizer, n: int, rng: random.Random, limits: Limits, tokens
             seq += prefix + suffix
             mask += [0] * len(prefix) + [1] * len(suffix)
         examples.append(Example(seq, 0, mask))
+    return examples
+
+
+def copy_examples(tokenizer, questions: list[str]) -> list[Example]:
+    """One sequence per question: [bos] question newline question newline, loss on the second copy."""
+    first = tokenizer([f"{q}\n" for q in questions], add_special_tokens=False)["input_ids"]
+    examples = []
+    for ids in first:
+        seq = [tokenizer.bos_token_id, *ids, *ids]
+        examples.append(Example(seq, 0, [0] * (1 + len(ids)) + [1] * len(ids)))
+    return examples
+
+
+def random_copy_examples(tokenizer, n: int, rng: random.Random, min_len: int = 8, max_len: int = 48) -> list[Example]:
+    """`n` sequences [bos] x1..xk newline x1..xk newline of random ordinary tokens; loss on the copy."""
+    special = set(tokenizer.all_special_ids)
+    pool = [i for i in range(len(tokenizer)) if i not in special]
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    examples = []
+    for _ in range(n):
+        body = [rng.choice(pool) for _ in range(rng.randint(min_len, max_len))] + newline
+        seq = [tokenizer.bos_token_id, *body, *body]
+        examples.append(Example(seq, 0, [0] * (1 + len(body)) + [1] * len(body)))
     return examples

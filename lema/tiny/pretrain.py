@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lema.core.synthetic import Limits, canonical_key, generate
 from lema.tiny.data import collate, encode_problems, make_batches
-from lema.tiny.drills import drill_examples
+from lema.tiny.drills import copy_examples, drill_examples, random_copy_examples
 from lema.tiny.evaluate import generate_solutions, score, summarize
 from lema.tiny.recipe import Recipe
 from lema.tiny.tokenizer import save_tokenizer, train_tokenizer
@@ -93,13 +93,21 @@ def stage_batches(recipe: Recipe, stage, stage_index: int, seed: int, tokenizer,
     t = recipe.training
     limits = Limits(max_value=stage.max_value)
     n_drill = round(stage.train_steps * stage.drill_fraction)
-    n_problem = stage.train_steps - n_drill
+    n_copy = round(stage.train_steps * stage.copy_fraction)
+    n_random = round(stage.train_steps * stage.random_copy_fraction)
+    n_problem = stage.train_steps - n_drill - n_copy - n_random
+    n_needed = (n_problem + n_copy) * t.batch_size + len(val_keys)
+    problems = generate(n_needed, seed=seed * 1000 + stage_index, split="train", steps=tuple(stage.steps),
+                        limits=limits, distinct=False) if n_needed > len(val_keys) else []
+    problems = [p for p in problems if canonical_key(p.family, p.program) not in val_keys]
+    copied, problems = problems[:n_copy * t.batch_size], problems[n_copy * t.batch_size:]
     batches = []
     if n_problem:
-        problems = generate(n_problem * t.batch_size + len(val_keys), seed=seed * 1000 + stage_index,
-                            split="train", steps=tuple(stage.steps), limits=limits, distinct=False)
-        problems = [p for p in problems if canonical_key(p.family, p.program) not in val_keys]
         batches += make_batches(encode_problems(tokenizer, problems), t.batch_size, rng)[:n_problem]
+    if n_copy:
+        batches += make_batches(copy_examples(tokenizer, [p.question for p in copied]), t.batch_size, rng)
+    if n_random:
+        batches += make_batches(random_copy_examples(tokenizer, n_random * t.batch_size, rng), t.batch_size, rng)
     if n_drill:
         drills = drill_examples(tokenizer, n_drill * t.batch_size, rng, limits)
         batches += make_batches(drills, t.batch_size, rng)
@@ -118,7 +126,7 @@ def pretrain(recipe: Recipe, out_dir: Path, seed: int | None = None) -> dict:
 
     tok_problems = generate(recipe.tokenizer.train_problems, seed=seed, split="train")
     tokenizer = train_tokenizer([p.question + "\n" + p.gold_solution for p in tok_problems],
-                                recipe.tokenizer.vocab_size)
+                                recipe.tokenizer.vocab_size, recipe.tokenizer.numbers)
     model = build_model(recipe, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"tokenizer {len(tokenizer)} tokens; model {n_params / 1e6:.2f}M parameters")
@@ -135,7 +143,8 @@ def pretrain(recipe: Recipe, out_dir: Path, seed: int | None = None) -> dict:
     for stage_index, stage in enumerate(recipe.curriculum):
         batches = stage_batches(recipe, stage, stage_index, seed, tokenizer, val_keys, rng)
         log(f"stage {stage.name}: {len(batches)} batches, steps {stage.steps}, numbers <= {stage.max_value}, "
-            f"drills {stage.drill_fraction:.0%}")
+            f"arithmetic drills {stage.drill_fraction:.0%}, copy drills {stage.copy_fraction:.0%} "
+            f"(random {stage.random_copy_fraction:.0%})")
         for batch in batches:
             tick = time.time()
             for group in optimizer.param_groups:

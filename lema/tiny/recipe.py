@@ -13,6 +13,7 @@ DEFAULT_RECIPE = Path(__file__).with_name("recipe.yaml")
 class TokenizerRecipe(BaseModel):
     vocab_size: int = 768
     train_problems: int = 5000  # synthetic problems the BPE is trained on
+    numbers: str = Field("digits", pattern="^(digits|whole)$")  # one token per digit, or per number
 
 
 class ModelRecipe(BaseModel):
@@ -26,13 +27,15 @@ class ModelRecipe(BaseModel):
 
 class Stage(BaseModel):
     """One curriculum stage: fresh problems (never repeated) of these step counts and number range,
-    with a fraction of the batches being arithmetic drills (see drills.py)."""
+    with fractions of the batches being arithmetic and copy drills (see drills.py)."""
 
     name: str
     steps: tuple[int, int] = (2, 6)
     max_value: int = 20
     train_steps: int
-    drill_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    drill_fraction: float = Field(0.0, ge=0.0, le=1.0)  # arithmetic drill batches
+    copy_fraction: float = Field(0.0, ge=0.0, le=1.0)  # copy drill batches (questions)
+    random_copy_fraction: float = Field(0.0, ge=0.0, le=1.0)  # copy drill batches (random tokens)
 
 
 class TrainingRecipe(BaseModel):

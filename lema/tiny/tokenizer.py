@@ -3,6 +3,11 @@
 Single-digit tokens make numbers compositional (a tiny model learns digit-wise arithmetic instead of one
 embedding per number). The full 256-byte alphabet is kept so any text round-trips, then a few hundred merges
 cover the synthetic vocabulary.
+
+The space before a number is attached to the word before it ("buys 4" -> "ĠbuysĠ", "4"), not left as
+a token of its own: with a standalone space token every number follows the same token, and copying "the
+number after *buys*" from the question needs two tokens of context; with the space attached, one-token
+induction (find the earlier "ĠbuysĠ", copy what follows) suffices.
 """
 
 from __future__ import annotations
@@ -11,6 +16,13 @@ from collections.abc import Iterable
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+
+# Pre-tokenization pieces: a word or a run of symbols (with its leading space, and with the following space
+# when a digit comes next), one digit, or whitespace. BPE merges never cross pieces, so digits stay single.
+PIECES = r" ?[A-Za-z']+ (?=\d)| ?[A-Za-z']+| ?[^\sA-Za-z\d]+ (?=\d)| ?[^\sA-Za-z\d]+|\d|\s+"
+# Whole-number variant: a run of digits is one piece, so BPE gives every frequent number (all of 0..20 in
+# the synthetic data) one token: copying a number is one step and a op b = c is a one-token look-up.
+PIECES_WHOLE = PIECES.replace(r"|\d|", r"|\d+|")
 
 # One turn per role; the assistant turn ends with eos, which is what greedy decoding stops on.
 CHAT_TEMPLATE = (
@@ -24,15 +36,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int):
+def train_tokenizer(texts: Iterable[str], vocab_size: int, numbers: str = "digits"):
     """Train the BPE and wrap it as a transformers fast tokenizer (left padding, for batched generation)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        pre_tokenizers.Split(Regex(PIECES_WHOLE if numbers == "whole" else PIECES), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

@@ -1,9 +1,11 @@
 """Story families: each writes GSM8K-style questions from events that transform a running quantity.
 
-An event costs one or two program steps (two when it first computes a sub-quantity, e.g. "3 books at 4
-dollars each", and then combines it with the running total). A final event also sets the question. The
-step sentences repeat the question's wording before the numbers, which makes copying a number from the
-question a simple look-up for a tiny model.
+An event costs one or two program steps (two when it first computes a sub-quantity, e.g. "3 books for 4
+dollars each", and then combines it with the running total). A final event also sets the question. An
+event's first step repeats its question sentence word for word (sequence marker included: "Then she
+spends 7 dollars") before ", so ... a op b = c": copying a sentence is the easiest thing for a tiny model
+to learn (induction), and it brings the step's numbers next to its equation. Ages chain people by name
+instead of markers ("Jack is 4 years older than Omar").
 """
 
 from __future__ import annotations
@@ -43,53 +45,53 @@ def _shop_setup(s: Story) -> None:
 def _shop_open_group(s: Story) -> None:
     p, it = s.person, s.vars["items"]
     n, price = s.product_pair()
-    s.say(f"{p.name} buys {n} {it} for {price} dollars each.")
-    s.run = s.op("*", n, price, f"{p.Subj} buys {n} {it} at {price} dollars each, so {p.subj} pays", "dollars")
+    said = s.say(f"{p.name} buys {n} {it} for {price} dollars each", marked=False)
+    s.run = s.op("*", n, price, f"{said}, so {p.subj} pays", "dollars")
 
 
 def _shop_open_single(s: Story) -> None:
     thing = s.fresh("things", vocab.SHOP_THINGS)
     x = s.start(0.1, 0.6)
-    s.say(f"{s.person.name} buys a {thing} for {x} dollars.")
+    s.say(f"{s.person.name} buys a {thing} for {x} dollars", marked=False)
     s.run = Operand(x)
 
 
 def _shop_extra_thing(s: Story) -> None:
     p, thing = s.person, s.fresh("things", vocab.SHOP_THINGS)
     x = s.addend(s.run.value, hi=s.part(0.4))
-    s.say(f"{p.Subj} also buys a {thing} for {x} dollars.")
-    s.run = s.op("+", s.run, x, f"The {thing} costs {x} dollars, so {p.subj} spends", "dollars")
+    said = s.say(f"{p.Subj} also buys a {thing} for {x} dollars")
+    s.run = s.op("+", s.run, x, f"{said}, so {p.subj} spends", "dollars")
 
 
 def _shop_extra_group(s: Story) -> None:
     p, it = s.person, s.fresh("items_used", vocab.SHOP_ITEMS)
     m, q = s.product_pair(big_hi=s.limits.max_value - s.run.value)
-    s.say(f"{p.Subj} also buys {m} {it} for {q} dollars each.")
-    sub = s.op("*", m, q, f"{p.Subj} buys {m} {it} at {q} dollars each, so they cost", "dollars")
+    said = s.say(f"{p.Subj} also buys {m} {it} for {q} dollars each")
+    sub = s.op("*", m, q, f"{said}, so they cost", "dollars")
     s.run = s.op("+", s.run, sub, f"In total {p.subj} spends", "dollars")
 
 
 def _shop_coupon(s: Story) -> None:
     p = s.person
     d = s.subtrahend(s.run.value)
-    s.say(f"{p.Subj} uses a coupon for {d} dollars off.")
-    s.run = s.op("-", s.run, d, f"The coupon takes off {d} dollars, so {p.subj} pays", "dollars")
+    said = s.say(f"{p.Subj} uses a coupon for {d} dollars off")
+    s.run = s.op("-", s.run, d, f"{said}, so {p.subj} pays", "dollars")
 
 
 def _shop_change(s: Story) -> None:
     p = s.person
     bills = [b for b in (10, 20, 50, 100) if s.run.value < b <= s.limits.max_value] or [s.num(s.run.value + 1, s.limits.max_value)]
     bill = s.choice(bills)
-    s.say(f"{p.Subj} pays with {bill} dollars.")
+    said = s.say(f"{p.Subj} pays with {bill} dollars")
     s.question = f"How much change does {p.subj} get?"
-    s.run = s.op("-", bill, s.run, f"{p.Subj} pays with {bill} dollars, so {p.poss} change is", "dollars")
+    s.run = s.op("-", bill, s.run, f"{said}, so {p.poss} change is", "dollars")
 
 
 def _shop_split(s: Story) -> None:
     k = s.divisor_of(s.run.value)
-    s.say(f"The cost is split equally among {k} friends.")
+    said = s.say(f"The cost is split equally among {k} friends")
     s.question = "How much does each friend pay?"
-    s.run = s.op("/", s.run, k, f"Split among {k} friends, each friend pays", "dollars")
+    s.run = s.op("/", s.run, k, f"{said}, so each friend pays", "dollars")
 
 
 SHOPPING = Family(
@@ -112,22 +114,22 @@ def _rate_setup(s: Story) -> None:
 def _rate_open(s: Story) -> None:
     p, verb, th = s.person, s.vars["verb"], s.vars["things"]
     r, h = s.product_pair()
-    s.say(f"{p.name} {verb} {r} {th} per hour for {h} hours.")
-    s.run = s.op("*", r, h, f"{p.Subj} {verb} {r} {th} per hour for {h} hours, so {p.subj} {verb}", th)
+    said = s.say(f"{p.name} {verb} {r} {th} per hour for {h} hours", marked=False)
+    s.run = s.op("*", r, h, f"{said}, so {p.subj} {verb}", th)
 
 
 def _rate_open_days(s: Story) -> None:
     p, verb, th = s.person, s.vars["verb"], s.vars["things"]
     r, d = s.product_pair()
-    s.say(f"{p.name} {verb} {r} {th} a day for {d} days.")
-    s.run = s.op("*", r, d, f"{p.Subj} {verb} {r} {th} a day for {d} days, so {p.subj} {verb}", th)
+    said = s.say(f"{p.name} {verb} {r} {th} a day for {d} days", marked=False)
+    s.run = s.op("*", r, d, f"{said}, so {p.subj} {verb}", th)
 
 
 def _rate_more_hours(s: Story) -> None:
     p, verb, th = s.person, s.vars["verb"], s.vars["things"]
     r, h = s.product_pair(big_hi=s.limits.max_value - s.run.value)
-    s.say(f"Then {p.subj} {verb} {r} {th} per hour for {h} more hours.")
-    sub = s.op("*", r, h, f"Then {p.subj} {verb} {r} {th} per hour for {h} hours, so", th)
+    said = s.say(f"{p.Subj} {verb} {r} {th} per hour for {h} more hours")
+    sub = s.op("*", r, h, f"{said}, so {p.subj} {verb}", th)
     s.run = s.op("+", s.run, sub, f"Altogether {p.subj} {verb}", th)
 
 
@@ -135,30 +137,30 @@ def _rate_helper(s: Story) -> None:
     p, verb, th = s.person, s.vars["verb"], s.vars["things"]
     helper = s.fresh("helpers", vocab.RELATIVES)
     a = s.addend(s.run.value, hi=s.part(0.4))
-    s.say(f"{p.Poss} {helper} {verb} {a} {th} too.")
-    s.run = s.op("+", s.run, a, f"{p.Poss} {helper} {verb} {a} {th}, so together they have", th)
+    said = s.say(f"{p.Poss} {helper} {verb} {a} {th} too")
+    s.run = s.op("+", s.run, a, f"{said}, so together they have", th)
 
 
 def _rate_loss(s: Story) -> None:
     p, th = s.person, s.vars["things"]
     d = s.subtrahend(s.run.value)
-    s.say(f"{p.Subj} throws away {d} {th} that are not good.")
-    s.run = s.op("-", s.run, d, f"{p.Subj} throws away {d} {th}, so {p.subj} keeps", th)
+    said = s.say(f"{p.Subj} throws away {d} {th}")
+    s.run = s.op("-", s.run, d, f"{said}, so {p.subj} keeps", th)
 
 
 def _rate_repeat(s: Story) -> None:
     p, th = s.person, s.vars["things"]
     k = s.factor_for(s.run.value, hi=5)
-    s.say(f"{p.Subj} does the same thing {k} weeks in a row.")
-    s.run = s.op("*", s.run, k, f"In {k} weeks {p.subj} gets", th)
+    said = s.say(f"{p.Subj} does the same thing for {k} weeks")
+    s.run = s.op("*", s.run, k, f"{said}, so {p.subj} gets", th)
 
 
 def _rate_pack(s: Story) -> None:
     p, th = s.person, s.vars["things"]
     k = s.divisor_of(s.run.value)
-    s.say(f"{p.Subj} puts the {th} in bags of {k}.")
+    said = s.say(f"{p.Subj} puts the {th} in bags of {k}")
     s.question = f"How many bags does {p.subj} fill?"
-    s.run = s.op("/", s.run, k, f"{p.Subj} puts {k} {th} in each bag, so {p.subj} fills", "bags")
+    s.run = s.op("/", s.run, k, f"{said}, so {p.subj} fills", "bags")
 
 
 RATES_AND_TIME = Family(
@@ -179,30 +181,29 @@ def _group_setup(s: Story) -> None:
 
 def _group_open_count(s: Story) -> None:
     n = s.start(0.1, 0.8)
-    s.say(f"There are {n} {s.vars['people']} at the {s.vars['place']}.")
+    s.say(f"There are {n} {s.vars['people']} at the {s.vars['place']}", marked=False)
     s.run = Operand(n)
 
 
 def _group_open_teams(s: Story) -> None:
     pe, teams = s.vars["people"], s.vars["teams"]
     g, m = s.product_pair()
-    s.say(f"The {s.vars['place']} has {g} {teams} of {m} {pe}.")
-    s.run = s.op("*", g, m, f"There are {g} {teams} of {m} {pe}, so there are", pe)
+    said = s.say(f"The {s.vars['place']} has {g} {teams} of {m} {pe}", marked=False)
+    s.run = s.op("*", g, m, f"{said}, so there are", pe)
 
 
 def _group_join(s: Story) -> None:
     pe = s.vars["people"]
     j = s.addend(s.run.value, hi=s.part(0.3))
-    when = s.fresh("join_when", ["Then", "Later"])
-    s.say(f"{when} {j} more {pe} arrive.")
-    s.run = s.op("+", s.run, j, f"{when} {j} more {pe} arrive, so there are", pe)
+    said = s.say(f"{j} more {pe} arrive")
+    s.run = s.op("+", s.run, j, f"{said}, so there are", pe)
 
 
 def _group_join_teams(s: Story) -> None:
     pe = s.vars["people"]
     g, m = s.product_pair(big_hi=s.limits.max_value - s.run.value)
-    s.say(f"Then {g} vans with {m} {pe} each arrive.")
-    sub = s.op("*", g, m, f"{g} vans with {m} {pe} each bring", pe)
+    said = s.say(f"{g} vans with {m} {pe} each arrive")
+    sub = s.op("*", g, m, f"{said}, so they bring", pe)
     s.run = s.op("+", s.run, sub, "Now there are", pe)
 
 
@@ -210,15 +211,15 @@ def _group_leave(s: Story) -> None:
     pe = s.vars["people"]
     l_ = s.subtrahend(s.run.value)
     where = s.fresh("leave_where", ["home", "to lunch"])
-    s.say(f"{l_} {pe} go {where}.")
-    s.run = s.op("-", s.run, l_, f"{l_} {pe} go {where}, so", f"{pe} stay")
+    said = s.say(f"{l_} {pe} go {where}")
+    s.run = s.op("-", s.run, l_, f"{said}, so", f"{pe} stay")
 
 
 def _group_split(s: Story) -> None:
     k = s.divisor_of(s.run.value)
-    s.say(f"They form groups of {k}.")
+    said = s.say(f"They form groups of {k}")
     s.question = "How many groups are there?"
-    s.run = s.op("/", s.run, k, f"Groups of {k} make", "groups")
+    s.run = s.op("/", s.run, k, f"{said}, so they make", "groups")
 
 
 def _group_split_share(s: Story) -> None:
@@ -226,18 +227,19 @@ def _group_split_share(s: Story) -> None:
     k = s.divisor_of(s.run.value)
     groups = s.run.value // k
     c = s.factor_for(groups, hi=8)
-    s.say(f"They form groups of {k}, and each group gets {c} {sh}.")
+    said_groups = s.say(f"They form groups of {k}")
+    said_each = s.say(f"Each group gets {c} {sh}")
     s.question = f"How many {sh} are needed?"
-    g = s.op("/", s.run, k, f"Groups of {k} make", "groups")
-    s.run = s.op("*", g, c, f"Each group gets {c} {sh}, so they need", sh)
+    g = s.op("/", s.run, k, f"{said_groups}, so they make", "groups")
+    s.run = s.op("*", g, c, f"{said_each}, so they need", sh)
 
 
 def _group_each(s: Story) -> None:
     sh = s.vars["shared"]
     c = s.factor_for(s.run.value, hi=6)
-    s.say(f"Each of them gets {c} {sh}.")
+    said = s.say(f"Each of them gets {c} {sh}")
     s.question = f"How many {sh} are given out?"
-    s.run = s.op("*", s.run, c, f"Each gets {c} {sh}, so they get", sh)
+    s.run = s.op("*", s.run, c, f"{said}, so they get", sh)
 
 
 SHARING_AND_GROUPS = Family(
@@ -258,7 +260,7 @@ def _age_setup(s: Story) -> None:
 
 def _age_open(s: Story) -> None:
     a = s.start(0.04, 0.4)
-    s.say(f"{s.person.name} is {a} years old.")
+    s.say(f"{s.person.name} is {a} years old", marked=False)
     s.run = Operand(a)
     s.vars["people"] = [(s.person.name, s.run)]
 
@@ -268,17 +270,14 @@ def _age_relative(s: Story, op: str) -> None:
     other = s.new_person().name
     if op == "+":
         d = s.addend(s.run.value, lo=2, hi=s.part(0.3))
-        s.say(f"{other} is {d} years older than {prev}.")
-        text = f"{other} is {d} years older than {prev}, so {other} is"
+        said = s.say(f"{other} is {d} years older than {prev}", marked=False)
     elif op == "-":
         d = s.subtrahend(s.run.value, lo=2)
-        s.say(f"{other} is {d} years younger than {prev}.")
-        text = f"{other} is {d} years younger than {prev}, so {other} is"
+        said = s.say(f"{other} is {d} years younger than {prev}", marked=False)
     else:
         d = s.factor_for(s.run.value, hi=5)
-        s.say(f"{other} is {d} times as old as {prev}.")
-        text = f"{other} is {d} times as old as {prev}, so {other} is"
-    s.run = s.op(op, s.run, d, text, "years old")
+        said = s.say(f"{other} is {d} times as old as {prev}", marked=False)
+    s.run = s.op(op, s.run, d, f"{said}, so {other} is", "years old")
     s.vars["people"] = [*s.vars["people"], (other, s.run)]
 
 
@@ -349,53 +348,53 @@ def _money_setup(s: Story) -> None:
 
 def _money_open(s: Story) -> None:
     x = s.start(0.1, 0.9)
-    s.say(f"{s.person.name} has {x} dollars.")
+    s.say(f"{s.person.name} has {x} dollars", marked=False)
     s.run = Operand(x)
 
 
 def _money_open_saves(s: Story) -> None:
     p = s.person
     w, k = s.product_pair()
-    s.say(f"{p.name} saves {w} dollars a week for {k} weeks.")
-    s.run = s.op("*", w, k, f"{p.Subj} saves {w} dollars a week for {k} weeks, so {p.subj} has", "dollars")
+    said = s.say(f"{p.name} saves {w} dollars a week for {k} weeks", marked=False)
+    s.run = s.op("*", w, k, f"{said}, so {p.subj} has", "dollars")
 
 
 def _money_gift(s: Story) -> None:
     p, giver = s.person, s.fresh("givers", vocab.GIVERS)
     g = s.addend(s.run.value, hi=s.part(0.4))
-    s.say(f"{p.Poss} {giver} gives {p.obj} {g} dollars.")
-    s.run = s.op("+", s.run, g, f"{p.Poss} {giver} gives {p.obj} {g} dollars, so {p.subj} has", "dollars")
+    said = s.say(f"{p.Poss} {giver} gives {p.obj} {g} dollars")
+    s.run = s.op("+", s.run, g, f"{said}, so {p.subj} has", "dollars")
 
 
 def _money_earn(s: Story) -> None:
     p = s.person
     w, d = s.product_pair(big_hi=s.limits.max_value - s.run.value)
-    s.say(f"{p.Subj} earns {w} dollars a day for {d} days.")
-    sub = s.op("*", w, d, f"{p.Subj} earns {w} dollars a day for {d} days, so {p.subj} earns", "dollars")
+    said = s.say(f"{p.Subj} earns {w} dollars a day for {d} days")
+    sub = s.op("*", w, d, f"{said}, so {p.subj} earns", "dollars")
     s.run = s.op("+", s.run, sub, f"Now {p.subj} has", "dollars")
 
 
 def _money_spend(s: Story) -> None:
     p, thing = s.person, s.fresh("things", vocab.SHOP_THINGS)
     c = s.subtrahend(s.run.value)
-    s.say(f"{p.Subj} spends {c} dollars on a {thing}.")
-    s.run = s.op("-", s.run, c, f"{p.Subj} spends {c} dollars on a {thing}, so {p.subj} has", "dollars left")
+    said = s.say(f"{p.Subj} spends {c} dollars on a {thing}")
+    s.run = s.op("-", s.run, c, f"{said}, so {p.subj} has", "dollars left")
 
 
 def _money_buy_group(s: Story) -> None:
     p, it = s.person, s.vars["items"]
     m, q = s.product_pair(big_hi=s.run.value // 2)
-    s.say(f"{p.Subj} buys {m} {it} for {q} dollars each.")
-    sub = s.op("*", m, q, f"{p.Subj} buys {m} {it} at {q} dollars each, so they cost", "dollars")
+    said = s.say(f"{p.Subj} buys {m} {it} for {q} dollars each")
+    sub = s.op("*", m, q, f"{said}, so they cost", "dollars")
     s.run = s.op("-", s.run, sub, f"{p.Subj} has", "dollars left")
 
 
 def _money_jars(s: Story) -> None:
     p = s.person
     k = s.divisor_of(s.run.value)
-    s.say(f"{p.Subj} puts the money equally into {k} jars.")
+    said = s.say(f"{p.Subj} puts the money equally into {k} jars")
     s.question = "How many dollars are in each jar?"
-    s.run = s.op("/", s.run, k, f"With {k} jars, each jar gets", "dollars")
+    s.run = s.op("/", s.run, k, f"{said}, so each jar gets", "dollars")
 
 
 MONEY_AND_CHANGE = Family(
@@ -415,25 +414,21 @@ def _unit_setup(s: Story) -> None:
     s.vars.update(stuff=stuff, big=big, big1=big1, small=small, c=c)
 
 
-def _unit_convert(s: Story, q: int) -> Operand:
-    v = s.vars
-    return s.op("*", q, v["c"], f"{q} {v['big']} is", v["small"])
-
-
 def _unit_open(s: Story) -> None:
     v = s.vars
     q = s.num(2, s.limits.max_value // v["c"])
-    s.say(f"{s.person.name} has {q} {v['big']} of {v['stuff']}. One {v['big1']} is {v['c']} {v['small']}.")
-    s.run = _unit_convert(s, q)
+    said = s.say(f"{s.person.name} has {q} {v['big']} of {v['stuff']}", marked=False)
+    s.say(f"One {v['big1']} is {v['c']} {v['small']}", marked=False)
+    s.run = s.op("*", q, v["c"], f"{said}, which is", v["small"])
 
 
 def _unit_open_mixed(s: Story) -> None:
     v = s.vars
     q = s.num(2, s.limits.max_value // v["c"] - 1)
     r = s.num(1, min(v["c"] * 2, s.limits.max_value - q * v["c"]))
-    s.say(f"{s.person.name} has {q} {v['big']} and {r} {v['small']} of {v['stuff']}. "
-          f"One {v['big1']} is {v['c']} {v['small']}.")
-    sub = _unit_convert(s, q)
+    s.say(f"{s.person.name} has {q} {v['big']} and {r} {v['small']} of {v['stuff']}", marked=False)
+    s.say(f"One {v['big1']} is {v['c']} {v['small']}", marked=False)
+    sub = s.op("*", q, v["c"], f"{q} {v['big']} is", v["small"])
     s.run = s.op("+", sub, r, f"With the other {r} {v['small']}, {s.person.subj} has", v["small"])
 
 
@@ -441,8 +436,8 @@ def _unit_more(s: Story) -> None:
     p, v = s.person, s.vars
     a = s.addend(s.run.value, hi=s.part(0.3))
     verb = s.fresh("more_verb", ["gets", "finds"])
-    s.say(f"{p.Subj} {verb} {a} more {v['small']}.")
-    s.run = s.op("+", s.run, a, f"{p.Subj} {verb} {a} more {v['small']}, so {p.subj} has", v["small"])
+    said = s.say(f"{p.Subj} {verb} {a} more {v['small']}")
+    s.run = s.op("+", s.run, a, f"{said}, so {p.subj} has", v["small"])
 
 
 def _unit_more_big(s: Story) -> None:
@@ -450,8 +445,8 @@ def _unit_more_big(s: Story) -> None:
     q = s.num(1, (s.limits.max_value - s.run.value) // v["c"])
     if q < 2:
         raise Reject("no room")
-    s.say(f"{p.Subj} gets {q} more {v['big']}.")
-    sub = _unit_convert(s, q)
+    said = s.say(f"{p.Subj} gets {q} more {v['big']}")
+    sub = s.op("*", q, v["c"], f"{said}, which is", v["small"])
     s.run = s.op("+", s.run, sub, f"Now {p.subj} has", v["small"])
 
 
@@ -459,16 +454,16 @@ def _unit_use(s: Story) -> None:
     p, v = s.person, s.vars
     u = s.subtrahend(s.run.value)
     verb = s.fresh("use_verb", ["uses", "gives away"])
-    s.say(f"{p.Subj} {verb} {u} {v['small']}.")
-    s.run = s.op("-", s.run, u, f"{p.Subj} {verb} {u} {v['small']}, so {p.subj} has", f"{v['small']} left")
+    said = s.say(f"{p.Subj} {verb} {u} {v['small']}")
+    s.run = s.op("-", s.run, u, f"{said}, so {p.subj} has", f"{v['small']} left")
 
 
 def _unit_split(s: Story) -> None:
     p, v = s.person, s.vars
     k = s.divisor_of(s.run.value)
-    s.say(f"{p.Subj} splits it into {k} equal parts.")
+    said = s.say(f"{p.Subj} splits it into {k} equal parts")
     s.question = f"How many {v['small']} are in each part?"
-    s.run = s.op("/", s.run, k, f"Each of the {k} parts has", v["small"])
+    s.run = s.op("/", s.run, k, f"{said}, so each part has", v["small"])
 
 
 UNIT_CONVERSION = Family(
@@ -489,45 +484,45 @@ def _garden_setup(s: Story) -> None:
 def _garden_open_rows(s: Story) -> None:
     p, pl = s.person, s.vars["plants"]
     r, n = s.product_pair()
-    s.say(f"{p.name} plants {r} rows of {n} {pl}.")
-    s.run = s.op("*", r, n, f"{p.Subj} plants {r} rows of {n} {pl}, so {p.subj} plants", pl)
+    said = s.say(f"{p.name} plants {r} rows of {n} {pl}", marked=False)
+    s.run = s.op("*", r, n, f"{said}, so {p.subj} plants", pl)
 
 
 def _garden_open_count(s: Story) -> None:
     p, pl = s.person, s.vars["plants"]
     x = s.start(0.1, 0.8)
-    s.say(f"{p.name} has {x} {pl} in {p.poss} garden.")
+    s.say(f"{p.name} has {x} {pl} in {p.poss} garden", marked=False)
     s.run = Operand(x)
 
 
 def _garden_more(s: Story) -> None:
     p, pl = s.person, s.vars["plants"]
     a = s.addend(s.run.value, hi=s.part(0.3))
-    s.say(f"{p.Subj} plants {a} more {pl}.")
-    s.run = s.op("+", s.run, a, f"{p.Subj} plants {a} more, so there are", pl)
+    said = s.say(f"{p.Subj} plants {a} more {pl}")
+    s.run = s.op("+", s.run, a, f"{said}, so there are", pl)
 
 
 def _garden_more_rows(s: Story) -> None:
     p, pl = s.person, s.vars["plants"]
     r, n = s.product_pair(big_hi=s.limits.max_value - s.run.value)
-    s.say(f"Then {p.subj} adds {r} rows of {n} {pl}.")
-    sub = s.op("*", r, n, f"{r} rows of {n} {pl} are", pl)
+    said = s.say(f"{p.Subj} adds {r} rows of {n} {pl}")
+    sub = s.op("*", r, n, f"{said}, so {p.subj} adds", pl)
     s.run = s.op("+", s.run, sub, "Now there are", pl)
 
 
 def _garden_pests(s: Story) -> None:
     pl, pest = s.vars["plants"], s.fresh("pests", vocab.PESTS)
     d = s.subtrahend(s.run.value)
-    s.say(f"{pest} eat {d} of the {pl}.")
-    s.run = s.op("-", s.run, d, f"{pest} eat {d} {pl}, so", f"{pl} are left")
+    said = s.say(f"{pest} eat {d} of the {pl}")
+    s.run = s.op("-", s.run, d, f"{said}, so", f"{pl} are left")
 
 
 def _garden_baskets(s: Story) -> None:
     p, box = s.person, s.vars["box"]
     k = s.divisor_of(s.run.value)
-    s.say(f"{p.Subj} picks them and puts {k} in each of the {box}.")
+    said = s.say(f"{p.Subj} picks them and puts {k} in each of the {box}")
     s.question = f"How many {box} does {p.subj} fill?"
-    s.run = s.op("/", s.run, k, f"With {k} in each, {p.subj} fills", box)
+    s.run = s.op("/", s.run, k, f"{said}, so {p.subj} fills", box)
 
 
 GARDEN = Family(

@@ -14,6 +14,9 @@ from lema.core.synthetic.program import Operand, ProgramError, Step, apply_op
 from lema.core.synthetic.vocab import NAMES
 
 
+MARKERS = ("Then", "Next,", "After that,", "Later,", "Soon after,", "At the end,")
+
+
 class Reject(Exception):
     """The event (or problem) cannot be built with the numbers at hand; the caller tries another."""
 
@@ -67,8 +70,21 @@ class Story:
     def remaining(self) -> int:
         return self.n_steps - len(self.steps)
 
-    def say(self, sentence: str) -> None:
-        self.sentences.append(sentence)
+    def say(self, clause: str, marked: bool = True) -> str:
+        """Add a sentence (given without its period) to the question; returns it for the step text.
+
+        Event sentences get the next sequence marker ("Then ...", "Next, ...", ...), always in the same
+        order, so the step that uses a sentence can find it by its marker (a one-hop look-up) instead of
+        counting sentences. Openings and facts ("One yard is 3 feet") are unmarked.
+        """
+        if marked:
+            n_marked = self.vars.get("_marked", 0)
+            if n_marked >= len(MARKERS):
+                raise Reject("too many sentences")
+            self.vars["_marked"] = n_marked + 1
+            clause = f"{MARKERS[n_marked]} {clause[0].lower()}{clause[1:]}"
+        self.sentences.append(clause + ".")
+        return clause
 
     def op(self, op: str, a: Operand | int, b: Operand | int, text: str, unit: str = "") -> Operand:
         """Record one step; its sentence is `text`, then the equation, then an optional unit word."""
