@@ -22,8 +22,8 @@ def proto_files() -> list[Path]:
 
 
 def generate(out_dir: Path) -> list[Path]:
-    from grpc_tools import protoc  # dev dependency, imported lazily
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency, imported lazily
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     out_dir.mkdir(parents=True, exist_ok=True)

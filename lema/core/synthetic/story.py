@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from lema.core.synthetic.program import Operand, ProgramError, Step, apply_op
 from lema.core.synthetic.vocab import NAMES
 
-
 MARKERS = ("Then", "Next,", "After that,", "Later,", "Soon after,", "At the end,")
 
 
