@@ -1,7 +1,8 @@
 """Trainer throughput and memory: lema's QLoRA trainer vs a plain TRL SFTTrainer run, same model, data and LoRA.
 
 Each run is a separate process (peak RSS = its ru_maxrss), with and without sequence packing. "plain TRL" is
-SFTTrainer with TRL's default SFTConfig (only output folder, steps, batch size, learning rate and use_cpu set) on the same
+SFTTrainer with TRL's default SFTConfig (only output folder, steps, batch size, learning rate, max_length, and on a
+CPU use_cpu and bf16 off set) on the same
 4-bit base and the same LoraConfig; lema's run is `lema.trainer.train.train` with the tiny recipe.
 
     python bench/trainer.py [--steps 20] [--data EXPORT.jsonl]
@@ -47,10 +48,13 @@ else:
         def on_log(self, args, state, control, logs=None, **kw):
             seen["tokens"] = float((logs or {}).get("num_tokens") or seen["tokens"])
     import torch
-    # TRL's defaults, plus use_cpu (without it TRL refuses to start on a machine without a GPU)
+    # TRL's defaults plus what a CPU-only machine needs: use_cpu (TRL refuses to start without it) and bf16 off
+    # (TRL's default bf16 ran 3x slower without packing and did not finish 6 packed steps in 15 minutes here), and
+    # lema's max_length, so both runs see the same sequences.
+    cpu = not torch.cuda.is_available()
     config = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=recipe.batch_size,
                        learning_rate=recipe.learning_rate, packing=packing, report_to=[], logging_steps=1,
-                       save_strategy="no", use_cpu=not torch.cuda.is_available())
+                       save_strategy="no", use_cpu=cpu, bf16=not cpu, max_length=recipe.max_seq_len)
     lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                       target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(load_examples(data)),
