@@ -20,7 +20,7 @@ def pretrain_tiny(
     out: Path = typer.Option(default_model_path(), "--out", help="Where to write weights and tokenizer."),
     seed: int | None = typer.Option(None, "--seed", help="Overrides the recipe's seed."),
 ) -> None:
-    """Train lema-tiny from scratch on synthetic problems (about 30 minutes on 2 CPU cores)."""
+    """Train lema-tiny from scratch on synthetic problems (about 20-35 minutes on this 2-core machine, 1 thread)."""
     from lema.tiny.pretrain import pretrain
     from lema.tiny.recipe import load_recipe
 
