@@ -4,8 +4,7 @@
   from-scratch model; a word problem spends ~150 tokens on 2-6 equations, a drill packs ~15 equations into
   the same budget. Operands follow the story families' limits; the loss covers only what follows "=".
 - Copy drills, a question then the same question again (loss on the copy): copying from the context
-  (induction) is how the model brings a question's sentence and numbers into its steps; pilots without
-  these drills had barely started copying after ~400 problem batches.
+  (induction) is how the model brings a question's sentence and numbers into its steps.
 - Random copy drills, a random token sequence then the same sequence again: the only way to predict the copy
   is to look back (an induction head). Question copies can mostly be predicted from the story grammar, so
   they teach copying weakly; pilots with them still invented names and numbers after 450 steps.

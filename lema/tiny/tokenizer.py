@@ -1,8 +1,9 @@
-"""lema-tiny's tokenizer: a small byte-level BPE trained on synthetic problems, every digit its own token.
+"""lema-tiny's tokenizer: a small byte-level BPE trained on synthetic problems.
 
-Single-digit tokens make numbers compositional (a tiny model learns digit-wise arithmetic instead of one
-embedding per number). The full 256-byte alphabet is kept so any text round-trips, then a few hundred merges
-cover the synthetic vocabulary.
+Numbers are either one token per digit (`numbers: digits`, compositional) or one token per frequent number
+(`numbers: whole`, what the committed lema-tiny uses: with numbers up to 20 in the synthetic data, copying a number
+is one step and a op b = c is a one-token look-up; pilots learned faster with it). The full 256-byte alphabet is
+kept so any text round-trips, then a few hundred merges cover the synthetic vocabulary.
 
 The space before a number is attached to the word before it ("buys 4" -> "ĠbuysĠ", "4"), not left as
 a token of its own: with a standalone space token every number follows the same token, and copying "the
