@@ -46,6 +46,14 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _with_overrides(section, overrides: dict):
+    """A config section with the command-line flags that were given (not None) on top, validated again."""
+    try:
+        return section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 @serve_app.command("verifier")
 def serve_verifier(
     port: Optional[int] = typer.Option(None, help="gRPC port (default 50061; 0 picks a free one)"),
@@ -67,10 +75,7 @@ def serve_verifier(
         "item_timeout_s": item_timeout,
         "metrics_port": metrics_port,
     }
-    try:
-        section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
-    except ValueError as exc:
-        _fail(str(exc))
+    section = _with_overrides(section, overrides)
     main(section)
 
 
@@ -95,10 +100,7 @@ def serve_reasoner(
         "model": model, "engine": engine, "port": port, "host": host, "base_url": base_url,
         "max_samples": max_samples, "metrics_port": metrics_port,
     }
-    try:
-        section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
-    except ValueError as exc:
-        _fail(str(exc))
+    section = _with_overrides(section, overrides)
     adapters = {}
     for spec in adapter:
         name, sep, path = spec.partition("=")
@@ -135,10 +137,7 @@ def serve_corrector(
         "request_timeout_s": request_timeout, "max_retries": max_retries, "breaker_threshold": breaker_threshold,
         "breaker_cooldown_s": breaker_cooldown,
     }
-    try:
-        section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
-    except ValueError as exc:
-        _fail(str(exc))
+    section = _with_overrides(section, overrides)
     if section.upstream == "openai" and not section.base_url:
         _fail("--upstream openai needs --base-url")
     main(section)
@@ -236,10 +235,7 @@ def serve_trainer(
     section = load_config(config).trainer
     overrides = {"port": port, "host": host, "runs_root": runs_root, "adapters_root": adapters_root,
                  "endpoint_url": endpoint_url, "metrics_port": metrics_port, "admin_token_env": admin_token_env}
-    try:
-        section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
-    except ValueError as exc:
-        _fail(str(exc))
+    section = _with_overrides(section, overrides)
     main(section)
 
 
@@ -259,10 +255,7 @@ def serve_collector(
     section = load_config(config).collector
     overrides = {"store": store, "port": port, "host": host, "max_items_per_request": max_items,
                  "metrics_port": metrics_port}
-    try:
-        section = section.model_validate({**section.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
-    except ValueError as exc:
-        _fail(str(exc))
+    section = _with_overrides(section, overrides)
     main(section)
 
 
