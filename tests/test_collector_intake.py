@@ -120,3 +120,15 @@ def test_stats_match_the_store(collector, stub):
         result = client.add_problems([VALID[2], NO_KIND])
     assert (result.valid, result.added, result.queued) == (1, 0, 0)
     assert [index for index, _ in result.rejected] == [1]
+
+
+@pytest.mark.parametrize("service", ["collector", "verifier", "trainer"])
+def test_an_out_of_range_port_is_rejected_naming_the_field(service):
+    # every service section redeclares its default port; the 0-65535 bound must hold in each of them
+    import subprocess
+
+    from conftest import lema_command
+
+    done = subprocess.run([*lema_command(), "serve", service, "--port", "70000"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "port" in done.stderr and "65535" in done.stderr, done.stderr

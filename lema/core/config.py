@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,15 +17,19 @@ DEFAULT_PORTS = {"verifier": 50061, "reasoner": 50062, "corrector": 50063, "trai
                  "endpoint": 3000}
 
 
+# A TCP port; every service section declares its own default port with this type, so the bound holds in all of them.
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class GrpcServerConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(default=0, ge=0, le=65535)
+    port: Port = 0
     grace_s: float = Field(default=10.0, ge=0, description="time in-flight calls get to finish on SIGTERM")
-    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics port")
+    metrics_port: Port | None = Field(default=None, description="Prometheus /metrics port")
     max_message_mb: int = Field(default=64, ge=1)
 
 
@@ -34,7 +38,7 @@ def _default_workers() -> int:
 
 
 class VerifierConfig(GrpcServerConfig):
-    port: int = DEFAULT_PORTS["verifier"]
+    port: Port = DEFAULT_PORTS["verifier"]
     workers: int = Field(default_factory=_default_workers, ge=1, le=64)
     item_timeout_s: float = Field(default=5.0, gt=0, le=600, description="hard limit per verified item")
     max_candidate_chars: int = Field(default=200_000, ge=1)
@@ -43,7 +47,7 @@ class VerifierConfig(GrpcServerConfig):
 
 
 class ReasonerConfig(GrpcServerConfig):
-    port: int = DEFAULT_PORTS["reasoner"]
+    port: Port = DEFAULT_PORTS["reasoner"]
     model: str = Field(default="lema-tiny", description="lema-tiny, smollm2, a local folder or a Hugging Face id")
     engine: Literal["vllm", "transformers", "openai"] = "transformers"
     base_url: str | None = Field(default=None, description="OpenAI-compatible server (engine=openai)")
@@ -58,7 +62,7 @@ class ReasonerConfig(GrpcServerConfig):
 
 
 class CorrectorConfig(GrpcServerConfig):
-    port: int = DEFAULT_PORTS["corrector"]
+    port: Port = DEFAULT_PORTS["corrector"]
     upstream: Literal["reference", "openai"] = "reference"
     base_url: str | None = Field(default=None, description="OpenAI-compatible upstream (upstream=openai)")
     model: str = Field(default="gpt-4", description="the upstream's model name")
@@ -86,7 +90,7 @@ class EndpointConfig(_Section):
     """The BentoML inference endpoint (services/endpoint): OpenAI-compatible API, /solve, LoRA hot-swap."""
 
     host: str = "127.0.0.1"
-    port: int = Field(default=DEFAULT_PORTS["endpoint"], ge=0, le=65535)
+    port: Port = DEFAULT_PORTS["endpoint"]
     model: str = Field(default="lema-tiny", description="lema-tiny, smollm2, a local folder or a Hugging Face id")
     engine: Literal["auto", "vllm", "transformers"] = Field(
         default="auto", description="auto = vLLM when importable and it starts, else transformers"
@@ -114,7 +118,7 @@ class EndpointConfig(_Section):
 
 
 class TrainerConfig(GrpcServerConfig):
-    port: int = DEFAULT_PORTS["trainer"]
+    port: Port = DEFAULT_PORTS["trainer"]
     runs_root: Path = Field(default=Path(".lema/runs"), description="one folder per training run")
     adapters_root: Path = Field(default=Path(".lema/adapters"), description="the adapter registry")
     endpoint_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['endpoint']}",
@@ -127,7 +131,7 @@ class CollectorConfig(GrpcServerConfig):
     """The collector's intake server (`lema serve collector`): problems over gRPC into the intake table that
     `lema collect --follow` consumes, and the store's counts."""
 
-    port: int = DEFAULT_PORTS["collector"]
+    port: Port = DEFAULT_PORTS["collector"]
     store: str = Field(default="lema.db", description="an SQLite file path or a database URL (postgresql://...)")
     max_items_per_request: int = Field(default=10_000, ge=1, description="upper limit on problems per AddProblems")
 
