@@ -13,6 +13,7 @@ from prometheus_client import Counter, Histogram
 from lema.core.config import VerifierConfig
 from lema.core.grpc_server import invalid_argument
 from lema.core.proto_convert import kind_from_pb, verdict_to_pb
+from lema.core.records import VerdictReason
 from lema.core.verifier_pool import VerifierPool, VerifyItem
 from lema.v1 import verifier_pb2 as vpb
 from lema.v1 import verifier_pb2_grpc
@@ -57,6 +58,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         verdict = await self.pool.verify(item, timeout_s=remaining)
         ITEM_SECONDS.observe(time.perf_counter() - started)
         ITEMS.labels(kind=item.kind.value, reason=verdict.reason.value).inc()
+        if verdict.reason == VerdictReason.TIMEOUT and remaining is not None and remaining < self.pool.item_timeout_s:
+            # The caller's deadline, not the item limit, stopped the work: the deadline has passed, so say so
+            # instead of racing a verdict against it (the caller would get either, depending on timing).
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed during verification")
         return verdict_to_pb(verdict)
 
     async def Verify(self, request: vpb.VerifyRequest, context: grpc.aio.ServicerContext) -> vpb.VerifyResponse:
