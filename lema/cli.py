@@ -261,33 +261,95 @@ def serve_collector(
 
 @app.command()
 def ablate(
-    export: Path = typer.Option(..., help="an export folder written by `lema export --size N`"),
+    export: Path = typer.Option(..., help="an export folder written by `lema export`"),
     recipe: str = typer.Option("tiny", help="a recipe name under trainer/configs or a YAML file"),
-    work_dir: Path = typer.Option(Path(".lema/ablation"), help="where the two runs are written"),
+    setting: str = typer.Option("main", help="main (all CoT vs all CoT + corrections) | equal (same size) | "
+                                             "matched (CoT-only gets the corrected solutions of the same questions)"),
+    seeds: str = typer.Option("0,1,2", help="comma-separated training seeds (each also draws and shuffles the mix)"),
+    correction_ratio: float = typer.Option(0.4, help="corrections per CoT row at most (the paper: 12.5K/32.4K)"),
+    eval_problems: Optional[int] = typer.Option(None, min=10, help="held-out test problems (default: the recipe's)"),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="optimizer steps of every arm (default: the recipe's)"),
+    work_dir: Path = typer.Option(Path(".lema/ablation"), help="where the runs, ablation.json and ablation.png go"),
 ) -> None:
-    """Train CoT-only and LEMA adapters at equal data size; print their accuracies side by side (95% CIs)."""
+    """The paper's comparison: CoT-only vs LEMA adapters trained from one export for the same steps, evaluated on
+    the same held-out problems; per-seed and pooled accuracy, paired difference with a 95% bootstrap interval and
+    McNemar p-values. Writes WORK_DIR/ablation.json and WORK_DIR/ablation.png."""
     from rich.console import Console
-    from rich.table import Table
 
     from lema.trainer.ablation import run_ablation
     from lema.trainer.recipe import RecipeError, load_recipe
+    from lema.trainer.settings import SETTINGS, SettingError
 
+    if setting not in SETTINGS:
+        _fail(f"--setting must be one of {', '.join(SETTINGS)} (got {setting!r})")
+    parsed_seeds = _parse_seeds(seeds)
+    if not 0 < correction_ratio <= 1:
+        _fail(f"--correction-ratio must lie in (0, 1] (got {correction_ratio})")
+    overrides: dict = {}
+    if eval_problems:
+        overrides["eval"] = {"problems": eval_problems}
+    if max_steps:
+        overrides["max_steps"] = max_steps
     try:
-        parsed = load_recipe(recipe)
+        parsed = load_recipe(recipe, overrides)
     except RecipeError as exc:
         _fail(str(exc))
     if not (export / "manifest.json").exists():
-        _fail(f"{export} has no manifest.json: run `lema export --size N` first")
+        _fail(f"--export: {export} has no manifest.json: run `lema export` first")
+    if parsed.max_steps <= 0:
+        _fail("the recipe trains by epochs: a comparison needs the same max_steps for both arms (--max-steps N)")
+    _quiet_libraries()
     console = Console()
-    rows = run_ablation(parsed, export, work_dir,
-                        on_progress=lambda name, e: console.print(f"[dim]{name}: step {e['step']}/{e['total_steps']} "
-                                                                  f"loss {e['loss']:.3f}[/]"))
-    table = Table(title=f"CoT-only vs LEMA at equal data size ({parsed.eval.problems} held-out problems, greedy)")
-    for col in ("model", "training data", "examples", "accuracy", "95% CI", "correct"):
+    try:
+        report = run_ablation(parsed, export, work_dir, setting=setting, seeds=parsed_seeds,
+                              correction_ratio=correction_ratio,
+                              on_progress=lambda name, e: console.print(
+                                  f"[dim]  {name}: step {e['step']}/{e['total_steps']} loss {e['loss']:.3f}[/]"),
+                              on_event=lambda message: console.print(message))
+    except SettingError as exc:
+        _fail(str(exc))
+    print_ablation(console, report.to_json())
+    console.print(f"written: {work_dir / 'ablation.json'}, {work_dir / 'ablation.png'}")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        _fail(f"--seeds must be comma-separated integers, e.g. 0,1,2 (got {text!r})")
+    if not seeds or len(seeds) > 32 or any(s < 0 for s in seeds):
+        _fail("--seeds: give 1 to 32 non-negative integers")
+    return list(dict.fromkeys(seeds))
+
+
+def _quiet_libraries() -> None:
+    """Our own progress lines say what is happening; the libraries' progress bars only add noise."""
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def print_ablation(console, data: dict) -> None:
+    from rich.table import Table
+
+    from lema.trainer.ablation import paired_rows, table_rows
+
+    title = (f"setting '{data['setting']}': {data['eval_problems']} held-out test problems (greedy), "
+             f"seeds {','.join(map(str, data['seeds']))}, {data['recipe']['max_steps']} steps per arm")
+    table = Table(title=title)
+    for col in ("model", "training data", "examples", "accuracy (mean)", "95% CI", "per seed"):
         table.add_column(col, justify="right")
-    for row in rows:
-        table.add_row(*row.cells())
+    for row in table_rows(data):
+        table.add_row(*row)
     console.print(table)
+    paired = Table(title="paired differences (same problems; bootstrap over problems and seeds)")
+    for col in ("comparison", "mean", "95% CI", "interval", "McNemar p per seed"):
+        paired.add_column(col, justify="right")
+    for row in paired_rows(data):
+        paired.add_row(*row)
+    console.print(paired)
 
 
 @app.command("up")
@@ -388,21 +450,49 @@ def problems_add(
 def export_command(
     store: str = typer.Option("lema.db", help="an SQLite file path or a database URL"),
     out: Path = typer.Option(..., help="output folder"),
-    size: Optional[int] = typer.Option(None, help="also write equal-size mixes: CoT-only N and CoT + corrections N"),
+    size: Optional[int] = typer.Option(None, help="also write equal-size 50/50 mixes of size N (earlier versions' "
+                                                  "control; `lema ablate --setting` builds the paper's settings)"),
     seed: int = typer.Option(0, help="shuffling seed of the mixes"),
+    recipe: str = typer.Option("tiny", help="the training recipe whose base model and max_seq_len rows must fit"),
+    model: Optional[str] = typer.Option(None, help="measure rows with this model's tokenizer (default: the recipe's)"),
+    max_seq_len: Optional[int] = typer.Option(None, min=16, help="token limit per row (default: the recipe's)"),
+    augment_per_problem: int = typer.Option(3, min=0, help="verified sampled solutions kept per problem as CoT rows"),
 ) -> None:
-    """Export training JSONL in the paper's two formats (CoT and correction), mixes and a manifest."""
+    """Export training JSONL in the paper's two formats (CoT and correction), each measured against the recipe's
+    max_seq_len (a correction that does not fit is shortened or dropped; no completion is ever cut), and a
+    manifest."""
     from lema.core.exports import export
     from lema.core.store.db import open_store
 
+    lengths = _length_check(recipe, model, max_seq_len)
     sessions = open_store(store)
     try:
         with sessions.begin() as session:
-            manifest = export(session, out, size=size, seed=seed)
+            manifest = export(session, out, size=size, seed=seed, lengths=lengths,
+                              augment_per_problem=augment_per_problem)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(json.dumps({"id": manifest["id"], "counts": manifest["counts"], "mixes": manifest["mixes"],
-                           "out": str(out)}))
+                           "length": manifest["length"], "out": str(out)}))
+
+
+def _length_check(recipe: str, model: Optional[str], max_seq_len: Optional[int]):
+    from transformers import AutoTokenizer
+
+    from lema.core.exports import LengthCheck
+    from lema.core.model_resolve import resolve_model
+    from lema.trainer.recipe import RecipeError, load_recipe
+
+    try:
+        parsed = load_recipe(recipe)
+    except RecipeError as exc:
+        _fail(f"--recipe: {exc}")
+    name = model or parsed.base_model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+    except (OSError, ValueError) as exc:
+        _fail(f"--model: cannot load the tokenizer of {name!r}: {str(exc)[:200]}")
+    return LengthCheck(tokenizer, max_seq_len or parsed.max_seq_len, model=name)
 
 
 try:  # the endpoint needs the `serve` extra (BentoML)

@@ -3,6 +3,7 @@ exports in the paper's formats, and continuous collection from the intake table.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -102,7 +103,11 @@ def test_exports_follow_the_papers_formats(collected, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["counts"]["cot"] == N and manifest["counts"]["correction"] > 0
+    counts = manifest["counts"]
+    assert counts["cot_reference"] == N and counts["correction"] > 0
+    # Verified-correct samples are CoT augmentations, at most 3 per problem (the default cap), none a duplicate.
+    assert counts["cot"] == N + counts["cot_augmentation"] and counts["cot_augmentation"] > 0
+    assert counts["corrected_cot"] == counts["correction"]
     cot = datasets.load_dataset("json", data_files=str(tmp_path / "cot.jsonl"), split="train")
     corr = datasets.load_dataset("json", data_files=str(tmp_path / "correction.jsonl"), split="train")
     for row in cot:
@@ -113,6 +118,25 @@ def test_exports_follow_the_papers_formats(collected, tmp_path):
         assert row["prompt"].rstrip().endswith(INCORRECT_STEP_LABEL) and "Original Solution: {" in row["prompt"]
         assert row["completion"].startswith("Step ") and "Explanation:" in row["completion"]
         assert "Correct Solution: {" in row["completion"] and "The answer is" in row["completion"]
+    per_problem = collections.Counter(row["problem_id"] for row in cot if row["source"].startswith("augment:"))
+    assert max(per_problem.values()) <= 3
+    keys = [(row["problem_id"], " ".join(row["completion"].split())) for row in cot]
+    assert len(keys) == len(set(keys))
+    with sqlite3.connect(store) as db:
+        gold = dict(db.execute("SELECT id, gold_answer FROM problems"))
+    for row in cot:
+        if row["source"].startswith("augment:"):
+            assert row["completion"].splitlines()[-1] == f"The answer is {gold[row['problem_id']]}."
+    twins = {row["correction_id"]: row for row in datasets.load_dataset(
+        "json", data_files=str(tmp_path / "corrected_cot.jsonl"), split="train")}
+    for row in corr:  # every correction has a whole corrected solution of the same problem
+        twin = twins[row["correction_id"]]
+        assert twin["problem_id"] == row["problem_id"] and twin["completion"].startswith("Step 1:")
+        assert twin["completion"].splitlines()[-1] == f"The answer is {gold[row['problem_id']]}."
+    # Every row was measured with the recipe's tokenizer: none is longer than max_seq_len, nothing is cut.
+    length = manifest["length"]
+    assert length["model"] == "lema-tiny" and length["max_seq_len"] == 512 and length["truncated_completions"] == 0
+    assert max(length["longest"].values()) <= 512
     size = manifest["mixes"]["size"]
     mix_cot = datasets.load_dataset("json", data_files=str(tmp_path / f"mix-cot-{size}.jsonl"), split="train")
     mix_lema = datasets.load_dataset("json", data_files=str(tmp_path / f"mix-lema-{size}.jsonl"), split="train")

@@ -73,6 +73,29 @@ def services(tmp_path_factory):
         endpoint.wait(timeout=60)
 
 
+def test_promote_refuses_an_adapter_worse_than_the_serving_base_model_unless_forced(services):
+    """Runs first: the base model serves. The trainer measures the base model's validation accuracy itself (on the
+    adapter's recipe's validation problems) and refuses an adapter below it."""
+    root, addresses, endpoint = services
+    status = httpx.get(f"{endpoint}/admin/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert status.json()["promoted"] == status.json()["model"]  # the base model serves
+    recipe = f"base_model: {MODEL}\neval: {{validation_problems: 32}}\n"
+    worse = _registered_adapter(root / "adapters", accuracy=0.0, config_yaml=recipe)
+    with grpc.insecure_channel(addresses["trainer"]) as channel:
+        trainer = trainer_pb2_grpc.TrainerStub(channel)
+        refused = trainer.Promote(tpb.PromoteRequest(adapter_id=worse), timeout=300)
+        assert not refused.promoted and "worse than the base model" in refused.reason, refused.reason
+        base = json.loads((root / "adapters" / "base-metrics.json").read_text())
+        (measured,) = base.values()
+        assert measured["validation_n"] == 32 and measured["validation_accuracy"] > 0.0
+        status = httpx.get(f"{endpoint}/admin/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert status.json()["promoted"] == status.json()["model"]  # the refusal changed nothing
+        forced = trainer.Promote(tpb.PromoteRequest(adapter_id=worse, force=True), timeout=300)
+        assert forced.promoted and "forced" in forced.reason
+    status = httpx.get(f"{endpoint}/admin/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert status.json()["promoted"] == worse
+
+
 def test_loop_collects_corrects_trains_promotes_and_serves(services):
     root, addresses, endpoint = services
     store = root / "lema.db"
@@ -90,7 +113,8 @@ def test_loop_collects_corrects_trains_promotes_and_serves(services):
     mix = next((root / "export").glob("mix-lema-*.jsonl"))
 
     recipe = (f"name: e2e\nbase_model: {MODEL}\nmax_steps: 8\nsave_steps: 4\nlogging_steps: 2\nbatch_size: 8\n"
-              "threads: 1\nlora: {r: 8, alpha: 16}\nlearning_rate: 2.0e-3\neval: {problems: 16, max_tokens: 160}\n")
+              "threads: 1\nlora: {r: 8, alpha: 16}\nlearning_rate: 2.0e-3\n"
+              "eval: {problems: 16, validation_problems: 16, max_tokens: 160}\n")
     with grpc.insecure_channel(addresses["trainer"]) as channel:
         trainer = trainer_pb2_grpc.TrainerStub(channel)
         run = trainer.StartRun(tpb.StartRunRequest(config_yaml=recipe, export_path=str(mix)), timeout=30)
@@ -122,8 +146,8 @@ def test_loop_collects_corrects_trains_promotes_and_serves(services):
             assert verdict.reason != pb.VERDICT_REASON_UNSPECIFIED
 
 
-def _registered_adapter(registry_root, accuracy: float) -> str:
-    """A real PEFT adapter on the test model (fresh LoRA weights), registered with a given evaluation."""
+def _registered_adapter(registry_root, accuracy: float, config_yaml: str = "") -> str:
+    """A real PEFT adapter on the test model (fresh LoRA weights), registered with a given validation accuracy."""
     import tempfile
     from pathlib import Path
 
@@ -137,8 +161,8 @@ def _registered_adapter(registry_root, accuracy: float) -> str:
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_model(MODEL)),
                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
         model.save_pretrained(tmp)
-        record = AdapterRegistry(registry_root).register(Path(tmp), MODEL, "gate",
-                                                         metrics={"accuracy": accuracy, "n": 16})
+        record = AdapterRegistry(registry_root).register(Path(tmp), MODEL, "gate", config_yaml=config_yaml,
+                                                         metrics={"validation_accuracy": accuracy, "validation_n": 16})
     return record.id
 
 

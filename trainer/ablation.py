@@ -1,55 +1,234 @@
-"""The paper's control experiment: from one export, train a CoT-only and a CoT + corrections (LEMA) adapter at
-equal data size and compare their greedy accuracies (with 95% Wilson intervals) against the base model."""
+"""The paper's comparisons as a harness: for one setting (`lema.trainer.settings`: main, equal, matched) and several
+seeds, train a CoT-only and a LEMA adapter from one export for the same number of optimizer steps, evaluate every
+arm greedily on the same held-out test problems, and report per seed and pooled: accuracy, the paired difference
+LEMA - CoT-only with a 95% bootstrap interval over problems and seeds, and an exact McNemar p-value per seed.
+
+Writes `ablation.json` (schema in `AblationReport.to_json`) and `ablation.png` into the work folder. The test
+problems are touched only for this table; checkpoint choice (`select_checkpoint: best_validation`) and promotion
+use the validation split.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lema.trainer.evaluate import EvalResult, evaluate, wilson
+from lema.trainer.evaluate import EvalResult
 from lema.trainer.recipe import Recipe
+from lema.trainer.settings import build_arms
+from lema.trainer.stats import mcnemar_exact, paired_bootstrap, wilson
+
+ARMS = ("cot", "lema")
+ARM_LABELS = {"base": "base", "cot": "CoT-only", "lema": "LEMA"}
+
+EventFn = Callable[[str], None]
 
 
 @dataclass
-class AblationRow:
-    name: str
-    data: str
+class ArmRun:
+    arm: str
+    seed: int
     examples: int
-    result: EvalResult
-    adapter_dir: Path | None = None
-
-    def cells(self) -> list[str]:
-        low, high = wilson(self.result.correct, self.result.n)
-        return [self.name, self.data, str(self.examples), f"{self.result.accuracy:.1%}", f"{low:.1%}–{high:.1%}",
-                f"{self.result.correct}/{self.result.n}"]
-
-
-def _count(path: Path) -> tuple[int, dict[str, int]]:
-    kinds: dict[str, int] = {}
-    for line in path.open():
-        if line.strip():
-            kind = json.loads(line)["type"]
-            kinds[kind] = kinds.get(kind, 0) + 1
-    return sum(kinds.values()), kinds
+    data: str
+    test: EvalResult
+    validation: EvalResult | None
+    adapter_dir: Path
+    steps: int
+    train_seconds: float
 
 
-def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, on_progress=None) -> list[AblationRow]:
+@dataclass
+class AblationReport:
+    setting: str
+    seeds: list[int]
+    correction_ratio: float
+    recipe: Recipe
+    base: EvalResult
+    base_validation: EvalResult | None
+    runs: list[ArmRun] = field(default_factory=list)
+
+    def arm_runs(self, arm: str) -> list[ArmRun]:
+        return sorted((r for r in self.runs if r.arm == arm), key=lambda r: self.seeds.index(r.seed))
+
+    def paired(self, a: str, b: str) -> dict:
+        """Paired comparison of arm a against arm b ("base": the base model, the same for every seed)."""
+        outcomes = {arm: [r.test.outcomes for r in self.arm_runs(arm)] for arm in ARMS}
+        outcomes["base"] = [self.base.outcomes for _ in self.seeds]
+        diff = paired_bootstrap(outcomes[a], outcomes[b])
+        per_seed = []
+        for seed, x, y in zip(self.seeds, outcomes[a], outcomes[b]):
+            p, wins, losses = mcnemar_exact(x, y)
+            one = paired_bootstrap([x], [y])
+            per_seed.append({"seed": seed, "diff": one.mean_diff, "ci95": list(one.ci95), "mcnemar_p": p,
+                             f"{a}_only_right": wins, f"{b}_only_right": losses})
+        return {"mean_diff": diff.mean_diff, "ci95": list(diff.ci95),
+                "mcnemar_p": [s["mcnemar_p"] for s in per_seed], "per_seed": per_seed}
+
+    def to_json(self) -> dict:
+        arms = {"base": {"examples": 0, "accuracy": [self.base.accuracy] * len(self.seeds),
+                         "validation_accuracy": self.base_validation.accuracy if self.base_validation else None}}
+        for arm in ARMS:
+            runs = self.arm_runs(arm)
+            arms[arm] = {
+                "examples": runs[0].examples if runs else 0,
+                "data": runs[0].data if runs else "",
+                "accuracy": [r.test.accuracy for r in runs],
+                "correct": [r.test.correct for r in runs],
+                "validation_accuracy": [r.validation.accuracy if r.validation else None for r in runs],
+                "steps": [r.steps for r in runs],
+                "train_seconds": [round(r.train_seconds, 1) for r in runs],
+                "adapters": [str(r.adapter_dir) for r in runs],
+            }
+        return {
+            "setting": self.setting,
+            "seeds": self.seeds,
+            "eval_problems": self.base.n,
+            "eval_split": self.base.split,
+            "correction_ratio": self.correction_ratio,
+            "recipe": {"name": self.recipe.name, "base_model": self.recipe.base_model,
+                       "max_steps": self.recipe.max_steps, "epochs": self.recipe.epochs,
+                       "batch_size": self.recipe.batch_size, "learning_rate": self.recipe.learning_rate,
+                       "max_seq_len": self.recipe.max_seq_len, "select_checkpoint": self.recipe.select_checkpoint},
+            "arms": arms,
+            "paired": {"lema_vs_cot": self.paired("lema", "cot"), "lema_vs_base": self.paired("lema", "base"),
+                       "cot_vs_base": self.paired("cot", "base")},
+        }
+
+
+def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, setting: str = "main",
+                 seeds: Sequence[int] = (0,), correction_ratio: float = 0.4,
+                 on_progress: Callable[[str, dict], None] | None = None,
+                 on_event: EventFn | None = None, validation: bool = False) -> AblationReport:
+    """Train and evaluate both arms of `setting` for every seed; write ablation.json and ablation.png.
+    `validation`: also measure every kept adapter (and the base model) on the validation split, as promotion
+    needs; `select_checkpoint: best_validation` implies it."""
+    from lema.trainer.evaluate import evaluate
     from lema.trainer.train import train
 
     from lema.core.model_resolve import resolve_model
 
-    manifest = json.loads((export_dir / "manifest.json").read_text())
-    size = manifest["mixes"]["size"]
+    say = on_event or (lambda message: None)
+    seeds = list(dict.fromkeys(seeds))
+    if not seeds:
+        raise ValueError("seeds: give at least one seed")
+    # Build every seed's arms first: a bad export fails before any training.
+    plans = {seed: build_arms(export_dir, setting, correction_ratio, seed) for seed in seeds}
     model_path = resolve_model(recipe.base_model)
-    rows = [AblationRow("base", "-", 0, asyncio.run(evaluate(model_path, recipe.eval)))]
-    for name, file in (("CoT-only", f"mix-cot-{size}.jsonl"), ("LEMA (CoT + corrections)", f"mix-lema-{size}.jsonl")):
-        path = export_dir / file
-        total, kinds = _count(path)
-        run_dir = work_dir / name.split()[0].lower()
-        result = train(recipe, path, run_dir, on_progress=(lambda e, n=name: on_progress(n, e)) if on_progress else None)
-        evaluation = asyncio.run(evaluate(model_path, recipe.eval, result.adapter_dir))
-        data = " + ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
-        rows.append(AblationRow(name, data, total, evaluation, result.adapter_dir))
+    # Every evaluation loads the model with the adapter merged in (the fastest to generate); the base model once.
+    select = recipe.select_checkpoint == "best_validation"
+    validate = validation or select
+    say(f"base model: {recipe.eval.problems} test problems (greedy)")
+    base = asyncio.run(evaluate(model_path, recipe.eval))
+    base_validation = asyncio.run(evaluate(model_path, recipe.eval, split="validation")) if validate else None
+    report = AblationReport(setting, seeds, correction_ratio, recipe, base, base_validation)
+    for seed in seeds:
+        for arm_name in ARMS:
+            arm = plans[seed][arm_name]
+            run_dir = work_dir / f"seed{seed}" / arm_name
+            data_path = arm.write(run_dir / "train.jsonl")
+            say(f"seed {seed}: training {ARM_LABELS[arm_name]} on {arm.describe()}")
+            seeded = recipe.model_copy(update={"seed": seed})
+            result = train(seeded, data_path, run_dir,
+                           on_progress=(lambda e, n=f"{ARM_LABELS[arm_name]} seed {seed}": on_progress(n, e))
+                           if on_progress else None)
+            adapter_dir, on_validation = result.adapter_dir, None
+            if select:
+                adapter_dir, on_validation = asyncio.run(
+                    best_checkpoint(model_path, recipe, run_dir, result.adapter_dir))
+            elif validate:
+                on_validation = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir, split="validation"))
+            evaluation = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir))
+            say(f"seed {seed}: {ARM_LABELS[arm_name]} {evaluation.correct}/{evaluation.n} = "
+                f"{evaluation.accuracy:.1%} on the test problems")
+            report.runs.append(ArmRun(arm_name, seed, len(arm.rows), arm.describe(), evaluation, on_validation,
+                                      adapter_dir, result.steps, result.seconds))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "ablation.json").write_text(json.dumps(report.to_json(), indent=2))
+    plot_ablation(report.to_json(), work_dir / "ablation.png")
+    return report
+
+
+async def best_checkpoint(model_path: str, recipe: Recipe, run_dir: Path,
+                          final_adapter: Path) -> tuple[Path, EvalResult]:
+    """Among the run's saved checkpoints and its final adapter, the one with the best validation accuracy
+    (ties: the later one)."""
+    from lema.trainer.evaluate import evaluate
+
+    candidates = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*")
+                         if (p / "adapter_config.json").exists()), key=lambda p: int(p.name.split("-")[-1]))
+    candidates.append(final_adapter)
+    best: tuple[Path, EvalResult] | None = None
+    for path in candidates:
+        result = await evaluate(model_path, recipe.eval, path, split="validation")
+        if best is None or result.accuracy >= best[1].accuracy:
+            best = (path, result)
+    assert best is not None
+    return best
+
+
+def table_rows(data: dict) -> list[list[str]]:
+    """Rows for a printed table: one per arm (mean over seeds, per-seed values) and the paired differences."""
+    rows = []
+    n = data["eval_problems"]
+    for arm in ("base", *ARMS):
+        info = data["arms"][arm]
+        accs = info["accuracy"]
+        mean = sum(accs) / len(accs)
+        low, high = wilson(round(mean * n), n)
+        per_seed = " ".join(f"{a:.1%}" for a in accs) if arm != "base" else "-"
+        rows.append([ARM_LABELS[arm], info.get("data", "-") or "-", str(info["examples"] or "-"), f"{mean:.1%}",
+                     f"{low:.1%}–{high:.1%}", per_seed])
     return rows
+
+
+def paired_rows(data: dict) -> list[list[str]]:
+    rows = []
+    for key, label in (("lema_vs_cot", "LEMA − CoT-only"), ("cot_vs_base", "CoT-only − base"),
+                       ("lema_vs_base", "LEMA − base")):
+        p = data["paired"][key]
+        lo, hi = p["ci95"]
+        verdict = "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0 (not a result)"
+        rows.append([label, f"{100 * p['mean_diff']:+.1f} pts", f"[{100 * lo:+.1f}, {100 * hi:+.1f}]", verdict,
+                     " ".join(f"{x:.3g}" for x in p["mcnemar_p"])])
+    return rows
+
+
+def plot_ablation(data: dict, path: Path) -> Path:
+    """Bars: mean accuracy per arm with its 95% interval, one dot per seed; right: LEMA − CoT-only per seed and
+    pooled with 95% paired-bootstrap intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = data["eval_problems"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names, colours = ("base", *ARMS), ("#999999", "#4c72b0", "#dd8452")
+    for i, (arm, colour) in enumerate(zip(names, colours)):
+        accs = [100 * a for a in data["arms"][arm]["accuracy"]]
+        mean = sum(accs) / len(accs)
+        low, high = wilson(round(mean / 100 * n), n)
+        left.bar(i, mean, color=colour, yerr=[[mean - 100 * low], [100 * high - mean]], capsize=6)
+        if arm != "base":
+            left.scatter([i + (j - (len(accs) - 1) / 2) * 0.12 for j in range(len(accs))], accs, color="black",
+                         s=14, zorder=3)
+    left.set_xticks(range(len(names)), [ARM_LABELS[a] for a in names])
+    left.set_ylabel("accuracy (%)")
+    left.set_title(f"setting '{data['setting']}', {n} test problems, seeds {data['seeds']}")
+    paired = data["paired"]["lema_vs_cot"]
+    labels = [f"seed {s['seed']}" for s in paired["per_seed"]] + ["pooled"]
+    values = [100 * s["diff"] for s in paired["per_seed"]] + [100 * paired["mean_diff"]]
+    cis = [s["ci95"] for s in paired["per_seed"]] + [paired["ci95"]]
+    errors = [[v - 100 * c[0] for v, c in zip(values, cis)], [100 * c[1] - v for v, c in zip(values, cis)]]
+    right.errorbar(range(len(values)), values, yerr=errors, fmt="o", capsize=6, color="#dd8452")
+    right.axhline(0, color="#999999", linestyle="--")
+    right.set_xticks(range(len(values)), labels)
+    right.set_ylabel("LEMA − CoT-only (points)")
+    right.set_title("paired difference, 95% bootstrap interval")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -38,11 +38,14 @@ class LoraSettings(BaseModel):
 
 class EvalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    problems: int = Field(default=200, ge=1)
+    problems: int = Field(default=500, ge=1, description="reported (test) problems")
     split: Literal["test", "ood"] = "test"
+    validation_problems: int = Field(default=200, ge=1, description="validation problems: checkpoint choice, "
+                                                                    "promotion gate")
     seed: int = 2026
     max_tokens: int = Field(default=200, ge=1)
     batch_size: int = Field(default=32, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for evaluation (default: 1)")
 
 
 class Recipe(BaseModel):
@@ -55,7 +58,11 @@ class Recipe(BaseModel):
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     max_grad_norm: float = Field(default=0.3, gt=0)
     epochs: float = Field(default=3.0, gt=0)
-    max_steps: int = Field(default=-1, ge=-1, description="overrides epochs when > 0")
+    max_steps: int = Field(default=-1, ge=-1, description="overrides epochs when > 0; comparisons need it: both "
+                                                          "arms then take the same number of optimizer steps")
+    select_checkpoint: Literal["last", "best_validation"] = Field(
+        default="last", description="the adapter a run keeps: its last checkpoint, or the saved checkpoint with the "
+                                    "best validation accuracy (never the test problems)")
     batch_size: int = Field(default=16, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     max_seq_len: int = Field(default=512, ge=16)

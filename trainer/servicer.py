@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from lema.trainer.baseline import BaseMetrics, eval_settings_of
 from lema.trainer.promote import PromotionError, promote
 from lema.trainer.recipe import RecipeError, load_recipe
 from lema.trainer.registry import AdapterRecord, AdapterRegistry
@@ -82,6 +83,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self.config = config
         self.runs = RunManager(config.runs_root, config.adapters_root)
         self.registry = AdapterRegistry(config.adapters_root)
+        self.base_metrics = BaseMetrics(config.adapters_root)
 
     def _run(self, run_id: str) -> RunDir | None:
         try:
@@ -157,8 +159,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no adapter {request.adapter_id!r} in the registry")
         url = request.endpoint_url or self.config.endpoint_url
         try:
-            outcome = await asyncio.to_thread(promote, record, url, self.config.admin_token_env,
-                                              self.config.gate_metric, request.force)
+            outcome = await asyncio.to_thread(
+                promote, record, url, self.config.admin_token_env, self.config.gate_metric, request.force,
+                lambda: self.base_metrics.get(record.base_model, eval_settings_of(record)))
         except PromotionError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE if exc.transient else grpc.StatusCode.FAILED_PRECONDITION,
                                 str(exc))

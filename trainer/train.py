@@ -30,8 +30,8 @@ class TrainResult:
 
 
 def load_examples(path: Path) -> list[dict]:
-    """Export rows (prompt/completion strings) in TRL's conversational prompt-completion form, so the model's own
-    chat template frames them exactly as the reasoner will at inference time."""
+    """Export rows in TRL's conversational prompt-completion form: what plain TRL gets in `bench/trainer.py`.
+    lema's own trainer tokenizes rows itself (`encode_dataset`)."""
     rows = []
     with path.open() as f:
         for line in f:
@@ -41,6 +41,43 @@ def load_examples(path: Path) -> list[dict]:
                              "completion": [{"role": "assistant", "content": row["completion"]}]})
     if not rows:
         raise ValueError(f"{path} has no training examples")
+    return rows
+
+
+class DatasetError(ValueError):
+    """A training file the trainer refuses; the message names the file and the row."""
+
+
+def encode_dataset(tokenizer, path: Path, max_seq_len: int) -> list[dict]:
+    """Tokenize every export row exactly as it will train (lema.core.rendering) and refuse the file if any row is
+    longer than `max_seq_len`: TRL would cut it at the end, and the end is the completion (for a correction, the
+    corrected steps, the answer line and the end token). `lema export --max-seq-len` shortens or drops such rows."""
+    from lema.core.rendering import encode_row
+
+    rows = []
+    with path.open() as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                prompt, completion = row["prompt"], row["completion"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DatasetError(f"{path.name} row {number}: not a prompt/completion JSON object ({exc})") from None
+            if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
+                raise DatasetError(f"{path.name} row {number}: 'prompt' and 'completion' must be strings, "
+                                   "the completion not empty")
+            encoded = encode_row(tokenizer, prompt, completion)
+            if encoded.length > max_seq_len:
+                raise DatasetError(
+                    f"{path.name} row {number} (problem {row.get('problem_id', '?')}, {row.get('type', '?')}): "
+                    f"{encoded.prompt_length} prompt + {encoded.length - encoded.prompt_length} completion tokens = "
+                    f"{encoded.length} > max_seq_len {max_seq_len}; the completion would be cut. Re-export with "
+                    f"`lema export --max-seq-len {max_seq_len}` (shortens or drops over-long rows) or raise "
+                    "max_seq_len")
+            rows.append({"input_ids": encoded.input_ids, "completion_mask": encoded.completion_mask})
+    if not rows:
+        raise DatasetError(f"{path.name} has no training examples")
     return rows
 
 
@@ -70,7 +107,7 @@ def train(recipe: Recipe, data_path: Path, run_dir: Path, on_progress: ProgressF
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from lema.core.model_resolve import resolve_model
@@ -83,8 +120,9 @@ def train(recipe: Recipe, data_path: Path, run_dir: Path, on_progress: ProgressF
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Refuse a bad dataset before the (slow) model load.
+    dataset = Dataset.from_list(encode_dataset(tokenizer, data_path, recipe.max_seq_len))
     model = load_quantized_base(recipe, model_path)
-    dataset = Dataset.from_list(load_examples(data_path))
     cpu = not torch.cuda.is_available()
     checkpoints = run_dir / "checkpoints"
     config = SFTConfig(
@@ -103,7 +141,8 @@ def train(recipe: Recipe, data_path: Path, run_dir: Path, on_progress: ProgressF
         data_seed=recipe.seed,
         save_strategy="steps",
         save_steps=recipe.save_steps,
-        save_total_limit=2,
+        # best_validation chooses among every saved checkpoint; otherwise two suffice to resume.
+        save_total_limit=None if recipe.select_checkpoint == "best_validation" else 2,
         logging_steps=recipe.logging_steps,
         bf16=False,
         fp16=False,
@@ -139,6 +178,8 @@ def train(recipe: Recipe, data_path: Path, run_dir: Path, on_progress: ProgressF
 
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora, callbacks=[Progress()])
+    # With tqdm off the HF Trainer prints every log dict ({'loss': ...}); on_progress reports progress instead.
+    trainer.remove_callback(PrinterCallback)
     for parameter in trainer.model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()

@@ -25,6 +25,7 @@ def main(run_path: str) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        from lema.trainer.ablation import best_checkpoint
         from lema.trainer.evaluate import evaluate
         from lema.trainer.recipe import load_recipe
         from lema.trainer.registry import AdapterRegistry
@@ -48,12 +49,21 @@ def main(run_path: str) -> int:
             return 0
         run.update(state="evaluating", step=result.steps)
         run.event("state", state="evaluating")
-        evaluation = asyncio.run(evaluate(resolve_model(recipe.base_model), recipe.eval, result.adapter_dir))
-        metrics = evaluation.metrics() | {"train_loss": result.train_loss, "train_seconds": result.seconds,
-                                          "train_tokens_per_second": result.tokens_per_second}
+        model_path = resolve_model(recipe.base_model)
+        adapter_dir, validation = result.adapter_dir, None
+        if recipe.select_checkpoint == "best_validation":
+            adapter_dir, validation = asyncio.run(best_checkpoint(model_path, recipe, run.path, result.adapter_dir))
+            run.event("log", message=f"kept {adapter_dir.name} (best validation accuracy {validation.accuracy:.3f})")
+        else:
+            validation = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir, split="validation"))
+        # Validation metrics gate promotion; the test metrics are reported, never used to choose.
+        evaluation = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir))
+        metrics = evaluation.metrics() | validation.metrics(prefix="validation_") | {
+            "train_loss": result.train_loss, "train_seconds": result.seconds,
+            "train_tokens_per_second": result.tokens_per_second}
         run.event("eval", metrics=metrics)
         record = AdapterRegistry().register(
-            result.adapter_dir, base_model=recipe.base_model, prefix=f"{recipe.name}", metrics=metrics,
+            adapter_dir, base_model=recipe.base_model, prefix=f"{recipe.name}", metrics=metrics,
             export_id=Path(spec["export_path"]).parent.name, config_yaml=spec["config_yaml"], run_id=run.id)
         run.update(state="succeeded", adapter_id=record.id, metrics=metrics, finished_at=now())
         run.event("state", state="succeeded", adapter_id=record.id)

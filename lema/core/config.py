@@ -124,7 +124,9 @@ class TrainerConfig(GrpcServerConfig):
     endpoint_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['endpoint']}",
                               description="the BentoML endpoint that Promote hot-swaps adapters into")
     admin_token_env: str = Field(default="LEMA_ADMIN_TOKEN", description="env var with the endpoint's admin token")
-    gate_metric: str = Field(default="accuracy", description="Promote refuses adapters worse on this metric")
+    gate_metric: str = Field(default="validation_accuracy",
+                             description="Promote refuses adapters worse than the serving adapter or the base model on "
+                                         "this metric (validation problems, never the reported test problems)")
 
 
 class CollectorConfig(GrpcServerConfig):

@@ -8,8 +8,8 @@
   corrections the verifier accepted.
 
 Files are JSONL with `prompt`/`completion` string fields (TRL's prompt-completion format: loss on the completion
-only) plus `type`, `problem_id` and `source`; `datasets.load_dataset("json", data_files=...)` loads them. Mixes for
-the paper's control experiment: CoT-only of size N vs CoT + corrections of the same total N.
+only) plus `type`, `problem_id` and `source`; `datasets.load_dataset("json", data_files=...)` loads them. The
+settings of the paper's comparisons (main, equal, matched) are built from these files by `lema.trainer.settings`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import json
 import random
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lema.core.formats import correction_input, correction_output, cot_prompt
+from lema.core.formats import correction_input, correction_output, cot_prompt, full_corrected_solution
 from lema.core.store.models import Attempt, Augmentation, Correction, Export, Problem
 
 
@@ -37,10 +37,18 @@ class Example:
     completion: str
     problem_id: str
     source: str
+    # Corrections: the mistake path and the correction; a corrected-CoT row carries the correction it came from.
+    attempt_id: str = ""
+    correction_id: str = ""
 
     def row(self) -> dict:
-        return {"type": self.type, "prompt": self.prompt, "completion": self.completion,
-                "problem_id": self.problem_id, "source": self.source}
+        out = {"type": self.type, "prompt": self.prompt, "completion": self.completion,
+               "problem_id": self.problem_id, "source": self.source}
+        if self.attempt_id:
+            out["attempt_id"] = self.attempt_id
+        if self.correction_id:
+            out["correction_id"] = self.correction_id
+        return out
 
 
 def _normalized(text: str) -> str:
@@ -59,7 +67,10 @@ def dedupe(examples: list[Example]) -> list[Example]:
     return kept
 
 
-def cot_examples(session: Session, problem_filter=None) -> list[Example]:
+def cot_examples(session: Session, problem_filter=None, augment_per_problem: int | None = None) -> list[Example]:
+    """Reference solutions (gold chains of thought), then verified augmentations (verified-correct sampled
+    solutions, as the paper's CoT data adds GPT-4's correct paths): at most `augment_per_problem` distinct ones per
+    problem beyond the reference (None: all)."""
     query = select(Problem).order_by(Problem.id)
     if problem_filter is not None:
         query = query.where(problem_filter)
@@ -67,14 +78,25 @@ def cot_examples(session: Session, problem_filter=None) -> list[Example]:
     for p in session.scalars(query):
         if p.gold_solution:
             examples.append(Example("cot", cot_prompt(p.question), p.gold_solution.strip(), p.id, "reference"))
+    if augment_per_problem == 0:
+        return examples
     aug = select(Augmentation, Problem).join(Problem, Augmentation.problem_id == Problem.id).where(
         Augmentation.verified.is_(True)).order_by(Augmentation.id)
+    if problem_filter is not None:
+        aug = aug.where(problem_filter)
+    seen = {(ex.problem_id, _normalized(ex.completion)) for ex in examples}
+    per_problem: dict[str, int] = {}
     for a, p in session.execute(aug):
+        key = (p.id, _normalized(a.text))
+        if key in seen or (augment_per_problem is not None and per_problem.get(p.id, 0) >= augment_per_problem):
+            continue  # a duplicate of the reference or of a kept sample, or the problem's cap is reached
+        seen.add(key)
+        per_problem[p.id] = per_problem.get(p.id, 0) + 1
         examples.append(Example("cot", cot_prompt(p.question), a.text.strip(), p.id, f"augment:{a.upstream_model}"))
     return examples
 
 
-def correction_examples(session: Session) -> list[Example]:
+def _accepted_corrections(session: Session):
     query = (
         select(Correction, Attempt, Problem)
         .join(Attempt, Correction.attempt_id == Attempt.id)
@@ -82,12 +104,79 @@ def correction_examples(session: Session) -> list[Example]:
         .where(Correction.status == "accepted")
         .order_by(Correction.id)
     )
-    return [
-        Example("correction", correction_input(p.question, a.text),
-                correction_output(c.incorrect_step, c.explanation, c.corrected_solution).lstrip(),
-                p.id, f"correction:{c.upstream_model}:{c.prompt_id}@{c.prompt_version}")
-        for c, a, p in session.execute(query)
-    ]
+    seen_attempts: set[str] = set()
+    for c, a, p in session.execute(query):
+        if a.id in seen_attempts:  # at most one correction per mistake path (the first accepted one)
+            continue
+        seen_attempts.add(a.id)
+        yield c, a, p
+
+
+def correction_examples(session: Session, through_step: bool = False) -> list[Example]:
+    """The paper's correction rows, one per mistake path. With `through_step` the original solution in the prompt
+    stops at the incorrect step (later original steps become "...")."""
+    return [_correction_example(c, a, p, through_step) for c, a, p in _accepted_corrections(session)]
+
+
+def _correction_example(c: Correction, a: Attempt, p: Problem, through_step: bool) -> Example:
+    return Example("correction",
+                   correction_input(p.question, a.text, through_step=c.incorrect_step if through_step else None),
+                   correction_output(c.incorrect_step, c.explanation, c.corrected_solution).lstrip(),
+                   p.id, f"correction:{c.upstream_model}:{c.prompt_id}@{c.prompt_version}",
+                   attempt_id=a.id, correction_id=c.id)
+
+
+def _corrected_twin(c: Correction, a: Attempt, p: Problem) -> Example:
+    """The whole corrected solution as a CoT row (the original steps before the incorrect one, then the corrected
+    steps): the paper's CoT-45K control, a verified correct solution of the *same* question as the correction."""
+    return Example("cot", cot_prompt(p.question), full_corrected_solution(a.text, c.incorrect_step, c.corrected_solution),
+                   p.id, f"corrected:{c.upstream_model}", attempt_id=a.id, correction_id=c.id)
+
+
+# --- length hygiene ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class LengthCheck:
+    """Every row measured with the base model's tokenizer, framed exactly as the trainer frames it."""
+
+    tokenizer: object
+    max_seq_len: int
+    model: str = ""
+    shortened: dict = field(default_factory=dict)
+    dropped_over_length: dict = field(default_factory=dict)
+    longest: dict = field(default_factory=dict)
+
+    def length(self, ex: Example) -> int:
+        from lema.core.rendering import encode_row
+
+        return encode_row(self.tokenizer, ex.prompt, ex.completion).length
+
+    def keep(self, ex: Example, shorter: Example | None = None) -> Example | None:
+        """The row if it fits, else its shorter form if that fits (counted as shortened), else None (dropped)."""
+        n = self.length(ex)
+        if n > self.max_seq_len and shorter is not None:
+            n = self.length(shorter)
+            if n <= self.max_seq_len:
+                self.shortened[ex.type] = self.shortened.get(ex.type, 0) + 1
+                ex = shorter
+        if n > self.max_seq_len:
+            self.dropped_over_length[ex.type] = self.dropped_over_length.get(ex.type, 0) + 1
+            return None
+        self.longest[ex.type] = max(self.longest.get(ex.type, 0), n)
+        return ex
+
+    def report(self) -> dict:
+        return {"model": self.model, "max_seq_len": self.max_seq_len,
+                "framing": _framing(self.tokenizer),
+                "shortened": self.shortened, "dropped_over_length": self.dropped_over_length,
+                "longest": self.longest, "truncated_completions": 0}
+
+
+def _framing(tokenizer) -> str:
+    from lema.core.rendering import framing_of
+
+    return framing_of(tokenizer)
 
 
 def _write(path: Path, examples: list[Example]) -> dict:
@@ -97,14 +186,40 @@ def _write(path: Path, examples: list[Example]) -> dict:
     return {"file": path.name, "rows": len(examples), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def export(session: Session, out_dir: Path, size: int | None = None, seed: int = 0) -> dict:
-    """Write cot.jsonl, correction.jsonl and (with `size`) the two equal-size mixes; return the manifest."""
-    cot = dedupe(cot_examples(session))
-    corrections = dedupe(correction_examples(session))
+def export(session: Session, out_dir: Path, size: int | None = None, seed: int = 0,
+           lengths: LengthCheck | None = None, augment_per_problem: int | None = 3) -> dict:
+    """Write cot.jsonl (references + capped augmentations), correction.jsonl (one per mistake path),
+    corrected_cot.jsonl (each correction's whole corrected solution, for the `matched` setting) and, with `size`,
+    the two equal-size 50/50 mixes of earlier versions; return the manifest.
+
+    With `lengths`, every row is measured against the recipe's max_seq_len: a correction that does not fit is
+    shortened (its original solution stops at the incorrect step) or dropped, any other row that does not fit is
+    dropped, so no completion is ever cut in training. A correction and its corrected-CoT twin are kept or dropped
+    together, so the `matched` setting always has a twin for every correction."""
+    cot = dedupe(cot_examples(session, augment_per_problem=augment_per_problem))
+    corrections, corrected = [], []
+    seen_keys: set[str] = set()
+    for c, a, p in _accepted_corrections(session):
+        full = _correction_example(c, a, p, through_step=False)
+        twin = _corrected_twin(c, a, p)
+        key = hashlib.sha256(f"{_normalized(full.prompt)}\x00{_normalized(full.completion)}".encode()).hexdigest()
+        if key in seen_keys:
+            continue
+        seen_keys.add(key)
+        if lengths is not None:
+            full = lengths.keep(full, _correction_example(c, a, p, through_step=True))
+            twin = lengths.keep(twin) if full is not None else None
+            if full is None or twin is None:
+                continue
+        corrections.append(full)
+        corrected.append(twin)
+    if lengths is not None:
+        cot = [kept for ex in cot if (kept := lengths.keep(ex)) is not None]
     if size is not None and len(cot) < size:
         raise ValueError(f"only {len(cot)} CoT examples: cannot build CoT-only mixes of size {size}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"cot": _write(out_dir / "cot.jsonl", cot), "correction": _write(out_dir / "correction.jsonl", corrections)}
+    files = {"cot": _write(out_dir / "cot.jsonl", cot), "correction": _write(out_dir / "correction.jsonl", corrections),
+             "corrected_cot": _write(out_dir / "corrected_cot.jsonl", corrected)}
     mixes = {}
     if size is not None:
         rng = random.Random(seed)
@@ -120,9 +235,13 @@ def export(session: Session, out_dir: Path, size: int | None = None, seed: int =
         "id": f"export-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
         "created_at": datetime.now(timezone.utc).isoformat(),
         "files": files,
-        "counts": {"cot": len(cot), "correction": len(corrections)},
+        "counts": {"cot": len(cot), "correction": len(corrections), "corrected_cot": len(corrected),
+                   "cot_reference": sum(ex.source == "reference" for ex in cot),
+                   "cot_augmentation": sum(ex.source.startswith("augment:") for ex in cot)},
+        "augment_per_problem": augment_per_problem,
         "sources": sorted({ex.source for ex in cot + corrections}),
         "mixes": mixes,
+        "length": lengths.report() if lengths is not None else None,
         "formats": {"fields": ["type", "prompt", "completion", "problem_id", "source"],
                     "loss": "completion only (TRL prompt-completion format)"},
     }

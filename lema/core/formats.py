@@ -65,12 +65,20 @@ def numbered_solution(solution: str) -> str:
     return "\n".join(lines)
 
 
-def correction_input(question: str, wrong_solution: str) -> str:
+def correction_input(question: str, wrong_solution: str, through_step: int | None = None) -> str:
     """The paper's correction input: instruction, question, the wrong solution as numbered steps in braces,
-    ending with the "Incorrect Step:" label that the output continues."""
+    ending with the "Incorrect Step:" label that the output continues.
+
+    `through_step` shortens a long original solution: it stops at that step (the incorrect one) and the rest is
+    elided as "...", the paper's own elision mark; what the output needs (the wrong step) stays visible."""
+    original = numbered_solution(wrong_solution)
+    if through_step is not None:
+        lines = original.splitlines()
+        if through_step < len(lines):
+            original = "\n".join(lines[:through_step] + ["..."])
     return (
         f"{CORRECT_INSTRUCTION}\nQuestion: {question.strip()}\n"
-        f"Original Solution: {{\n{numbered_solution(wrong_solution)}\n}}\n{INCORRECT_STEP_LABEL}"
+        f"Original Solution: {{\n{original}\n}}\n{INCORRECT_STEP_LABEL}"
     )
 
 
@@ -89,3 +97,14 @@ def corrected_from_step(steps: list[str], start: int, answer: str) -> str:
     lines += [f"Step {i}: {s.strip()}" for i, s in enumerate(steps[start - 1 :], start=start)]
     lines.append(f"{ANSWER_PREFIX} {answer}.")
     return "\n".join(lines)
+
+
+def full_corrected_solution(wrong_solution: str, incorrect_step: int, corrected_solution: str) -> str:
+    """A whole correct solution from a correction: the original steps before the incorrect one, then the corrected
+    steps (the corrected solution without its leading "..." elision), renumbered as one solution."""
+    kept = split_steps(wrong_solution)[: max(incorrect_step - 1, 0)]
+    corrected_lines = [ln.strip() for ln in corrected_solution.strip().splitlines() if ln.strip() and ln.strip() != "..."]
+    steps = kept + [m.group(2).strip() for ln in corrected_lines if (m := _STEP_RE.match(ln))]
+    answer = [ln for ln in corrected_lines if ln.lower().startswith(ANSWER_PREFIX.lower())]
+    lines = [f"Step {i}: {s}" for i, s in enumerate(steps, start=1)]
+    return "\n".join(lines + answer[-1:])

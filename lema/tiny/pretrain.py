@@ -97,7 +97,7 @@ def stage_batches(recipe: Recipe, stage, stage_index: int, seed: int, tokenizer,
     n_random = round(stage.train_steps * stage.random_copy_fraction)
     n_problem = stage.train_steps - n_drill - n_copy - n_random
     n_needed = (n_problem + n_copy) * t.batch_size + len(val_keys)
-    problems = generate(n_needed, seed=seed * 1000 + stage_index, split="train", steps=tuple(stage.steps),
+    problems = generate(n_needed, seed=seed * 1000 + stage_index, split="pretrain", steps=tuple(stage.steps),
                         limits=limits, distinct=False) if n_needed > len(val_keys) else []
     problems = [p for p in problems if canonical_key(p.family, p.program) not in val_keys]
     copied, problems = problems[:n_copy * t.batch_size], problems[n_copy * t.batch_size:]
@@ -124,14 +124,14 @@ def pretrain(recipe: Recipe, out_dir: Path, seed: int | None = None) -> dict:
     rng = random.Random(seed)
     started = time.time()
 
-    tok_problems = generate(recipe.tokenizer.train_problems, seed=seed, split="train")
+    tok_problems = generate(recipe.tokenizer.train_problems, seed=seed, split="pretrain")
     tokenizer = train_tokenizer([p.question + "\n" + p.gold_solution for p in tok_problems],
                                 recipe.tokenizer.vocab_size, recipe.tokenizer.numbers)
     model = build_model(recipe, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"tokenizer {len(tokenizer)} tokens; model {n_params / 1e6:.2f}M parameters")
 
-    val = generate(recipe.eval.problems, seed=seed + VAL_SEED_OFFSET, split="train")
+    val = generate(recipe.eval.problems, seed=seed + VAL_SEED_OFFSET, split="pretrain")
     val_keys = {canonical_key(p.family, p.program) for p in val}
 
     optimizer = make_optimizer(model, recipe)

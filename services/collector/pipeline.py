@@ -287,6 +287,19 @@ class Collector:
             for i, p in enumerate(paths)
         ]
 
+    def _augmentation_rows(self, attempts: list[dict]) -> list[dict]:
+        """Verified-correct samples become CoT augmentations (the paper's CoT data adds correct sampled paths);
+        the same text sampled twice is stored once. Exports cap them per problem and deduplicate again."""
+        source = self.reasoner.model_id + (f"+{self.settings.adapter}" if self.settings.adapter else "")
+        rows, seen = [], set()
+        for row in attempts:
+            key = " ".join(row["text"].split()).lower()
+            if row["correct"] and key and key not in seen:
+                seen.add(key)
+                rows.append(dict(id=row["id"], problem_id=row["problem_id"], upstream_model=f"self:{source}"[:200],
+                                 text=row["text"], verified=True))
+        return rows
+
     async def run(self, problem_ids: list[str]) -> Stats:
         """Collect for these problems (already in the store); resumes whatever a previous run left undone."""
         s = self.settings
@@ -317,6 +330,7 @@ class Collector:
                     rows = self._attempt_rows(problem, paths, run_key)
                     with self.sessions.begin() as session:  # one problem's k attempts: one transaction
                         repo.add_attempts(session, rows)
+                        repo.add_augmentations(session, self._augmentation_rows(rows))
                     self.stats.problems_done += 1
                     PROBLEMS_DONE.inc()
                     for row in rows:

@@ -192,10 +192,8 @@ class EndpointCore:
         self.metrics.observe_request(route, served, status, seconds, prompt_tokens, completion_tokens)
 
     def _prompt_for(self, text: str) -> Any:
-        tokenizer = getattr(self.engine, "tokenizer", None)
-        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            return [{"role": "user", "content": text}]
-        return text
+        # The engine frames it: the chat template, or `bos + text` for a model without one (lema.core.rendering).
+        return [{"role": "user", "content": text}]
 
     async def solve(self, question: str, model: str | None = None, max_tokens: int = 256,
                     temperature: float = 0.0, kind: str = "gsm8k") -> dict[str, Any]:

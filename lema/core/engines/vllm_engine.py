@@ -200,11 +200,10 @@ class VLLMEngine:
 
     # -- prompts -----------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        if not self.tokenizer.chat_template:
-            raise EngineError(f"{self.model_id} has no chat template; send a text prompt instead")
-        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        from lema.core.rendering import render_prompt
+
+        # A model without a chat template (a base LLM) gets `bos + text`, as its raw-framed training rows were.
+        return render_prompt(self.tokenizer, prompt)
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids exactly as the transformers engine feeds them (the template carries bos; none added)."""

@@ -5,6 +5,13 @@ the question's numbers and which earlier results each step uses; no names or wor
 (sha256) of that key puts 10% of all possible problems in "test" and the rest in "train", so a test
 problem can never appear in training under any seed, even reworded. The "garden" family is held out of
 both and only appears with split="ood".
+
+"validation" is carved out of the training distribution by a second, independent slice of the same hash: 10%
+of the non-test keys. Fine-tuning data ("train": collection sources, exports) never holds a validation problem,
+so checkpoint selection and the promotion gate can be measured on training-distribution problems that no adapter
+trained on, and the reported test problems stay untouched until the final table. "pretrain" is train and
+validation together: lema-tiny's pretraining corpus predates the validation slice, and generating "pretrain"
+reproduces the exact problem stream the committed model was trained on.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from lema.core.synthetic.families import FAMILIES, OOD_FAMILIES, TRAIN_FAMILIES,
 from lema.core.synthetic.program import Program
 from lema.core.synthetic.story import Limits, Reject, Story
 
-Split = Literal["train", "test", "ood"]
+Split = Literal["train", "validation", "test", "ood", "pretrain"]
 TEST_PERCENT = 10
+VALIDATION_PERCENT = 10  # of the non-test keys
 DEFAULT_LIMITS = Limits()
 
 
@@ -56,7 +64,14 @@ def split_of(family: str, program: Program) -> Split:
     if family in {f.name for f in OOD_FAMILIES}:
         return "ood"
     digest = hashlib.sha256(canonical_key(family, program).encode()).digest()
-    return "test" if int.from_bytes(digest[:4], "big") % 100 < TEST_PERCENT else "train"
+    if int.from_bytes(digest[:4], "big") % 100 < TEST_PERCENT:
+        return "test"
+    return "validation" if int.from_bytes(digest[4:8], "big") % 100 < VALIDATION_PERCENT else "train"
+
+
+def _in_split(family: str, program: Program, split: Split) -> bool:
+    actual = split_of(family, program)
+    return actual in ("train", "validation") if split == "pretrain" else actual == split
 
 
 def build_problem(family: Family, rng: random.Random, n_steps: int, limits: Limits = DEFAULT_LIMITS,
@@ -115,7 +130,9 @@ def generate(n: int, seed: int = 0, split: Split = "train", steps: int | tuple[i
     if not 2 <= lo <= hi <= 6:
         raise ValueError("steps must lie in 2..6")
 
-    rng = random.Random(f"lema-synthetic:{seed}:{split}")
+    # "pretrain" draws the same stream as "train" did before the validation slice existed (reproducibility).
+    stream = "train" if split == "pretrain" else split
+    rng = random.Random(f"lema-synthetic:{seed}:{stream}")
     seen: set[str] = set()
     problems: list[SyntheticProblem] = []
     misses = 0
@@ -124,7 +141,7 @@ def generate(n: int, seed: int = 0, split: Split = "train", steps: int | tuple[i
         n_steps = rng.randint(lo, hi)
         question, program = build_problem(family, rng, n_steps, limits)
         key = canonical_key(family.name, program)
-        if split_of(family.name, program) != split or (distinct and key in seen):
+        if not _in_split(family.name, program, split) or (distinct and key in seen):
             misses += 1
             if misses > 200 * n + 10_000:
                 raise RuntimeError(f"cannot find {n} distinct {split} problems")
@@ -132,6 +149,6 @@ def generate(n: int, seed: int = 0, split: Split = "train", steps: int | tuple[i
         seen.add(key)
         answer = str(program.answer)
         gold = render_solution([s.description for s in program.steps], answer)
-        pid = f"syn-{split}-{hashlib.sha256((key + question).encode()).hexdigest()[:12]}"
-        problems.append(SyntheticProblem(pid, family.name, n_steps, question, answer, program, gold, split))
+        pid = f"syn-{stream}-{hashlib.sha256((key + question).encode()).hexdigest()[:12]}"
+        problems.append(SyntheticProblem(pid, family.name, n_steps, question, answer, program, gold, stream))
     return problems

@@ -1,0 +1,71 @@
+"""Statistics for comparing models evaluated on the same problems: Wilson intervals for one accuracy, paired
+bootstrap intervals for a difference (over problems, and over seeds when there are several), and the exact McNemar
+test per seed.
+
+Why paired: every arm answers the *same* held-out problems, so the difference of two accuracies has far less noise
+than two independent intervals suggest (most problems are right or wrong for both). Why seeds: a fine-tuning run
+has its own randomness (data order, LoRA init, dropout); one seed cannot tell a 3-point effect from that noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (well-behaved at small n and near 0 or 1)."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> tuple[float, int, int]:
+    """Two-sided exact McNemar test on paired outcomes: (p-value, #a right and b wrong, #b right and a wrong).
+    Under the null each discordant pair goes either way with probability 1/2 (a binomial test)."""
+    if len(a) != len(b):
+        raise ValueError("paired outcomes must have the same length")
+    wins = sum(1 for x, y in zip(a, b) if x and not y)
+    losses = sum(1 for x, y in zip(a, b) if y and not x)
+    n = wins + losses
+    if n == 0:
+        return 1.0, 0, 0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail), wins, losses
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    mean_diff: float  # accuracy(a) - accuracy(b), averaged over seeds
+    ci95: tuple[float, float]
+
+
+def paired_bootstrap(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]], resamples: int = 10_000,
+                     seed: int = 0) -> PairedDiff:
+    """Mean paired difference a - b with a 95% percentile bootstrap interval.
+
+    `a[s][i]` is whether arm a got problem i right with training seed s (the same problems for every seed). Each
+    resample draws problems with replacement and, with several seeds, seeds with replacement too, so the interval
+    holds both sources of noise."""
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError("paired outcomes must be [seeds][problems] arrays of the same shape")
+    diff = x - y  # seeds x problems
+    n_seeds, n_problems = diff.shape
+    rng = np.random.default_rng(seed)
+    problems = rng.integers(0, n_problems, size=(resamples, n_problems))
+    per_seed = np.stack([diff[s][problems].mean(axis=1) for s in range(n_seeds)], axis=1)  # resamples x seeds
+    if n_seeds > 1:
+        seeds = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+        stats = np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
+    else:
+        stats = per_seed[:, 0]
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return PairedDiff(float(diff.mean()), (float(low), float(high)))
