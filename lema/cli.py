@@ -276,7 +276,7 @@ def ablate(
     McNemar p-values. Writes WORK_DIR/ablation.json and WORK_DIR/ablation.png."""
     from rich.console import Console
 
-    from lema.trainer.ablation import run_ablation
+    from lema.trainer.ablation import print_report, run_ablation
     from lema.trainer.recipe import RecipeError, load_recipe
     from lema.trainer.settings import SETTINGS, SettingError
 
@@ -298,7 +298,9 @@ def ablate(
         _fail(f"--export: {export} has no manifest.json: run `lema export` first")
     if parsed.max_steps <= 0:
         _fail("the recipe trains by epochs: a comparison needs the same max_steps for both arms (--max-steps N)")
-    _quiet_libraries()
+    from lema.core.quiet import quiet_libraries
+
+    quiet_libraries()
     console = Console()
     try:
         report = run_ablation(parsed, export, work_dir, setting=setting, seeds=parsed_seeds,
@@ -308,7 +310,7 @@ def ablate(
                               on_event=lambda message: console.print(message))
     except SettingError as exc:
         _fail(str(exc))
-    print_ablation(console, report.to_json())
+    print_report(console, report.to_json())
     console.print(f"written: {work_dir / 'ablation.json'}, {work_dir / 'ablation.png'}")
 
 
@@ -320,36 +322,6 @@ def _parse_seeds(text: str) -> list[int]:
     if not seeds or len(seeds) > 32 or any(s < 0 for s in seeds):
         _fail("--seeds: give 1 to 32 non-negative integers")
     return list(dict.fromkeys(seeds))
-
-
-def _quiet_libraries() -> None:
-    """Our own progress lines say what is happening; the libraries' progress bars only add noise."""
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
-def print_ablation(console, data: dict) -> None:
-    from rich.table import Table
-
-    from lema.trainer.ablation import paired_rows, table_rows
-
-    title = (f"setting '{data['setting']}': {data['eval_problems']} held-out test problems (greedy), "
-             f"seeds {','.join(map(str, data['seeds']))}, {data['recipe']['max_steps']} steps per arm")
-    table = Table(title=title)
-    for col in ("model", "training data", "examples", "accuracy (mean)", "95% CI", "per seed"):
-        table.add_column(col, justify="right")
-    for row in table_rows(data):
-        table.add_row(*row)
-    console.print(table)
-    paired = Table(title="paired differences (same problems; bootstrap over problems and seeds)")
-    for col in ("comparison", "mean", "95% CI", "interval", "McNemar p per seed"):
-        paired.add_column(col, justify="right")
-    for row in paired_rows(data):
-        paired.add_row(*row)
-    console.print(paired)
 
 
 @app.command("up")
@@ -576,21 +548,34 @@ def demo(
     rounds: int = typer.Option(1, min=1, help="loop rounds; each round's promoted adapter reasons in the next"),
     problems: int = typer.Option(150, min=8, help="synthetic training problems collected per round"),
     samples: int = typer.Option(4, min=1, help="reasoning paths per problem"),
-    eval_problems: int = typer.Option(200, min=10, help="held-out problems for every evaluation"),
+    eval_problems: int = typer.Option(500, min=10, help="held-out test problems for every arm"),
+    setting: str = typer.Option("main", help="main | equal | matched (see `lema ablate --help`)"),
+    seeds: str = typer.Option("0,1,2", help="comma-separated training seeds"),
+    correction_ratio: float = typer.Option(0.4, help="corrections per CoT row at most"),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="optimizer steps of every arm (default: the recipe's)"),
+    served_check: int = typer.Option(100, min=1, help="validation problems sent through the endpoint after promotion"),
     corrector_url: Optional[str] = typer.Option(None, help="an OpenAI-compatible corrector (default: reference)"),
     corrector_model: str = typer.Option("gpt-4", help="the corrector upstream's model name"),
     recipe: str = typer.Option("tiny", help="training recipe (trainer/configs/NAME.yaml or a file)"),
     model: str = typer.Option("lema-tiny", help="the base model"),
-    workdir: Path = typer.Option(Path(".lema/demo"), help="where the run's store, exports, adapters and plot go"),
+    workdir: Path = typer.Option(Path(".lema/demo"), help="where the run's store, exports, adapters and plots go"),
 ) -> None:
-    """The main job: baseline -> collect mistakes -> correct -> verify -> export -> train CoT-only and LEMA ->
-    hot-swap the better into the endpoint -> evaluate through it -> Table 1 + plot."""
+    """The main job: baseline -> collect mistakes -> correct -> verify -> export -> CoT-only vs LEMA for each seed
+    -> promote the best on validation into the endpoint -> evaluate through it -> Table 1, paired statistics,
+    WORKDIR/results.json and WORKDIR/ablation.json."""
     from lema.demo import DemoOptions, run_demo
+    from lema.trainer.settings import SETTINGS
 
     if corrector_url and not corrector_url.startswith(("http://", "https://")):
         _fail("--corrector-url must be an http(s) URL of an OpenAI-compatible server")
+    if setting not in SETTINGS:
+        _fail(f"--setting must be one of {', '.join(SETTINGS)} (got {setting!r})")
+    if not 0 < correction_ratio <= 1:
+        _fail(f"--correction-ratio must lie in (0, 1] (got {correction_ratio})")
     run_demo(DemoOptions(model=model, rounds=rounds, problems=problems, samples=samples, eval_problems=eval_problems,
-                         recipe=recipe, corrector_url=corrector_url, corrector_model=corrector_model, workdir=workdir))
+                         setting=setting, seeds=tuple(_parse_seeds(seeds)), correction_ratio=correction_ratio,
+                         max_steps=max_steps, served_check=served_check, recipe=recipe, corrector_url=corrector_url,
+                         corrector_model=corrector_model, workdir=workdir))
 
 
 def main() -> None:  # pragma: no cover

@@ -1,20 +1,21 @@
-"""`lema demo`: the whole loop on the embedded default, with progress and the paper's Table 1 at the end.
+"""`lema demo`: the whole loop on the embedded default, with progress and the paper's comparison at the end.
 
-    baseline (lema-tiny through the endpoint) -> collect mistakes on synthetic training problems -> correct them
-    (reference corrector, or any OpenAI-compatible upstream) -> verify -> export CoT and correction sets -> train a
-    CoT-only and a LEMA adapter at equal data size -> hot-swap the better one into the running endpoint ->
-    evaluate through the endpoint -> table + PNG plot.  `--rounds R` repeats collect..evaluate with the promoted
-    adapter as the next reasoner.
+    baseline (lema-tiny through the endpoint, validation problems) -> collect mistakes on synthetic training
+    problems -> correct them (reference corrector, or any OpenAI-compatible upstream) -> verify -> export (every row
+    measured against the recipe's context) -> the harness (`lema.trainer.ablation`): CoT-only and LEMA adapters for
+    each seed, the same steps, evaluated on the same held-out test problems -> promote the adapter with the best
+    *validation* accuracy into the running endpoint (gated against the base model) -> evaluate through the endpoint
+    -> tables + ablation.json/png.  `--rounds R` repeats collect..evaluate with the promoted adapter as the next
+    reasoner.
 
-The endpoint is a real `lema serve endpoint` (BentoML) process; collection, training and the candidates' evaluation
-run in-process (the same code the collector and trainer services run).
+The endpoint is a real `lema serve endpoint` (BentoML) process; collection, training and the arms' evaluation run
+in-process (the same code the collector and trainer services run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import secrets
 import shutil
@@ -30,16 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lema.core.answers import DatasetKind
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion (well-behaved at small n and near 0 or 1)."""
-    if n == 0:
-        return 0.0, 0.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+from lema.trainer.stats import wilson
 
 
 @dataclass
@@ -48,8 +40,15 @@ class DemoOptions:
     rounds: int = 1
     problems: int = 150  # synthetic training problems collected per round
     samples: int = 4
-    eval_problems: int = 200
+    eval_problems: int = 500
     recipe: str = "tiny"
+    setting: str = "main"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    correction_ratio: float = 0.4
+    max_steps: int | None = None  # default: the recipe's
+    # Validation problems sent through the endpoint to check what serves after promotion (the endpoint answers
+    # one request at a time today, about 0.4 s each for lema-tiny, so this is a sample, not all of them).
+    served_check: int = 100
     corrector_url: str | None = None
     corrector_model: str = "gpt-4"
     workdir: Path = Path(".lema/demo")
@@ -65,6 +64,7 @@ class Row:
     correct: int
     n: int
     where: str
+    per_seed: list[float] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
@@ -74,6 +74,7 @@ class Row:
 @dataclass
 class DemoResult:
     rows: list[Row] = field(default_factory=list)
+    ablations: list[dict] = field(default_factory=list)  # one ablation.json per round
     promoted: list[str] = field(default_factory=list)
     mistakes: int = 0
     corrections_accepted: int = 0
@@ -167,156 +168,167 @@ def _collect(options: DemoOptions, store: str, round_index: int, adapter: tuple[
     return asyncio.run(collect(store, [source], settings, console=console))
 
 
-def _export(store: str, out: Path) -> dict:
-    from lema.core.exports import correction_examples, cot_examples, dedupe, export
+def _export(store: str, out: Path, recipe) -> dict:
+    from transformers import AutoTokenizer
+
+    from lema.core.exports import LengthCheck, export
+    from lema.core.model_resolve import resolve_model
     from lema.core.store.db import open_store
 
-    sessions = open_store(store)
-    with sessions() as session:
-        n_cot = len(dedupe(cot_examples(session)))
-        n_corr = len(dedupe(correction_examples(session)))
-    size = min(n_cot, 2 * n_corr)  # the LEMA mix: every correction (up to half) + CoT, the same total as CoT-only
-    if size < 8:
-        raise RuntimeError(f"too little data to train on ({n_cot} CoT, {n_corr} corrections)")
-    with sessions.begin() as session:
-        return export(session, out, size=size, seed=0)
+    lengths = LengthCheck(AutoTokenizer.from_pretrained(resolve_model(recipe.base_model)), recipe.max_seq_len,
+                          model=recipe.base_model)
+    with open_store(store).begin() as session:
+        manifest = export(session, out, lengths=lengths)
+    if manifest["counts"]["cot"] < 8 or manifest["counts"]["correction"] == 0:
+        raise RuntimeError(f"too little data to train on: {manifest['counts']}")
+    return manifest
 
 
 def run_demo(options: DemoOptions) -> DemoResult:
     from lema.core.model_resolve import resolve_model
-    from lema.core.synthetic import generate
-    from lema.trainer.evaluate import evaluate
+    from lema.trainer.ablation import ARM_LABELS, print_report, run_ablation
+    from lema.trainer.evaluate import eval_problems
     from lema.trainer.promote import promote
     from lema.trainer.recipe import load_recipe
     from lema.trainer.registry import AdapterRegistry
-    from lema.trainer.train import train
 
     console = Console() if sys.stdout.isatty() else Console(width=130)
-    # Our own progress lines say what is happening; the libraries' per-call progress bars only add noise.
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as hf_logging
+    from lema.core.quiet import quiet_libraries
 
-    hf_logging.disable_progress_bar()
+    quiet_libraries()  # our own progress lines say what is happening
     started = time.monotonic()
     work = options.workdir
     if work.exists():
         shutil.rmtree(work)
     (work / "adapters").mkdir(parents=True)
     store = str(work / "lema.db")
-    recipe = load_recipe(options.recipe, {"base_model": options.model,
-                                          "eval": {"problems": options.eval_problems}})
+    overrides: dict = {"base_model": options.model, "eval": {"problems": options.eval_problems}}
+    if options.max_steps:
+        overrides["max_steps"] = options.max_steps
+    recipe = load_recipe(options.recipe, overrides)
+    if recipe.max_steps <= 0:
+        raise ValueError("the demo's comparison needs a recipe with max_steps (the same steps for both arms)")
     model_path = resolve_model(options.model)
-    eval_problems = generate(options.eval_problems, seed=recipe.eval.seed, split=recipe.eval.split)
+    validation = eval_problems(recipe.eval, "validation")
     registry = AdapterRegistry(work / "adapters")
     result = DemoResult()
+    seeds = list(options.seeds)
 
-    console.rule(f"lema demo — {options.model}, {options.rounds} round(s)")
+    console.rule(f"lema demo — {options.model}, setting '{options.setting}', seeds {seeds}, {options.rounds} round(s)")
     console.print("[bold]1/7[/] starting the endpoint (BentoML, transformers engine) ...")
     endpoint = Endpoint(options.model, work / "adapters", work / "endpoint.log")
     try:
         cold = endpoint.wait_ready()
         console.print(f"    endpoint ready on {endpoint.url} in {cold:.1f}s")
         base_name = Path(model_path).name if Path(model_path).exists() else options.model
-        console.print(f"[bold]2/7[/] baseline: {options.eval_problems} held-out problems through the endpoint ...")
-        correct, n = evaluate_through_endpoint(endpoint.url, base_name, eval_problems)
-        result.rows.append(Row(0, "base", "-", 0, correct, n, "endpoint"))
-        console.print(f"    base accuracy {correct}/{n} = {correct / n:.1%}")
-
+        # The base model is measured in-process by the harness (test problems for the table, validation problems for
+        # the promotion gate); the endpoint is measured once its promoted model serves (step 7).
         serving: tuple[str, str] | None = None  # (adapter name, path) used as the reasoner of the next round
         for r in range(1, options.rounds + 1):
             console.rule(f"round {r}")
-            console.print(f"[bold]3/7[/] collecting: {options.problems} synthetic training problems x "
+            console.print(f"[bold]2/7[/] collecting: {options.problems} synthetic training problems x "
                           f"{options.samples} samples, verified, mistakes corrected "
                           f"({'OpenAI-compatible corrector' if options.corrector_url else 'reference corrector'}) ...")
             stats = _collect(options, store, r, serving, console)
             result.mistakes += stats.mistakes
             result.corrections_accepted += stats.accepted
             console.print(f"    {stats.mistakes} mistakes, {stats.accepted} corrections accepted")
-            console.print("[bold]4/7[/] exporting CoT and correction sets at equal size ...")
-            manifest = _export(store, work / f"export-round{r}")
-            size = manifest["mixes"]["size"]
-            mix = manifest["mixes"]["lema"]
-            console.print(f"    size {size}: CoT-only = {size} CoT; LEMA = {mix['cot']} CoT + {mix['correction']} corrections")
-            candidates = []
-            for name, file, data in (("CoT-only", f"mix-cot-{size}.jsonl", f"{size} CoT"),
-                                     ("LEMA", f"mix-lema-{size}.jsonl",
-                                      f"{mix['cot']} CoT + {mix['correction']} corr.")):
-                console.print(f"[bold]5/7[/] training the {name} adapter (QLoRA, 4-bit base) ...")
-                run = train(recipe, work / f"export-round{r}" / file, work / "runs" / f"round{r}-{name.lower()}",
-                            on_progress=lambda e, name=name: console.print(
-                                f"    {name} step {e['step']}/{e['total_steps']} loss {e['loss']:.3f}"))
-                evaluation = asyncio.run(evaluate(model_path, recipe.eval, run.adapter_dir))
-                record = registry.register(run.adapter_dir, base_model=options.model,
-                                           prefix=f"demo-r{r}-{name.lower().replace('-only', '')}",
-                                           metrics=evaluation.metrics(), export_id=manifest["id"],
-                                           parent_adapter=serving[0] if serving else "")
-                console.print(f"    {name}: {evaluation.correct}/{evaluation.n} = {evaluation.accuracy:.1%} "
-                              f"(adapter {record.id})")
-                result.rows.append(Row(r, name, data, size, evaluation.correct, evaluation.n, "in-process"))
-                candidates.append((evaluation.accuracy, record))
-            best = max(candidates, key=lambda c: c[0])[1]
-            console.print(f"[bold]6/7[/] hot-swapping {best.id} into the endpoint (eval-gated) ...")
-            outcome = promote(best, endpoint.url, endpoint.token_env)
+            console.print(f"[bold]3/7[/] exporting (every row measured against max_seq_len {recipe.max_seq_len}) ...")
+            export_dir = work / f"export-round{r}"
+            manifest = _export(store, export_dir, recipe)
+            length = manifest["length"]
+            console.print(f"    {manifest['counts']['cot']} CoT rows ({manifest['counts']['cot_augmentation']} "
+                          f"verified samples), {manifest['counts']['correction']} corrections; "
+                          f"shortened {length['shortened'] or 0}, dropped {length['dropped_over_length'] or 0}, "
+                          "truncated 0")
+            console.print(f"[bold]4/7[/] the '{options.setting}' comparison: CoT-only vs LEMA, seeds {seeds}, "
+                          f"{recipe.max_steps} steps each, {recipe.eval.problems} held-out test problems ...")
+            ablation_dir = work / f"round{r}"
+            report = run_ablation(recipe, export_dir, ablation_dir, setting=options.setting, seeds=seeds,
+                                  correction_ratio=options.correction_ratio, validation=True,
+                                  on_event=lambda message: console.print(f"    {message}"))
+            data = report.to_json()
+            result.ablations.append(data)
+            shutil.copy(ablation_dir / "ablation.json", work / "ablation.json")
+            shutil.copy(ablation_dir / "ablation.png", work / "ablation.png")
+            if r == 1:
+                result.rows.append(Row(0, "base", "-", 0, report.base.correct, report.base.n, "in-process, test"))
+                base_metrics = report.base_validation.metrics(prefix="validation_")
+            for arm in ("cot", "lema"):
+                runs = report.arm_runs(arm)
+                mean_correct = round(sum(x.test.correct for x in runs) / len(runs))  # the interval is per seed's n
+                result.rows.append(Row(r, ARM_LABELS[arm], runs[0].data, runs[0].examples, mean_correct,
+                                       runs[0].test.n, f"in-process, test, mean of {len(runs)} seeds",
+                                       [x.test.accuracy for x in runs]))
+            best = max(report.runs, key=lambda x: x.validation.accuracy)
+            metrics = best.test.metrics() | best.validation.metrics(prefix="validation_")
+            record = registry.register(best.adapter_dir, base_model=options.model,
+                                       prefix=f"demo-r{r}-{best.arm}-s{best.seed}", metrics=metrics,
+                                       export_id=manifest["id"], parent_adapter=serving[0] if serving else "")
+            console.print(f"[bold]5/7[/] promoting the best adapter on validation ({ARM_LABELS[best.arm]}, seed "
+                          f"{best.seed}: {best.validation.accuracy:.1%}) into the endpoint, gated ...")
+            # Gated on validation accuracy against what serves and against the base model.
+            outcome = promote(record, endpoint.url, endpoint.token_env, base_metrics=base_metrics)
             console.print(f"    {outcome.reason}")
             if outcome.promoted:
-                result.promoted.append(best.id)
-                serving = (best.id, best.path)
-            console.print("[bold]7/7[/] evaluating through the endpoint (the promoted adapter serves by default) ...")
-            correct, n = evaluate_through_endpoint(endpoint.url, "default", eval_problems)
+                result.promoted.append(record.id)
+                serving = (record.id, record.path)
+            check = validation[: options.served_check]
+            console.print(f"[bold]6/7[/] evaluating through the endpoint what serves by default now, on "
+                          f"{len(check)} of the validation problems ...")
+            correct, n = evaluate_through_endpoint(endpoint.url, "default", check, recipe.eval.max_tokens)
             result.rows.append(Row(r, f"served: {serving[0] if serving else base_name}", "-", 0, correct, n,
-                                   "endpoint"))
-            console.print(f"    served accuracy {correct}/{n} = {correct / n:.1%}")
+                                   "endpoint, validation"))
+            console.print(f"    served validation accuracy {correct}/{n} = {correct / n:.1%}")
+            if outcome.promoted:  # the same adapter in-process (merged weights) on the same problems
+                console.print(f"    in-process, the same adapter on the same problems: "
+                              f"{sum(best.validation.outcomes[:n])}/{n}")
     finally:
         endpoint.stop()
     result.seconds = time.monotonic() - started
+    console.print("[bold]7/7[/] results")
     console.print(results_table(result))
+    print_report(console, result.ablations[-1])
     plot = plot_results(result, work / "results.png")
     (work / "results.json").write_text(json.dumps([r.__dict__ for r in result.rows], indent=2))
-    console.print(f"plot: {plot}   data: {work / 'results.json'}   total {result.seconds / 60:.1f} min")
+    console.print(f"plots: {plot}, {work / 'ablation.png'}   data: {work / 'results.json'}, "
+                  f"{work / 'ablation.json'}   total {result.seconds / 60:.1f} min")
     return result
 
 
 def results_table(result: DemoResult) -> Table:
-    table = Table(title="lema-tiny on held-out synthetic problems (greedy) — in the shape of the LEMA paper's Table 1")
-    for col in ("round", "model", "training data", "examples", "accuracy", "95% CI", "measured"):
+    table = Table(title="lema-tiny, greedy — in the shape of the LEMA paper's Table 1 (accuracy pooled over seeds)")
+    for col in ("round", "model", "training data", "examples", "accuracy", "95% CI", "per seed", "measured"):
         table.add_column(col, justify="right")
     for row in result.rows:
-        low, high = wilson_interval(row.correct, row.n)
+        low, high = wilson(row.correct, row.n)
         table.add_row(str(row.round), row.name, row.data, str(row.examples) if row.examples else "-",
-                      f"{row.accuracy:.1%}", f"{low:.1%}–{high:.1%}", row.where)
+                      f"{row.accuracy:.1%}", f"{low:.1%}–{high:.1%}",
+                      " ".join(f"{a:.1%}" for a in row.per_seed) or "-", row.where)
     return table
 
 
 def plot_results(result: DemoResult, path: Path) -> Path:
+    """Accuracy per round (test problems for the arms, validation problems through the endpoint for what serves)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = sorted({r.round for r in result.rows if r.round > 0})
-    fig, axes = plt.subplots(1, 2 if len(rounds) > 1 else 1, figsize=(11 if len(rounds) > 1 else 6.5, 4.2))
-    axes = axes if isinstance(axes, (list, tuple)) or hasattr(axes, "__len__") else [axes]
-    last = rounds[-1] if rounds else 0
-    bars = [r for r in result.rows if r.round == 0 or (r.round == last and r.name in ("CoT-only", "LEMA"))]
-    names = [r.name for r in bars]
-    values = [100 * r.accuracy for r in bars]
-    errors = [[100 * (r.accuracy - wilson_interval(r.correct, r.n)[0]) for r in bars],
-              [100 * (wilson_interval(r.correct, r.n)[1] - r.accuracy) for r in bars]]
-    axes[0].bar(names, values, yerr=errors, capsize=6, color=["#999999", "#4c72b0", "#dd8452"][: len(bars)])
-    axes[0].set_ylabel("accuracy (%)")
-    axes[0].set_title(f"base vs CoT-only vs LEMA (round {last}), 95% CI")
-    if len(rounds) > 1:
-        for name, colour in (("CoT-only", "#4c72b0"), ("LEMA", "#dd8452")):
-            points = [(r.round, 100 * r.accuracy) for r in result.rows if r.name == name]
-            axes[1].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name, color=colour)
-        served = [(r.round, 100 * r.accuracy) for r in result.rows if r.name.startswith("served")]
-        axes[1].plot([p[0] for p in served], [p[1] for p in served], marker="s", label="served", color="black")
-        axes[1].axhline(values[0], color="#999999", linestyle="--", label="base")
-        axes[1].set_xlabel("round")
-        axes[1].set_ylabel("accuracy (%)")
-        axes[1].set_title("accuracy per round (continuous learning from mistakes)")
-        axes[1].legend()
+    fig, axis = plt.subplots(figsize=(6.5, 4.2))
+    for name, colour, marker in (("CoT-only", "#4c72b0", "o"), ("LEMA", "#dd8452", "o")):
+        points = [(r.round, 100 * r.accuracy) for r in result.rows if r.name == name]
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=f"{name} (test)", color=colour)
+    served = [(r.round, 100 * r.accuracy) for r in result.rows
+              if r.name.startswith("served") or (r.round == 0 and r.where.startswith("endpoint"))]
+    axis.plot([p[0] for p in served], [p[1] for p in served], marker="s", label="served (validation)", color="black")
+    base_test = next((r for r in result.rows if r.round == 0 and r.where.endswith("test")), None)
+    if base_test:
+        axis.axhline(100 * base_test.accuracy, color="#999999", linestyle="--", label="base (test)")
+    axis.set_xlabel("round")
+    axis.set_ylabel("accuracy (%)")
+    axis.set_title("accuracy per round (continuous learning from mistakes)")
+    axis.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -92,6 +92,20 @@ def test_train_and_test_are_disjoint_by_construction(train, test_split) -> None:
     assert not {p.question for p in train} & {p.question for p in test_split}
 
 
+def test_validation_is_carved_from_train_and_disjoint_from_train_and_test(train, test_split) -> None:
+    validation = generate(300, seed=3, split="validation")
+    keys = {canonical_key(p.family, p.program) for p in validation}
+    assert all(split_of(p.family, p.program) == "validation" for p in validation)
+    assert not keys & {canonical_key(p.family, p.program) for p in train}
+    assert not keys & {canonical_key(p.family, p.program) for p in test_split}
+    # "pretrain" is train + validation, drawn from the stream "train" drew before validation existed
+    pretrain = generate(400, seed=3, split="pretrain")
+    kinds = {split_of(p.family, p.program) for p in pretrain}
+    assert kinds == {"train", "validation"}
+    only_train = [p for p in pretrain if split_of(p.family, p.program) == "train"]
+    assert [p.question for p in only_train] == [p.question for p in train[: len(only_train)]]
+
+
 def test_ood_family_only_in_ood_split(train, test_split) -> None:
     assert not OOD_NAMES & {p.family for p in train + test_split}
     ood = generate(50, seed=3, split="ood")

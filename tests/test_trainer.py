@@ -33,7 +33,7 @@ batch_size: 8
 threads: 1
 lora: {{r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear}}
 learning_rate: 2.0e-3
-eval: {{problems: 24, max_tokens: 160}}
+eval: {{problems: 24, validation_problems: 24, max_tokens: 160}}
 """
 
 
@@ -112,6 +112,8 @@ def test_run_streams_progress_evaluates_and_registers_an_adapter(trainer, export
     assert any(p.tokens_per_second > 0 for p in progress)
     evals = [e.eval.metrics for e in events if e.WhichOneof("event") == "eval"]
     assert evals and 0 <= evals[0]["accuracy"] <= 1 and evals[0]["n"] == 24
+    # validation metrics (they gate promotion) come from the validation split, not the test problems
+    assert 0 <= evals[0]["validation_accuracy"] <= 1 and evals[0]["validation_n"] == 24
     final = stub.GetRun(tpb.GetRunRequest(run_id=run.id), timeout=10)
     assert final.state == tpb.RUN_STATE_SUCCEEDED and final.adapter_id
     adapters = {a.id: a for a in stub.ListAdapters(tpb.ListAdaptersRequest(), timeout=10).adapters}
@@ -167,3 +169,29 @@ def test_cancel_stops_a_run(trainer, export_file):
     watch(stub, run.id, until=lambda e: e.WhichOneof("event") == "progress")
     cancelled = stub.CancelRun(tpb.CancelRunRequest(run_id=run.id), timeout=180)
     assert cancelled.state == tpb.RUN_STATE_CANCELLED and cancelled.step < 400
+
+
+def test_trainer_refuses_a_row_whose_completion_would_be_cut(tmp_path):
+    """A row longer than max_seq_len would lose the end of its completion (TRL keeps the start): the trainer
+    refuses the file before loading the model, naming the row."""
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.train import DatasetError, train
+
+    from lema.core.formats import cot_prompt
+    from lema.core.synthetic import generate
+
+    problems = generate(3, seed=4, split="train", steps=2)
+    rows = [{"type": "cot", "prompt": cot_prompt(p.question), "completion": p.gold_solution} for p in problems]
+    rows[1]["completion"] = "\n".join([problems[1].gold_solution] * 10)  # far beyond 256 tokens
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = load_recipe(RECIPE, {"max_seq_len": 256})
+    with pytest.raises(DatasetError) as refused:
+        train(recipe, data, tmp_path / "run")
+    message = str(refused.value)
+    assert "rows.jsonl row 2 " in message and "> max_seq_len 256" in message and "cut" in message
+    assert not (tmp_path / "run" / "adapter").exists()
+    # the same rows without the long one train
+    data.write_text("".join(json.dumps(r) + "\n" for i, r in enumerate(rows) if i != 1))
+    result = train(load_recipe(RECIPE, {"max_seq_len": 256, "max_steps": 1}), data, tmp_path / "run")
+    assert result.steps == 1 and (result.adapter_dir / "adapter_config.json").exists()

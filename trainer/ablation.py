@@ -232,3 +232,23 @@ def plot_ablation(data: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def print_report(console, data: dict) -> None:
+    """The arms table and the paired-differences table of an ablation.json."""
+    from rich.table import Table
+
+    title = (f"setting '{data['setting']}': {data['eval_problems']} held-out test problems (greedy), "
+             f"seeds {','.join(map(str, data['seeds']))}, {data['recipe']['max_steps']} steps per arm")
+    table = Table(title=title)
+    for col in ("model", "training data", "examples", "accuracy (mean)", "95% CI", "per seed"):
+        table.add_column(col, justify="right")
+    for row in table_rows(data):
+        table.add_row(*row)
+    console.print(table)
+    paired = Table(title="paired differences (same problems; bootstrap over problems and seeds)")
+    for col in ("comparison", "mean", "95% CI", "interval", "McNemar p per seed"):
+        paired.add_column(col, justify="right")
+    for row in paired_rows(data):
+        paired.add_row(*row)
+    console.print(paired)

@@ -67,6 +67,9 @@ class Recipe(BaseModel):
     grad_accum: int = Field(default=1, ge=1)
     max_seq_len: int = Field(default=512, ge=16)
     packing: bool = False
+    group_by_length: bool = Field(default=True, description="batch rows of similar length together (the paper's "
+                                                            "script does): less padding when long corrections mix "
+                                                            "with short CoT rows")
     completion_only_loss: bool = True
     seed: int = 0
     save_steps: int = Field(default=50, ge=1, description="checkpoint interval (a killed run resumes from the last)")
@@ -82,9 +85,11 @@ def load_recipe(source: str | Path | None = None, overrides: dict | None = None)
         text = str(source)
         path = Path(text)
         named = CONFIGS / f"{text}.yaml"
-        if named.exists():
+        # Inline YAML (several lines, or longer than a file name may be) is never looked up as a file.
+        inline = "\n" in text or len(text) > 255
+        if not inline and _is_file(named):
             data = yaml.safe_load(named.read_text()) or {}
-        elif path.suffix in (".yaml", ".yml") or path.exists():
+        elif not inline and (path.suffix in (".yaml", ".yml") or _is_file(path)):
             if not path.exists():
                 raise RecipeError(f"recipe file {path} does not exist")
             data = yaml.safe_load(path.read_text()) or {}
@@ -102,6 +107,13 @@ def load_recipe(source: str | Path | None = None, overrides: dict | None = None)
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "recipe"
         raise RecipeError(f"invalid recipe field '{where}': {first['msg']}") from exc
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        return False
 
 
 def _merge(base: dict, extra: dict) -> dict:

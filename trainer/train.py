@@ -136,6 +136,7 @@ def train(recipe: Recipe, data_path: Path, run_dir: Path, on_progress: ProgressF
         gradient_accumulation_steps=recipe.grad_accum,
         max_length=recipe.max_seq_len,
         packing=recipe.packing,
+        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
         completion_only_loss=recipe.completion_only_loss,
         seed=recipe.seed,
         data_seed=recipe.seed,

@@ -1,0 +1,180 @@
+"""The reproduction harness: the paper's settings built from one export, the paired statistics, `lema ablate` end to
+end on a real collection (small sizes: it asserts the contract, not that LEMA wins), and export length hygiene."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import pytest
+from conftest import lema_command, requires_lema_tiny
+from lema.trainer.settings import SettingError, build_arms
+from lema.trainer.stats import mcnemar_exact, paired_bootstrap
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def small_export(tmp_path):
+    """20 CoT rows over problems p0..p9; 12 corrections (c0..c11, one per mistake path) with their twins."""
+    cot = [{"type": "cot", "prompt": f"q{i % 10}", "completion": f"s{i}", "problem_id": f"p{i % 10}",
+            "source": "reference"} for i in range(20)]
+    corrections = [{"type": "correction", "prompt": f"wrong{j}", "completion": f"fix{j}", "problem_id": f"p{j % 10}",
+                    "source": "correction:ref", "attempt_id": f"a{j}", "correction_id": f"c{j}"} for j in range(12)]
+    twins = [{"type": "cot", "prompt": f"q{j % 10}", "completion": f"whole{j}", "problem_id": f"p{j % 10}",
+              "source": "corrected:ref", "attempt_id": f"a{j}", "correction_id": f"c{j}"} for j in range(12)]
+    _write(tmp_path / "cot.jsonl", cot)
+    _write(tmp_path / "correction.jsonl", corrections)
+    _write(tmp_path / "corrected_cot.jsonl", twins)
+    return tmp_path
+
+
+def _keys(rows):
+    return sorted(r["completion"] for r in rows)
+
+
+def test_main_setting_adds_capped_corrections_to_all_cot(small_export):
+    arms = build_arms(small_export, "main", correction_ratio=0.4, seed=0)
+    cot, lema = arms["cot"].rows, arms["lema"].rows
+    assert len(cot) == 20 and arms["cot"].counts() == {"cot": 20}
+    assert arms["lema"].counts() == {"cot": 20, "correction": 8}  # floor(0.4 x 20) of the 12 corrections
+    assert {r["completion"] for r in cot} <= {r["completion"] for r in lema}  # all CoT rows in both arms
+    corrections = [r for r in lema if r["type"] == "correction"]
+    assert len({r["attempt_id"] for r in corrections}) == 8  # at most one per mistake path
+
+
+def test_equal_setting_keeps_the_size_and_drops_as_many_cot_rows(small_export):
+    arms = build_arms(small_export, "equal", correction_ratio=0.4, seed=1)
+    assert len(arms["cot"].rows) == len(arms["lema"].rows) == 20
+    assert arms["lema"].counts() == {"cot": 12, "correction": 8}
+
+
+def test_matched_setting_gives_cot_the_corrected_solutions_of_the_same_questions(small_export):
+    arms = build_arms(small_export, "matched", correction_ratio=0.25, seed=2)
+    cot, lema = arms["cot"].rows, arms["lema"].rows
+    assert len(cot) == len(lema) == 25 and arms["cot"].counts() == {"cot": 20, "corrected_cot": 5}
+    chosen = [r for r in lema if r["type"] == "correction"]
+    twins = [r for r in cot if r["source"].startswith("corrected:")]
+    assert sorted(r["correction_id"] for r in chosen) == sorted(r["correction_id"] for r in twins)
+    assert sorted(r["problem_id"] for r in chosen) == sorted(r["problem_id"] for r in twins)
+
+
+def test_settings_are_deterministic_per_seed_and_differ_across_seeds(small_export):
+    a, b = build_arms(small_export, "main", seed=3), build_arms(small_export, "main", seed=3)
+    assert [r["completion"] for r in a["lema"].rows] == [r["completion"] for r in b["lema"].rows]
+    other = build_arms(small_export, "main", seed=4)
+    assert [r["completion"] for r in other["lema"].rows] != [r["completion"] for r in a["lema"].rows]
+
+
+def test_bad_settings_are_refused_by_name(small_export, tmp_path_factory):
+    with pytest.raises(SettingError, match="setting must be one of"):
+        build_arms(small_export, "half", seed=0)
+    with pytest.raises(SettingError, match="correction_ratio"):
+        build_arms(small_export, "main", correction_ratio=1.5)
+    (small_export / "corrected_cot.jsonl").unlink()
+    with pytest.raises(SettingError, match="corrected_cot.jsonl is missing"):
+        build_arms(small_export, "matched")
+
+
+def test_exact_mcnemar_counts_discordant_pairs():
+    p, wins, losses = mcnemar_exact([False] * 5 + [True] * 10, [True] * 5 + [True] * 10)
+    assert (wins, losses) == (0, 5) and p == pytest.approx(2 / 32)  # 2 x P(X <= 0), X ~ Bin(5, 1/2)
+    p, wins, losses = mcnemar_exact([True, False] * 10, [False, True] * 10)
+    assert (wins, losses) == (10, 10) and p == 1.0
+    p, _, _ = mcnemar_exact([True] * 10 + [False] * 21, [False] * 10 + [True] * 21)
+    assert p == pytest.approx(2 * sum(math.comb(31, i) for i in range(11)) / 2**31)
+
+
+def test_paired_bootstrap_interval():
+    same = [[True, False, True, True]] * 3
+    diff = paired_bootstrap(same, same)
+    assert diff.mean_diff == 0 and diff.ci95 == (0.0, 0.0)
+    better = paired_bootstrap([[True] * 50] * 2, [[False] * 50] * 2)
+    assert better.mean_diff == 1 and better.ci95 == (1.0, 1.0)
+    # a 10-point gain on 200 problems in every seed: the interval excludes 0 but is not a point
+    a = [[True] * 120 + [False] * 80] * 3
+    b = [[True] * 100 + [False] * 100] * 3
+    result = paired_bootstrap(a, b)
+    assert result.mean_diff == pytest.approx(0.1) and 0.05 < result.ci95[0] < 0.1 < result.ci95[1] < 0.15
+    with pytest.raises(ValueError):
+        paired_bootstrap([[True]], [[True, False]])
+
+
+# --- on a real collection ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def collected_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate")
+    store, export = root / "S.db", root / "E"
+    run = subprocess.run([*lema_command(), "collect", "--source", "synthetic:24:seed=7", "--store", str(store),
+                          "--samples", "2", "--max-tokens", "160"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    run = subprocess.run([*lema_command(), "export", "--store", str(store), "--out", str(export)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return root, store, export
+
+
+@requires_lema_tiny
+def test_export_measures_every_row_and_never_cuts_a_completion(collected_export, tmp_path):
+    from transformers import AutoTokenizer
+
+    from lema.core.model_resolve import resolve_model
+    from lema.core.rendering import encode_row
+
+    _, store, _ = collected_export
+    limit = 300  # tight enough that some corrections must be shortened or dropped
+    run = subprocess.run([*lema_command(), "export", "--store", str(store), "--out", str(tmp_path),
+                          "--max-seq-len", str(limit)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    length = manifest["length"]
+    assert length["max_seq_len"] == limit and length["truncated_completions"] == 0
+    assert sum(length["shortened"].values()) + sum(length["dropped_over_length"].values()) > 0
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("lema-tiny"))
+    shortened = 0
+    for name in ("cot.jsonl", "correction.jsonl", "corrected_cot.jsonl"):
+        for line in (tmp_path / name).open():
+            row = json.loads(line)
+            assert encode_row(tokenizer, row["prompt"], row["completion"]).length <= limit
+            shortened += "\n...\n}\nIncorrect Step:" in row["prompt"]
+    assert shortened == length["shortened"].get("correction", 0)
+    # every kept correction still has its twin (the matched setting needs one per correction)
+    assert manifest["counts"]["correction"] == manifest["counts"]["corrected_cot"]
+
+
+@requires_lema_tiny
+@pytest.mark.parametrize("setting", ["matched"])
+def test_lema_ablate_writes_ablation_json_and_png(collected_export, setting):
+    root, _, export = collected_export
+    work = root / f"A-{setting}"
+    run = subprocess.run([*lema_command(), "ablate", "--export", str(export), "--recipe", "tiny", "--setting", setting,
+                          "--seeds", "0,1", "--eval-problems", "20", "--max-steps", "2", "--work-dir", str(work)],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "{'loss'" not in run.stdout  # the HF Trainer's log dictionaries are not printed
+    data = json.loads((work / "ablation.json").read_text())
+    assert data["setting"] == setting and data["seeds"] == [0, 1] and data["eval_problems"] == 20
+    for arm in ("cot", "lema"):
+        info = data["arms"][arm]
+        assert info["examples"] > 0 and len(info["accuracy"]) == 2 and all(0 <= a <= 1 for a in info["accuracy"])
+        assert info["steps"] == [2, 2]  # both arms, the same optimizer steps
+    assert data["arms"]["cot"]["examples"] == data["arms"]["lema"]["examples"]  # matched: same size
+    paired = data["paired"]["lema_vs_cot"]
+    low, high = paired["ci95"]
+    assert low <= paired["mean_diff"] <= high and len(paired["mcnemar_p"]) == 2
+    assert all(0 <= p <= 1 for p in paired["mcnemar_p"])
+    assert (work / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lema_ablate_rejects_bad_flags_by_name(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    for flags, field in ((["--setting", "half"], "--setting"), (["--seeds", "a,b"], "--seeds"),
+                         (["--correction-ratio", "2"], "--correction-ratio")):
+        run = subprocess.run([*lema_command(), "ablate", "--export", str(tmp_path), *flags], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 2 and field in run.stderr, run.stderr
