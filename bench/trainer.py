@@ -28,7 +28,9 @@ import json, sys, time
 from pathlib import Path
 mode, data, steps, packing, out = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", Path(sys.argv[5])
 from lema.trainer.recipe import load_recipe
-recipe = load_recipe("tiny", {"max_steps": steps, "packing": packing, "save_steps": 10_000, "logging_steps": 1})
+# Random batches like plain TRL's (length grouping is measured in bench/grouping.py).
+recipe = load_recipe("tiny", {"max_steps": steps, "packing": packing, "save_steps": 10_000, "logging_steps": 1,
+                              "group_by_length": False})
 if mode == "lema":
     from lema.trainer.train import train
     result = train(recipe, data, out)

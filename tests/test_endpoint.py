@@ -539,14 +539,15 @@ def test_metrics(server, loaded, client, admin):
 def test_the_trainers_eval_gated_promotion_works_against_the_endpoint(loaded, server, client, admin, registry,
                                                                       monkeypatch):
     """lema's trainer registers adapters (metadata.json beside the weights) and promotes them through this admin
-    API (POST /admin/adapters/load, /admin/adapters/promote); its gate reads the serving adapter's metrics."""
+    API (POST /admin/adapters/load, /admin/adapters/promote); its gate reads the serving adapter's validation
+    metrics."""
     trainer_promote = pytest.importorskip("lema.trainer.promote").promote
     from lema.trainer.registry import AdapterRegistry as TrainerRegistry
 
     monkeypatch.setenv("LEMA_ADMIN_TOKEN", ADMIN_TOKEN)
     trainer_registry = TrainerRegistry(registry)
     good = trainer_registry.register(registry / "a2", base_model=str(MODEL_DIR), prefix="trained",
-                                     metrics={"accuracy": 0.5})
+                                     metrics={"accuracy": 0.5, "validation_accuracy": 0.5})
     outcome = trainer_promote(good, server.url, "LEMA_ADMIN_TOKEN")
     assert outcome.promoted, outcome.reason
     listing = admin.get("/adapters").json()
@@ -557,7 +558,7 @@ def test_the_trainers_eval_gated_promotion_works_against_the_endpoint(loaded, se
     assert complete(client, "default", PROMPTS[0]) == (good.id, complete(client, loaded["a2"], PROMPTS[0])[1])
 
     worse = trainer_registry.register(registry / "a3", base_model=str(MODEL_DIR), prefix="trained",
-                                      metrics={"accuracy": 0.25})
+                                      metrics={"accuracy": 0.25, "validation_accuracy": 0.25})
     outcome = trainer_promote(worse, server.url, "LEMA_ADMIN_TOKEN")
     assert not outcome.promoted and "worse" in outcome.reason
     assert admin.get("/adapters").json()["promoted"] == good.id

@@ -112,12 +112,6 @@ def _accepted_corrections(session: Session):
         yield c, a, p
 
 
-def correction_examples(session: Session, through_step: bool = False) -> list[Example]:
-    """The paper's correction rows, one per mistake path. With `through_step` the original solution in the prompt
-    stops at the incorrect step (later original steps become "...")."""
-    return [_correction_example(c, a, p, through_step) for c, a, p in _accepted_corrections(session)]
-
-
 def _correction_example(c: Correction, a: Attempt, p: Problem, through_step: bool) -> Example:
     return Example("correction",
                    correction_input(p.question, a.text, through_step=c.incorrect_step if through_step else None),
