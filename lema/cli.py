@@ -429,23 +429,33 @@ def export_command(
     model: Optional[str] = typer.Option(None, help="measure rows with this model's tokenizer (default: the recipe's)"),
     max_seq_len: Optional[int] = typer.Option(None, min=16, help="token limit per row (default: the recipe's)"),
     augment_per_problem: int = typer.Option(3, min=0, help="verified sampled solutions kept per problem as CoT rows"),
+    correction_format: str = typer.Option("paper", help="paper (the paper's correction rows) | step (CoT prompt, the "
+                                                        "model's correct steps as given context, the corrected steps "
+                                                        "as target)"),
+    mistakes: str = typer.Option("all", help="all | systematic (only mistakes the model believes: at the first wrong "
+                                             "step its own likelihood of the wrong step beats the correct one)"),
 ) -> None:
     """Export training JSONL in the paper's two formats (CoT and correction), each measured against the recipe's
     max_seq_len (a correction that does not fit is shortened or dropped; no completion is ever cut), and a
     manifest."""
-    from lema.core.exports import export
+    from lema.core.exports import CORRECTION_FORMATS, export
     from lema.core.store.db import open_store
 
+    if correction_format not in CORRECTION_FORMATS:
+        _fail(f"--correction-format must be one of {', '.join(CORRECTION_FORMATS)} (got {correction_format!r})")
+    if mistakes not in ("all", "systematic"):
+        _fail(f"--mistakes must be all or systematic (got {mistakes!r})")
     lengths = _length_check(recipe, model, max_seq_len)
     sessions = open_store(store)
     try:
         with sessions.begin() as session:
             manifest = export(session, out, size=size, seed=seed, lengths=lengths,
-                              augment_per_problem=augment_per_problem)
+                              augment_per_problem=augment_per_problem, correction_format=correction_format,
+                              mistakes=mistakes, scoring_model=lengths.model)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(json.dumps({"id": manifest["id"], "counts": manifest["counts"], "mixes": manifest["mixes"],
-                           "length": manifest["length"], "out": str(out)}))
+                           "length": manifest["length"], "mistakes": manifest["mistakes"], "out": str(out)}))
 
 
 def _length_check(recipe: str, model: Optional[str], max_seq_len: Optional[int]):

@@ -178,3 +178,83 @@ def test_lema_ablate_rejects_bad_flags_by_name(tmp_path):
         run = subprocess.run([*lema_command(), "ablate", "--export", str(tmp_path), *flags], capture_output=True,
                              text=True, timeout=120)
         assert run.returncode == 2 and field in run.stderr, run.stderr
+
+
+def test_step_correction_gives_the_correct_steps_as_context_and_trains_the_rest():
+    from lema.core.formats import step_correction
+
+    wrong = "Step 1: He has 3 + 4 = 7 pens.\nStep 2: He gives 2, so 7 - 2 = 4 pens.\nThe answer is 4."
+    corrected = "...\nStep 2: He gives 2, so 7 - 2 = 5 pens.\nThe answer is 5."
+    context, target = step_correction(wrong, 2, corrected)
+    assert context == "Step 1: He has 3 + 4 = 7 pens.\n"
+    assert target == "Step 2: He gives 2, so 7 - 2 = 5 pens.\nThe answer is 5."
+    assert step_correction(wrong, 1, "Step 1: He has 3 + 4 = 7 pens.\nThe answer is 7.")[0] == ""
+
+
+@requires_lema_tiny
+def test_context_tokens_are_given_but_not_trained():
+    from transformers import AutoTokenizer
+
+    from lema.core.model_resolve import resolve_model
+    from lema.core.rendering import encode_row
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("lema-tiny"))
+    context, target = "Step 1: 3 + 4 = 7.\n", "Step 2: 7 - 2 = 5.\nThe answer is 5."
+    with_context = encode_row(tokenizer, "Solve it.", target, context)
+    whole = encode_row(tokenizer, "Solve it.", context + target)
+    assert with_context.input_ids == whole.input_ids  # the same sequence ...
+    assert with_context.prompt_length > whole.prompt_length  # ... with the context masked
+    trained = tokenizer.decode(with_context.input_ids[with_context.prompt_length:])
+    assert trained.startswith("Step 2:") and "Step 1" not in trained
+
+
+@requires_lema_tiny
+def test_export_step_format_rows(collected_export, tmp_path):
+    _, store, _ = collected_export
+    run = subprocess.run([*lema_command(), "export", "--store", str(store), "--out", str(tmp_path),
+                          "--correction-format", "step"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["correction_format"] == "step" and manifest["counts"]["correction"] > 0
+    for line in (tmp_path / "correction.jsonl").open():
+        row = json.loads(line)
+        assert row["prompt"].endswith("Let's think step by step.\n")
+        assert row["completion"].splitlines()[-1].startswith("The answer is")
+        if row["completion"].startswith("Step "):  # else the mistake was the answer line: the target is that line
+            first = int(row["completion"].split(":")[0].split()[1])
+            assert row.get("context", "").count("Step ") == first - 1  # the model's own steps before its mistake
+    bad = subprocess.run([*lema_command(), "export", "--store", str(store), "--out", str(tmp_path / "x"),
+                          "--correction-format", "prose"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--correction-format" in bad.stderr
+
+
+@requires_lema_tiny
+def test_mistake_scoring_tells_a_believed_step_from_an_unlikely_one():
+    from lema.core.formats import cot_prompt
+    from lema.core.mistakes import MistakeCandidate, score
+    from lema.core.model_resolve import resolve_model
+    from lema.core.synthetic import generate
+
+    problem = generate(1, seed=5, split="train", steps=3)[0]
+    gold = problem.gold_solution.splitlines()
+    context = gold[0] + "\n"
+    garbled = "Step 2: { } { } Explanation Explanation 9 9 9 9."
+    believed = MistakeCandidate("believed", cot_prompt(problem.question), context, wrong=gold[1], right=garbled)
+    noise = MistakeCandidate("noise", cot_prompt(problem.question), context, wrong=garbled, right=gold[1])
+    scores = score(resolve_model("lema-tiny"), [believed, noise])
+    assert scores["believed"].systematic and not scores["noise"].systematic
+    assert scores["believed"].logp_wrong == pytest.approx(scores["noise"].logp_right, abs=1e-3)  # batching-invariant
+
+
+@requires_lema_tiny
+def test_export_keeps_only_systematic_mistakes_and_counts_them(collected_export, tmp_path):
+    _, store, _ = collected_export
+    run = subprocess.run([*lema_command(), "export", "--store", str(store), "--out", str(tmp_path),
+                          "--mistakes", "systematic"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    counts = manifest["mistakes"]
+    assert counts["filter"] == "systematic" and counts["model"] == "lema-tiny"
+    assert counts["scored"] + counts["not_scorable"] == counts["corrections"]
+    assert counts["systematic"] + counts["sampling_noise"] == counts["scored"]
+    assert 0 < manifest["counts"]["correction"] <= counts["systematic"] < counts["corrections"]

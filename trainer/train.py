@@ -67,7 +67,10 @@ def encode_dataset(tokenizer, path: Path, max_seq_len: int) -> list[dict]:
             if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
                 raise DatasetError(f"{path.name} row {number}: 'prompt' and 'completion' must be strings, "
                                    "the completion not empty")
-            encoded = encode_row(tokenizer, prompt, completion)
+            context = row.get("context", "")
+            if not isinstance(context, str):
+                raise DatasetError(f"{path.name} row {number}: 'context' must be a string")
+            encoded = encode_row(tokenizer, prompt, completion, context)
             if encoded.length > max_seq_len:
                 raise DatasetError(
                     f"{path.name} row {number} (problem {row.get('problem_id', '?')}, {row.get('type', '?')}): "

@@ -26,7 +26,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lema.core.formats import correction_input, correction_output, cot_prompt, full_corrected_solution
+from lema.core.formats import (
+    correction_input,
+    correction_output,
+    cot_prompt,
+    full_corrected_solution,
+    step_correction,
+)
 from lema.core.store.models import Attempt, Augmentation, Correction, Export, Problem
 
 
@@ -40,10 +46,14 @@ class Example:
     # Corrections: the mistake path and the correction; a corrected-CoT row carries the correction it came from.
     attempt_id: str = ""
     correction_id: str = ""
+    # Step-level corrections: the start of the answer that is given, not trained (the model's correct steps).
+    context: str = ""
 
     def row(self) -> dict:
         out = {"type": self.type, "prompt": self.prompt, "completion": self.completion,
                "problem_id": self.problem_id, "source": self.source}
+        if self.context:
+            out["context"] = self.context
         if self.attempt_id:
             out["attempt_id"] = self.attempt_id
         if self.correction_id:
@@ -112,7 +122,22 @@ def _accepted_corrections(session: Session):
         yield c, a, p
 
 
-def _correction_example(c: Correction, a: Attempt, p: Problem, through_step: bool) -> Example:
+CORRECTION_FORMATS = ("paper", "step")
+
+
+def _correction_example(c: Correction, a: Attempt, p: Problem, through_step: bool,
+                        correction_format: str = "paper") -> Example:
+    """One correction as a training row.
+
+    - `paper`: the paper's correction input (instruction, question, the original solution; `through_step` stops it
+      at the incorrect step) and output (the incorrect step, the explanation, the corrected solution).
+    - `step`: the CoT prompt, the model's own correct steps as given context, then the corrected steps from the
+      incorrect one on as the target (`lema.core.formats.step_correction`)."""
+    if correction_format == "step":
+        context, target = step_correction(a.text, c.incorrect_step, c.corrected_solution)
+        return Example("correction", cot_prompt(p.question), target, p.id,
+                       f"correction-step:{c.upstream_model}:{c.prompt_id}@{c.prompt_version}",
+                       attempt_id=a.id, correction_id=c.id, context=context)
     return Example("correction",
                    correction_input(p.question, a.text, through_step=c.incorrect_step if through_step else None),
                    correction_output(c.incorrect_step, c.explanation, c.corrected_solution).lstrip(),
@@ -125,6 +150,24 @@ def _corrected_twin(c: Correction, a: Attempt, p: Problem) -> Example:
     steps): the paper's CoT-45K control, a verified correct solution of the *same* question as the correction."""
     return Example("cot", cot_prompt(p.question), full_corrected_solution(a.text, c.incorrect_step, c.corrected_solution),
                    p.id, f"corrected:{c.upstream_model}", attempt_id=a.id, correction_id=c.id)
+
+
+MISTAKE_FILTERS = ("all", "systematic")
+
+
+def _systematic(session: Session, model: str) -> tuple[set[str], dict]:
+    """The accepted corrections whose mistake is systematic for `model` (lema.core.mistakes), and the counts."""
+    from lema.core.mistakes import candidate, score
+    from lema.core.model_resolve import resolve_model
+
+    candidates = [cand for c, a, p in _accepted_corrections(session)
+                  if (cand := candidate(c.id, cot_prompt(p.question), a.text, c.incorrect_step, c.corrected_solution))]
+    total = sum(1 for _ in _accepted_corrections(session))
+    scores = score(resolve_model(model), candidates) if candidates else {}
+    kept = {key for key, s in scores.items() if s.systematic}
+    return kept, {"filter": "systematic", "model": model, "corrections": total, "scored": len(scores),
+                  "systematic": len(kept), "sampling_noise": len(scores) - len(kept),
+                  "not_scorable": total - len(scores)}
 
 
 # --- length hygiene ----------------------------------------------------------------------------------------
@@ -144,7 +187,7 @@ class LengthCheck:
     def length(self, ex: Example) -> int:
         from lema.core.rendering import encode_row
 
-        return encode_row(self.tokenizer, ex.prompt, ex.completion).length
+        return encode_row(self.tokenizer, ex.prompt, ex.completion, ex.context).length
 
     def keep(self, ex: Example, shorter: Example | None = None) -> Example | None:
         """The row if it fits, else its shorter form if that fits (counted as shortened), else None (dropped)."""
@@ -181,7 +224,8 @@ def _write(path: Path, examples: list[Example]) -> dict:
 
 
 def export(session: Session, out_dir: Path, size: int | None = None, seed: int = 0,
-           lengths: LengthCheck | None = None, augment_per_problem: int | None = 3) -> dict:
+           lengths: LengthCheck | None = None, augment_per_problem: int | None = 3,
+           correction_format: str = "paper", mistakes: str = "all", scoring_model: str | None = None) -> dict:
     """Write cot.jsonl (references + capped augmentations), correction.jsonl (one per mistake path),
     corrected_cot.jsonl (each correction's whole corrected solution, for the `matched` setting) and, with `size`,
     the two equal-size 50/50 mixes of earlier versions; return the manifest.
@@ -189,19 +233,33 @@ def export(session: Session, out_dir: Path, size: int | None = None, seed: int =
     With `lengths`, every row is measured against the recipe's max_seq_len: a correction that does not fit is
     shortened (its original solution stops at the incorrect step) or dropped, any other row that does not fit is
     dropped, so no completion is ever cut in training. A correction and its corrected-CoT twin are kept or dropped
-    together, so the `matched` setting always has a twin for every correction."""
+    together, so the `matched` setting always has a twin for every correction. `correction_format`: `paper` (the
+    default) or `step` (see `_correction_example`)."""
+    if correction_format not in CORRECTION_FORMATS:
+        raise ValueError(f"correction format must be one of {', '.join(CORRECTION_FORMATS)} (got {correction_format!r})")
+    if mistakes not in MISTAKE_FILTERS:
+        raise ValueError(f"mistakes must be one of {', '.join(MISTAKE_FILTERS)} (got {mistakes!r})")
+    keep_ids, mistake_counts = None, {"filter": mistakes}
+    if mistakes == "systematic":
+        if not scoring_model:
+            raise ValueError("the systematic-mistakes filter needs a model to score with")
+        keep_ids, mistake_counts = _systematic(session, scoring_model)
     cot = dedupe(cot_examples(session, augment_per_problem=augment_per_problem))
     corrections, corrected = [], []
     seen_keys: set[str] = set()
     for c, a, p in _accepted_corrections(session):
-        full = _correction_example(c, a, p, through_step=False)
+        if keep_ids is not None and c.id not in keep_ids:
+            continue
+        full = _correction_example(c, a, p, through_step=False, correction_format=correction_format)
         twin = _corrected_twin(c, a, p)
-        key = hashlib.sha256(f"{_normalized(full.prompt)}\x00{_normalized(full.completion)}".encode()).hexdigest()
+        text = f"{_normalized(full.prompt)}\x00{_normalized(full.context)}\x00{_normalized(full.completion)}"
+        key = hashlib.sha256(text.encode()).hexdigest()
         if key in seen_keys:
             continue
         seen_keys.add(key)
         if lengths is not None:
-            full = lengths.keep(full, _correction_example(c, a, p, through_step=True))
+            shorter = _correction_example(c, a, p, through_step=True) if correction_format == "paper" else None
+            full = lengths.keep(full, shorter)
             twin = lengths.keep(twin) if full is not None else None
             if full is None or twin is None:
                 continue
@@ -233,6 +291,8 @@ def export(session: Session, out_dir: Path, size: int | None = None, seed: int =
                    "cot_reference": sum(ex.source == "reference" for ex in cot),
                    "cot_augmentation": sum(ex.source.startswith("augment:") for ex in cot)},
         "augment_per_problem": augment_per_problem,
+        "correction_format": correction_format,
+        "mistakes": mistake_counts,
         "sources": sorted({ex.source for ex in cot + corrections}),
         "mixes": mixes,
         "length": lengths.report() if lengths is not None else None,

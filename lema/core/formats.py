@@ -108,3 +108,14 @@ def full_corrected_solution(wrong_solution: str, incorrect_step: int, corrected_
     answer = [ln for ln in corrected_lines if ln.lower().startswith(ANSWER_PREFIX.lower())]
     lines = [f"Step {i}: {s}" for i, s in enumerate(steps, start=1)]
     return "\n".join(lines + answer[-1:])
+
+
+def step_correction(wrong_solution: str, incorrect_step: int, corrected_solution: str) -> tuple[str, str]:
+    """The step-level correction format: (context, target). The context is the model's own steps before the
+    incorrect one, which were right (given to the model, not trained); the target is the corrected solution from the
+    incorrect step on. Under the CoT prompt, the model learns to write the right step exactly where it went wrong,
+    in the words it already reads, instead of the paper's correction text."""
+    whole = full_corrected_solution(wrong_solution, incorrect_step, corrected_solution).splitlines()
+    keep = max(incorrect_step - 1, 0)
+    context = "".join(line + "\n" for line in whole[:keep])
+    return context, "\n".join(whole[keep:])

@@ -53,24 +53,31 @@ class EncodedRow:
         return self.completion_mask.index(1) if 1 in self.completion_mask else len(self.completion_mask)
 
 
-def encode_row(tokenizer: Any, prompt: str, completion: str) -> EncodedRow:
-    """Token ids of one prompt/completion training row, with the mask of the tokens that carry the loss."""
+def encode_row(tokenizer: Any, prompt: str, completion: str, context: str = "") -> EncodedRow:
+    """Token ids of one prompt/completion training row, with the mask of the tokens that carry the loss.
+
+    `context` is the start of the model's own answer, given but not trained (the step-level correction format:
+    the model's correct steps before its mistake); the assistant turn is `context + completion`."""
     if framing_of(tokenizer) == "chat":
         user = [{"role": "user", "content": prompt}]
-        prompt_ids = _ids(tokenizer.apply_chat_template(user, tokenize=True, add_generation_prompt=True))
-        full = _ids(tokenizer.apply_chat_template(user + [{"role": "assistant", "content": completion}],
+        given = _ids(tokenizer.apply_chat_template(user, tokenize=True, add_generation_prompt=True))
+        full = _ids(tokenizer.apply_chat_template(user + [{"role": "assistant", "content": context + completion}],
                                                   tokenize=True))
-        shared = 0
-        for a, b in zip(prompt_ids, full):
+        if context:
+            given = given + tokenizer(context, add_special_tokens=False)["input_ids"]
+        shared = 0  # where the given tokens and the whole row part (a token may merge across the boundary)
+        for a, b in zip(given, full):
             if a != b:
                 break
             shared += 1
         return EncodedRow(full, [0] * shared + [1] * (len(full) - shared))
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    prompt_ids = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    given = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if context:
+        given += tokenizer(context, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
-    return EncodedRow(prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids))
+    return EncodedRow(given + completion_ids, [0] * len(given) + [1] * len(completion_ids))
 
 
 def _ids(rendered: Any) -> list[int]:
