@@ -270,6 +270,8 @@ def ablate(
     eval_problems: Optional[int] = typer.Option(None, min=10, help="held-out test problems (default: the recipe's)"),
     max_steps: Optional[int] = typer.Option(None, min=1, help="optimizer steps of every arm (default: the recipe's)"),
     work_dir: Path = typer.Option(Path(".lema/ablation"), help="where the runs, ablation.json and ablation.png go"),
+    preference: bool = typer.Option(False, help="add an arm: the CoT-only adapter trained further with DPO on the "
+                                                "step-level pairs of the same corrections (beyond the paper)"),
 ) -> None:
     """The paper's comparison: CoT-only vs LEMA adapters trained from one export for the same steps, evaluated on
     the same held-out problems; per-seed and pooled accuracy, paired difference with a 95% bootstrap interval and
@@ -304,7 +306,7 @@ def ablate(
     console = Console()
     try:
         report = run_ablation(parsed, export, work_dir, setting=setting, seeds=parsed_seeds,
-                              correction_ratio=correction_ratio,
+                              correction_ratio=correction_ratio, preference=preference,
                               on_progress=lambda name, e: console.print(
                                   f"[dim]  {name}: step {e['step']}/{e['total_steps']} loss {e['loss']:.3f}[/]"),
                               on_event=lambda message: console.print(message))

@@ -22,7 +22,8 @@ from lema.trainer.settings import build_arms
 from lema.trainer.stats import mcnemar_exact, paired_bootstrap, wilson
 
 ARMS = ("cot", "lema")
-ARM_LABELS = {"base": "base", "cot": "CoT-only", "lema": "LEMA"}
+EXTRA_ARMS = ("dpo",)  # beyond the paper, optional: step-level preference on top of the CoT-only adapter
+ARM_LABELS = {"base": "base", "cot": "CoT-only", "lema": "LEMA", "dpo": "CoT-only + DPO"}
 
 EventFn = Callable[[str], None]
 
@@ -53,9 +54,12 @@ class AblationReport:
     def arm_runs(self, arm: str) -> list[ArmRun]:
         return sorted((r for r in self.runs if r.arm == arm), key=lambda r: self.seeds.index(r.seed))
 
+    def arms(self) -> tuple[str, ...]:
+        return ARMS + tuple(arm for arm in EXTRA_ARMS if self.arm_runs(arm))
+
     def paired(self, a: str, b: str) -> dict:
         """Paired comparison of arm a against arm b ("base": the base model, the same for every seed)."""
-        outcomes = {arm: [r.test.outcomes for r in self.arm_runs(arm)] for arm in ARMS}
+        outcomes = {arm: [r.test.outcomes for r in self.arm_runs(arm)] for arm in self.arms()}
         outcomes["base"] = [self.base.outcomes for _ in self.seeds]
         diff = paired_bootstrap(outcomes[a], outcomes[b])
         per_seed = []
@@ -70,7 +74,7 @@ class AblationReport:
     def to_json(self) -> dict:
         arms = {"base": {"examples": 0, "accuracy": [self.base.accuracy] * len(self.seeds),
                          "validation_accuracy": self.base_validation.accuracy if self.base_validation else None}}
-        for arm in ARMS:
+        for arm in self.arms():
             runs = self.arm_runs(arm)
             arms[arm] = {
                 "examples": runs[0].examples if runs else 0,
@@ -94,18 +98,23 @@ class AblationReport:
                        "max_seq_len": self.recipe.max_seq_len, "select_checkpoint": self.recipe.select_checkpoint},
             "arms": arms,
             "paired": {"lema_vs_cot": self.paired("lema", "cot"), "lema_vs_base": self.paired("lema", "base"),
-                       "cot_vs_base": self.paired("cot", "base")},
+                       "cot_vs_base": self.paired("cot", "base"),
+                       **({"dpo_vs_cot": self.paired("dpo", "cot"), "dpo_vs_lema": self.paired("dpo", "lema")}
+                          if "dpo" in self.arms() else {})},
         }
 
 
 def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, setting: str = "main",
                  seeds: Sequence[int] = (0,), correction_ratio: float = 0.4,
                  on_progress: Callable[[str, dict], None] | None = None,
-                 on_event: EventFn | None = None, validation: bool = False) -> AblationReport:
+                 on_event: EventFn | None = None, validation: bool = False,
+                 preference: bool = False) -> AblationReport:
     """Train and evaluate both arms of `setting` for every seed; write ablation.json and ablation.png.
     `validation`: also measure every kept adapter (and the base model) on the validation split, as promotion
-    needs; `select_checkpoint: best_validation` implies it."""
+    needs; `select_checkpoint: best_validation` implies it. `preference`: a third arm per seed, the CoT-only
+    adapter trained further with DPO on the step-level pairs of the seed's LEMA corrections (`preference.jsonl`)."""
     from lema.trainer.evaluate import evaluate
+    from lema.trainer.preference import train_preference
     from lema.trainer.train import train
 
     from lema.core.model_resolve import resolve_model
@@ -145,6 +154,23 @@ def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, setting: str 
                 f"{evaluation.accuracy:.1%} on the test problems")
             report.runs.append(ArmRun(arm_name, seed, len(arm.rows), arm.describe(), evaluation, on_validation,
                                       adapter_dir, result.steps, result.seconds))
+        if preference:  # the same corrections as this seed's LEMA arm, as pairs, on top of its CoT-only adapter
+            chosen = {row.get("correction_id") for row in plans[seed]["lema"].rows if row["type"] == "correction"}
+            cot_run = next(r for r in report.runs if r.arm == "cot" and r.seed == seed)
+            run_dir = work_dir / f"seed{seed}" / "dpo"
+            say(f"seed {seed}: DPO on the step-level pairs of its {len(chosen)} corrections, from the CoT-only adapter")
+            result = train_preference(recipe.model_copy(update={"seed": seed}), export_dir / "preference.jsonl",
+                                      cot_run.adapter_dir, run_dir, keep=chosen,
+                                      on_progress=(lambda e, n=f"DPO seed {seed}": on_progress(n, e))
+                                      if on_progress else None)
+            on_validation = asyncio.run(evaluate(model_path, recipe.eval, result.adapter_dir, split="validation")) \
+                if validate else None
+            evaluation = asyncio.run(evaluate(model_path, recipe.eval, result.adapter_dir))
+            say(f"seed {seed}: {ARM_LABELS['dpo']} {evaluation.correct}/{evaluation.n} = {evaluation.accuracy:.1%}")
+            pairs = sum(1 for line in (export_dir / "preference.jsonl").open()
+                        if json.loads(line).get("correction_id") in chosen)
+            report.runs.append(ArmRun("dpo", seed, pairs, f"CoT-only adapter + {pairs} pairs", evaluation,
+                                      on_validation, result.adapter_dir, result.steps, result.seconds))
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "ablation.json").write_text(json.dumps(report.to_json(), indent=2))
     plot_ablation(report.to_json(), work_dir / "ablation.png")
@@ -173,7 +199,7 @@ def table_rows(data: dict) -> list[list[str]]:
     """Rows for a printed table: one per arm (mean over seeds, per-seed values) and the paired differences."""
     rows = []
     n = data["eval_problems"]
-    for arm in ("base", *ARMS):
+    for arm in ("base", *[a for a in (*ARMS, *EXTRA_ARMS) if a in data["arms"]]):
         info = data["arms"][arm]
         accs = info["accuracy"]
         mean = sum(accs) / len(accs)
@@ -187,7 +213,10 @@ def table_rows(data: dict) -> list[list[str]]:
 def paired_rows(data: dict) -> list[list[str]]:
     rows = []
     for key, label in (("lema_vs_cot", "LEMA − CoT-only"), ("cot_vs_base", "CoT-only − base"),
-                       ("lema_vs_base", "LEMA − base")):
+                       ("lema_vs_base", "LEMA − base"), ("dpo_vs_cot", "CoT+DPO − CoT-only"),
+                       ("dpo_vs_lema", "CoT+DPO − LEMA")):
+        if key not in data["paired"]:
+            continue
         p = data["paired"][key]
         lo, hi = p["ci95"]
         verdict = "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0 (not a result)"
@@ -206,7 +235,8 @@ def plot_ablation(data: dict, path: Path) -> Path:
 
     n = data["eval_problems"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    names, colours = ("base", *ARMS), ("#999999", "#4c72b0", "#dd8452")
+    names = ("base", *[a for a in (*ARMS, *EXTRA_ARMS) if a in data["arms"]])
+    colours = ("#999999", "#4c72b0", "#dd8452", "#55a868")
     for i, (arm, colour) in enumerate(zip(names, colours)):
         accs = [100 * a for a in data["arms"][arm]["accuracy"]]
         mean = sum(accs) / len(accs)

@@ -48,6 +48,19 @@ class EvalSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1, description="CPU threads for evaluation (default: 1)")
 
 
+class PreferenceSettings(BaseModel):
+    """The step-level preference arm (beyond the paper): DPO on (chosen = the corrected continuation, rejected = the
+    model's own continuation) pairs at the first wrong step, on top of the CoT-only adapter."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_steps: int = Field(default=20, ge=1)
+    learning_rate: float = Field(default=5e-4, gt=0, le=1)
+    beta: float = Field(default=0.1, gt=0)
+    loss_type: list[Literal["sigmoid", "ipo", "apo_zero", "apo_down", "sft"]] = Field(
+        default_factory=lambda: ["sigmoid", "sft"], description="TRL DPO losses, summed (sigmoid + sft: RPO-style)")
+    batch_size: int = Field(default=16, ge=1)
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "qlora"
@@ -76,6 +89,7 @@ class Recipe(BaseModel):
     logging_steps: int = Field(default=5, ge=1)
     threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all)")
     eval: EvalSettings = EvalSettings()
+    preference: PreferenceSettings = PreferenceSettings()
 
 
 def load_recipe(source: str | Path | None = None, overrides: dict | None = None) -> Recipe:

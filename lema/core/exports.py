@@ -32,6 +32,7 @@ from lema.core.formats import (
     cot_prompt,
     full_corrected_solution,
     step_correction,
+    step_preference,
 )
 from lema.core.store.models import Attempt, Augmentation, Correction, Export, Problem
 
@@ -217,10 +218,14 @@ def _framing(tokenizer) -> str:
 
 
 def _write(path: Path, examples: list[Example]) -> dict:
+    return _write_rows(path, [ex.row() for ex in examples])
+
+
+def _write_rows(path: Path, rows: list[dict]) -> dict:
     with path.open("w") as f:
-        for ex in examples:
-            f.write(json.dumps(ex.row(), ensure_ascii=False) + "\n")
-    return {"file": path.name, "rows": len(examples), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"file": path.name, "rows": len(rows), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def export(session: Session, out_dir: Path, size: int | None = None, seed: int = 0,
@@ -245,7 +250,7 @@ def export(session: Session, out_dir: Path, size: int | None = None, seed: int =
             raise ValueError("the systematic-mistakes filter needs a model to score with")
         keep_ids, mistake_counts = _systematic(session, scoring_model)
     cot = dedupe(cot_examples(session, augment_per_problem=augment_per_problem))
-    corrections, corrected = [], []
+    corrections, corrected, preferences = [], [], []
     seen_keys: set[str] = set()
     for c, a, p in _accepted_corrections(session):
         if keep_ids is not None and c.id not in keep_ids:
@@ -265,13 +270,18 @@ def export(session: Session, out_dir: Path, size: int | None = None, seed: int =
                 continue
         corrections.append(full)
         corrected.append(twin)
+        pair = step_preference(a.text, c.incorrect_step, c.corrected_solution)
+        if pair is not None:
+            preferences.append({"prompt": cot_prompt(p.question), "context": pair[0], "chosen": pair[1],
+                                "rejected": pair[2], "problem_id": p.id, "correction_id": c.id})
     if lengths is not None:
         cot = [kept for ex in cot if (kept := lengths.keep(ex)) is not None]
     if size is not None and len(cot) < size:
         raise ValueError(f"only {len(cot)} CoT examples: cannot build CoT-only mixes of size {size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"cot": _write(out_dir / "cot.jsonl", cot), "correction": _write(out_dir / "correction.jsonl", corrections),
-             "corrected_cot": _write(out_dir / "corrected_cot.jsonl", corrected)}
+             "corrected_cot": _write(out_dir / "corrected_cot.jsonl", corrected),
+             "preference": _write_rows(out_dir / "preference.jsonl", preferences)}
     mixes = {}
     if size is not None:
         rng = random.Random(seed)
@@ -288,6 +298,7 @@ def export(session: Session, out_dir: Path, size: int | None = None, seed: int =
         "created_at": datetime.now(timezone.utc).isoformat(),
         "files": files,
         "counts": {"cot": len(cot), "correction": len(corrections), "corrected_cot": len(corrected),
+                   "preference": len(preferences),
                    "cot_reference": sum(ex.source == "reference" for ex in cot),
                    "cot_augmentation": sum(ex.source.startswith("augment:") for ex in cot)},
         "augment_per_problem": augment_per_problem,

@@ -119,3 +119,15 @@ def step_correction(wrong_solution: str, incorrect_step: int, corrected_solution
     keep = max(incorrect_step - 1, 0)
     context = "".join(line + "\n" for line in whole[:keep])
     return context, "\n".join(whole[keep:])
+
+
+def step_preference(wrong_solution: str, incorrect_step: int, corrected_solution: str) -> tuple[str, str, str] | None:
+    """A step-level preference pair from a correction: (context, chosen, rejected). The context is the model's own
+    steps before its mistake; chosen is the corrected solution from the incorrect step to its end, rejected is the
+    model's own solution from the same step to its end. None when the two do not differ."""
+    context, chosen = step_correction(wrong_solution, incorrect_step, corrected_solution)
+    own = numbered_solution(wrong_solution).splitlines()
+    rejected = "\n".join(own[max(incorrect_step - 1, 0):])
+    if not rejected.strip() or rejected.strip() == chosen.strip():
+        return None
+    return context, chosen, rejected
