@@ -8,7 +8,7 @@ import math
 import subprocess
 
 import pytest
-from conftest import lema_command, requires_lema_tiny
+from conftest import REPO_ROOT, lema_command, requires_lema_tiny
 from lema.trainer.settings import SettingError, build_arms
 from lema.trainer.stats import mcnemar_exact, paired_bootstrap
 
@@ -258,3 +258,28 @@ def test_export_keeps_only_systematic_mistakes_and_counts_them(collected_export,
     assert counts["scored"] + counts["not_scorable"] == counts["corrections"]
     assert counts["systematic"] + counts["sampling_noise"] == counts["scored"]
     assert 0 < manifest["counts"]["correction"] <= counts["systematic"] < counts["corrections"]
+
+
+@requires_lema_tiny
+def test_preference_pairs_and_the_dpo_arm(collected_export, tmp_path):
+    root, _, export = collected_export
+    pairs = [json.loads(line) for line in (export / "preference.jsonl").open()]
+    corrections = {json.loads(line)["correction_id"] for line in (export / "correction.jsonl").open()}
+    assert pairs and {p["correction_id"] for p in pairs} <= corrections
+    for pair in pairs:  # the same prefix; chosen is the corrected continuation, rejected the model's own
+        assert pair["chosen"] != pair["rejected"]
+        assert pair["chosen"].splitlines()[-1].startswith("The answer is")
+        assert pair["chosen"].splitlines()[0] != pair["rejected"].splitlines()[0]  # they part at the first line
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text((REPO_ROOT / "trainer" / "configs" / "tiny.yaml").read_text()
+                      + "preference: {max_steps: 3, batch_size: 4}\n")
+    work = root / "A-dpo"
+    run = subprocess.run([*lema_command(), "ablate", "--export", str(export), "--recipe", str(recipe), "--seeds", "0",
+                          "--eval-problems", "16", "--max-steps", "2", "--preference", "--work-dir", str(work)],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    data = json.loads((work / "ablation.json").read_text())
+    dpo = data["arms"]["dpo"]
+    assert dpo["steps"] == [3] and 0 < dpo["examples"] <= data["arms"]["lema"]["examples"]
+    assert set(data["paired"]) >= {"dpo_vs_cot", "dpo_vs_lema"}
+    assert (work / "seed0" / "dpo" / "adapter" / "adapter_config.json").exists()
