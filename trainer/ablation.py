@@ -126,30 +126,36 @@ def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, setting: str 
     # Build every seed's arms first: a bad export fails before any training.
     plans = {seed: build_arms(export_dir, setting, correction_ratio, seed) for seed in seeds}
     model_path = resolve_model(recipe.base_model)
-    # Every evaluation loads the model with the adapter merged in (the fastest to generate); the base model once.
     select = recipe.select_checkpoint == "best_validation"
     validate = validation or select
     say(f"base model: {recipe.eval.problems} test problems (greedy)")
+    # Every evaluation loads the model with the adapter merged in (the fastest to generate).
     base = asyncio.run(evaluate(model_path, recipe.eval))
     base_validation = asyncio.run(evaluate(model_path, recipe.eval, split="validation")) if validate else None
     report = AblationReport(setting, seeds, correction_ratio, recipe, base, base_validation)
+
+    def measure(run_dir: Path, trained: Path) -> tuple[Path, EvalResult | None, EvalResult]:
+        """The adapter a run keeps (its last, or its best checkpoint on validation), its validation and test
+        results."""
+        adapter_dir, on_validation = trained, None
+        if select:
+            adapter_dir, on_validation = asyncio.run(best_checkpoint(model_path, recipe, run_dir, trained))
+        elif validate:
+            on_validation = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir, split="validation"))
+        return adapter_dir, on_validation, asyncio.run(evaluate(model_path, recipe.eval, adapter_dir))
+
+    def progress(name: str):
+        return (lambda event: on_progress(name, event)) if on_progress else None
+
     for seed in seeds:
+        seeded = recipe.model_copy(update={"seed": seed})
         for arm_name in ARMS:
             arm = plans[seed][arm_name]
             run_dir = work_dir / f"seed{seed}" / arm_name
-            data_path = arm.write(run_dir / "train.jsonl")
             say(f"seed {seed}: training {ARM_LABELS[arm_name]} on {arm.describe()}")
-            seeded = recipe.model_copy(update={"seed": seed})
-            result = train(seeded, data_path, run_dir,
-                           on_progress=(lambda e, n=f"{ARM_LABELS[arm_name]} seed {seed}": on_progress(n, e))
-                           if on_progress else None)
-            adapter_dir, on_validation = result.adapter_dir, None
-            if select:
-                adapter_dir, on_validation = asyncio.run(
-                    best_checkpoint(model_path, recipe, run_dir, result.adapter_dir))
-            elif validate:
-                on_validation = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir, split="validation"))
-            evaluation = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir))
+            result = train(seeded, arm.write(run_dir / "train.jsonl"), run_dir,
+                           on_progress=progress(f"{ARM_LABELS[arm_name]} seed {seed}"))
+            adapter_dir, on_validation, evaluation = measure(run_dir, result.adapter_dir)
             say(f"seed {seed}: {ARM_LABELS[arm_name]} {evaluation.correct}/{evaluation.n} = "
                 f"{evaluation.accuracy:.1%} on the test problems")
             report.runs.append(ArmRun(arm_name, seed, len(arm.rows), arm.describe(), evaluation, on_validation,
@@ -159,18 +165,12 @@ def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, setting: str 
             cot_run = next(r for r in report.runs if r.arm == "cot" and r.seed == seed)
             run_dir = work_dir / f"seed{seed}" / "dpo"
             say(f"seed {seed}: DPO on the step-level pairs of its {len(chosen)} corrections, from the CoT-only adapter")
-            result = train_preference(recipe.model_copy(update={"seed": seed}), export_dir / "preference.jsonl",
-                                      cot_run.adapter_dir, run_dir, keep=chosen,
-                                      on_progress=(lambda e, n=f"DPO seed {seed}": on_progress(n, e))
-                                      if on_progress else None)
-            on_validation = asyncio.run(evaluate(model_path, recipe.eval, result.adapter_dir, split="validation")) \
-                if validate else None
-            evaluation = asyncio.run(evaluate(model_path, recipe.eval, result.adapter_dir))
+            result, pairs = train_preference(seeded, export_dir / "preference.jsonl", cot_run.adapter_dir, run_dir,
+                                             keep=chosen, on_progress=progress(f"DPO seed {seed}"))
+            adapter_dir, on_validation, evaluation = measure(run_dir, result.adapter_dir)
             say(f"seed {seed}: {ARM_LABELS['dpo']} {evaluation.correct}/{evaluation.n} = {evaluation.accuracy:.1%}")
-            pairs = sum(1 for line in (export_dir / "preference.jsonl").open()
-                        if json.loads(line).get("correction_id") in chosen)
             report.runs.append(ArmRun("dpo", seed, pairs, f"CoT-only adapter + {pairs} pairs", evaluation,
-                                      on_validation, result.adapter_dir, result.steps, result.seconds))
+                                      on_validation, adapter_dir, result.steps, result.seconds))
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "ablation.json").write_text(json.dumps(report.to_json(), indent=2))
     plot_ablation(report.to_json(), work_dir / "ablation.png")

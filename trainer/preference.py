@@ -45,7 +45,9 @@ def load_pairs(tokenizer, path: Path, max_seq_len: int, keep: set[str] | None = 
 
 
 def train_preference(recipe: Recipe, pairs_path: Path, start_adapter: Path, run_dir: Path,
-                     keep: set[str] | None = None, on_progress: Callable[[dict], None] | None = None) -> TrainResult:
+                     keep: set[str] | None = None,
+                     on_progress: Callable[[dict], None] | None = None) -> tuple[TrainResult, int]:
+    """DPO from `start_adapter` on the pairs (those of `keep` corrections only); the result and the pair count."""
     import torch
     from datasets import Dataset
     from peft import PeftModel
@@ -61,7 +63,8 @@ def train_preference(recipe: Recipe, pairs_path: Path, start_adapter: Path, run_
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dataset = Dataset.from_list(load_pairs(tokenizer, pairs_path, recipe.max_seq_len, keep))
+    pairs = load_pairs(tokenizer, pairs_path, recipe.max_seq_len, keep)
+    dataset = Dataset.from_list(pairs)
     torch.manual_seed(recipe.seed)
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
                                        str(start_adapter), is_trainable=True)
@@ -89,5 +92,7 @@ def train_preference(recipe: Recipe, pairs_path: Path, start_adapter: Path, run_
     output = trainer.train()
     adapter_dir = run_dir / "adapter"
     trainer.model.save_pretrained(str(adapter_dir))
-    return TrainResult(adapter_dir=adapter_dir, steps=trainer.state.global_step, train_loss=float(output.training_loss),
-                       seconds=time.perf_counter() - started, tokens_per_second=0.0)
+    result = TrainResult(adapter_dir=adapter_dir, steps=trainer.state.global_step,
+                         train_loss=float(output.training_loss), seconds=time.perf_counter() - started,
+                         tokens_per_second=0.0)
+    return result, len(pairs)
