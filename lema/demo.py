@@ -186,6 +186,7 @@ def _export(store: str, out: Path, recipe) -> dict:
 
 def run_demo(options: DemoOptions) -> DemoResult:
     from lema.core.model_resolve import resolve_model
+    from lema.core.quiet import quiet_libraries
     from lema.trainer.ablation import ARM_LABELS, print_report, run_ablation
     from lema.trainer.evaluate import eval_problems
     from lema.trainer.promote import promote
@@ -193,8 +194,6 @@ def run_demo(options: DemoOptions) -> DemoResult:
     from lema.trainer.registry import AdapterRegistry
 
     console = Console() if sys.stdout.isatty() else Console(width=130)
-    from lema.core.quiet import quiet_libraries
-
     quiet_libraries()  # our own progress lines say what is happening
     started = time.monotonic()
     work = options.workdir
@@ -222,7 +221,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         console.print(f"    endpoint ready on {endpoint.url} in {cold:.1f}s")
         base_name = Path(model_path).name if Path(model_path).exists() else options.model
         # The base model is measured in-process by the harness (test problems for the table, validation problems for
-        # the promotion gate); the endpoint is measured once its promoted model serves (step 7).
+        # the promotion gate); the endpoint is measured once its promoted model serves (step 6).
         serving: tuple[str, str] | None = None  # (adapter name, path) used as the reasoner of the next round
         for r in range(1, options.rounds + 1):
             console.rule(f"round {r}")
@@ -297,7 +296,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
 
 
 def results_table(result: DemoResult) -> Table:
-    table = Table(title="lema-tiny, greedy — in the shape of the LEMA paper's Table 1 (accuracy pooled over seeds)")
+    table = Table(title="greedy accuracy — in the shape of the LEMA paper's Table 1 (arms: mean over seeds)")
     for col in ("round", "model", "training data", "examples", "accuracy", "95% CI", "per seed", "measured"):
         table.add_column(col, justify="right")
     for row in result.rows:

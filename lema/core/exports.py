@@ -208,6 +208,7 @@ class LengthCheck:
         return {"model": self.model, "max_seq_len": self.max_seq_len,
                 "framing": _framing(self.tokenizer),
                 "shortened": self.shortened, "dropped_over_length": self.dropped_over_length,
+                # 0 by construction: a row that does not fit is shortened or dropped, never written to be cut.
                 "longest": self.longest, "truncated_completions": 0}
 
 
@@ -232,8 +233,10 @@ def export(session: Session, out_dir: Path, size: int | None = None, seed: int =
            lengths: LengthCheck | None = None, augment_per_problem: int | None = 3,
            correction_format: str = "paper", mistakes: str = "all", scoring_model: str | None = None) -> dict:
     """Write cot.jsonl (references + capped augmentations), correction.jsonl (one per mistake path),
-    corrected_cot.jsonl (each correction's whole corrected solution, for the `matched` setting) and, with `size`,
-    the two equal-size 50/50 mixes of earlier versions; return the manifest.
+    corrected_cot.jsonl (each correction's whole corrected solution, for the `matched` setting), preference.jsonl
+    (a step-level pair per correction: the model's continuation from its first wrong step vs the corrected one)
+    and, with `size`, the two equal-size 50/50 mixes of earlier versions; return the manifest. `mistakes`:
+    `systematic` keeps only the mistakes `scoring_model` believes (lema.core.mistakes).
 
     With `lengths`, every row is measured against the recipe's max_seq_len: a correction that does not fit is
     shortened (its original solution stops at the incorrect step) or dropped, any other row that does not fit is
