@@ -119,6 +119,14 @@ def collected_export(tmp_path_factory):
     return root, store, export
 
 
+def _export(store, out, *flags) -> dict:
+    """`lema export` with these flags; its manifest."""
+    run = subprocess.run([*lema_command(), "export", "--store", str(store), "--out", str(out), *flags],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads((out / "manifest.json").read_text())
+
+
 @requires_lema_tiny
 def test_export_measures_every_row_and_never_cuts_a_completion(collected_export, tmp_path):
     from transformers import AutoTokenizer
@@ -128,10 +136,7 @@ def test_export_measures_every_row_and_never_cuts_a_completion(collected_export,
 
     _, store, _ = collected_export
     limit = 300  # tight enough that some corrections must be shortened or dropped
-    run = subprocess.run([*lema_command(), "export", "--store", str(store), "--out", str(tmp_path),
-                          "--max-seq-len", str(limit)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest = _export(store, tmp_path, "--max-seq-len", str(limit))
     length = manifest["length"]
     assert length["max_seq_len"] == limit and length["truncated_completions"] == 0
     assert sum(length["shortened"].values()) + sum(length["dropped_over_length"].values()) > 0
@@ -211,10 +216,7 @@ def test_context_tokens_are_given_but_not_trained():
 @requires_lema_tiny
 def test_export_step_format_rows(collected_export, tmp_path):
     _, store, _ = collected_export
-    run = subprocess.run([*lema_command(), "export", "--store", str(store), "--out", str(tmp_path),
-                          "--correction-format", "step"], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest = _export(store, tmp_path, "--correction-format", "step")
     assert manifest["correction_format"] == "step" and manifest["counts"]["correction"] > 0
     for line in (tmp_path / "correction.jsonl").open():
         row = json.loads(line)
@@ -249,10 +251,7 @@ def test_mistake_scoring_tells_a_believed_step_from_an_unlikely_one():
 @requires_lema_tiny
 def test_export_keeps_only_systematic_mistakes_and_counts_them(collected_export, tmp_path):
     _, store, _ = collected_export
-    run = subprocess.run([*lema_command(), "export", "--store", str(store), "--out", str(tmp_path),
-                          "--mistakes", "systematic"], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest = _export(store, tmp_path, "--mistakes", "systematic")
     counts = manifest["mistakes"]
     assert counts["filter"] == "systematic" and counts["model"] == "lema-tiny"
     assert counts["scored"] + counts["not_scorable"] == counts["corrections"]

@@ -24,7 +24,7 @@ class QuantizationConfig(BaseModel):
     load_in_4bit: bool = True
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    # float32 on CPU: bf16 compute made a QLoRA step ~10x slower on this CPU (no native bf16, STACK.md).
+    # float32 on CPU: bf16 compute made a QLoRA step ~10x slower on this CPU (no native bf16; README, 'The CPU stack').
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 

@@ -1,7 +1,7 @@
 """QLoRA fine-tuning with TRL's SFTTrainer: a 4-bit nf4 base (double quantisation), LoRA on all linear layers,
 loss on the completion only, checkpoints that a killed run resumes from.
 
-CPU notes (measured, STACK.md): keep compute in float32, gradient checkpointing off, bf16 off; TRL casts LoRA
+CPU notes (measured; README, 'The CPU stack'): keep compute in float32, gradient checkpointing off, bf16 off; TRL casts LoRA
 weights to bf16 on a 4-bit base whatever the flag says, so trainable parameters are cast back to float32
 after the trainer is built (1.30 -> 0.50 s/step on a tiny model).
 """

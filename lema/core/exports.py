@@ -53,12 +53,7 @@ class Example:
     def row(self) -> dict:
         out = {"type": self.type, "prompt": self.prompt, "completion": self.completion,
                "problem_id": self.problem_id, "source": self.source}
-        if self.context:
-            out["context"] = self.context
-        if self.attempt_id:
-            out["attempt_id"] = self.attempt_id
-        if self.correction_id:
-            out["correction_id"] = self.correction_id
+        out.update({key: getattr(self, key) for key in ("context", "attempt_id", "correction_id") if getattr(self, key)})
         return out
 
 

@@ -1,7 +1,7 @@
 """Drills: cheap sequences that teach lema-tiny the two skills a word problem needs before it can be solved.
 
-- Arithmetic drills, packed lines "So a op b = c.": STACK.md found arithmetic to be the bottleneck of a
-  from-scratch model; a word problem spends ~150 tokens on 2-6 equations, a drill packs ~15 equations into
+- Arithmetic drills, packed lines "So a op b = c.": arithmetic was the bottleneck of a from-scratch model
+  (README, 'The CPU stack'); a word problem spends ~150 tokens on 2-6 equations, a drill packs ~15 equations into
   the same budget. Operands follow the story families' limits; the loss covers only what follows "=".
 - Copy drills, a question then the same question again (loss on the copy): copying from the context
   (induction) is how the model brings a question's sentence and numbers into its steps.
