@@ -34,6 +34,7 @@ from lema.core.formats import (
     step_correction,
     step_preference,
 )
+from lema.core.rendering import encode_row, framing_of
 from lema.core.store.models import Attempt, Augmentation, Correction, Export, Problem
 
 
@@ -156,9 +157,10 @@ def _systematic(session: Session, model: str) -> tuple[set[str], dict]:
     from lema.core.mistakes import candidate, score
     from lema.core.model_resolve import resolve_model
 
-    candidates = [cand for c, a, p in _accepted_corrections(session)
+    accepted = list(_accepted_corrections(session))
+    total = len(accepted)
+    candidates = [cand for c, a, p in accepted
                   if (cand := candidate(c.id, cot_prompt(p.question), a.text, c.incorrect_step, c.corrected_solution))]
-    total = sum(1 for _ in _accepted_corrections(session))
     scores = score(resolve_model(model), candidates) if candidates else {}
     kept = {key for key, s in scores.items() if s.systematic}
     return kept, {"filter": "systematic", "model": model, "corrections": total, "scored": len(scores),
@@ -181,8 +183,6 @@ class LengthCheck:
     longest: dict = field(default_factory=dict)
 
     def length(self, ex: Example) -> int:
-        from lema.core.rendering import encode_row
-
         return encode_row(self.tokenizer, ex.prompt, ex.completion, ex.context).length
 
     def keep(self, ex: Example, shorter: Example | None = None) -> Example | None:
@@ -201,16 +201,10 @@ class LengthCheck:
 
     def report(self) -> dict:
         return {"model": self.model, "max_seq_len": self.max_seq_len,
-                "framing": _framing(self.tokenizer),
+                "framing": framing_of(self.tokenizer),
                 "shortened": self.shortened, "dropped_over_length": self.dropped_over_length,
                 # 0 by construction: a row that does not fit is shortened or dropped, never written to be cut.
                 "longest": self.longest, "truncated_completions": 0}
-
-
-def _framing(tokenizer) -> str:
-    from lema.core.rendering import framing_of
-
-    return framing_of(tokenizer)
 
 
 def _write(path: Path, examples: list[Example]) -> dict:

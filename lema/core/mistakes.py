@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lema.core.formats import ANSWER_PREFIX, full_corrected_solution, numbered_solution
+from lema.core.formats import ANSWER_PREFIX, numbered_solution, step_correction
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,18 @@ class MistakeScore:
 def candidate(key: str, prompt: str, wrong_solution: str, incorrect_step: int,
               corrected_solution: str) -> MistakeCandidate | None:
     """The two competing lines at the first wrong step (None when the wrong solution has no line there)."""
-    wrong_lines = numbered_solution(wrong_solution).splitlines()
-    right_lines = full_corrected_solution(wrong_solution, incorrect_step, corrected_solution).splitlines()
     k = incorrect_step - 1
-    if k < 0 or k >= len(right_lines):
+    context, target = step_correction(wrong_solution, incorrect_step, corrected_solution)
+    wrong_lines = numbered_solution(wrong_solution).splitlines()
+    if k < 0 or not target:
         return None
+    right = target.splitlines()[0]
     wrong = wrong_lines[k] if k < len(wrong_lines) else ""
     if not wrong:  # the model stopped early: its "line" there is the end of the answer, not scorable as text
         return None
-    if wrong.lower().startswith(ANSWER_PREFIX.lower()) and not right_lines[k].lower().startswith(ANSWER_PREFIX.lower()):
+    if wrong.lower().startswith(ANSWER_PREFIX.lower()) and not right.lower().startswith(ANSWER_PREFIX.lower()):
         return None  # it answered where a step was due: a missing step, not a competing line
-    context = "".join(line + "\n" for line in wrong_lines[:k])
-    return MistakeCandidate(key, prompt, context, wrong, right_lines[k])
+    return MistakeCandidate(key, prompt, context, wrong, right)
 
 
 def score(model_path: str, candidates: list[MistakeCandidate], batch_size: int = 16) -> dict[str, MistakeScore]:
@@ -57,7 +57,7 @@ def score(model_path: str, candidates: list[MistakeCandidate], batch_size: int =
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lema.core.rendering import render_prompt
+    from lema.core.rendering import common_prefix_length, render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
@@ -67,12 +67,7 @@ def score(model_path: str, candidates: list[MistakeCandidate], batch_size: int =
         given = render_prompt(tokenizer, [{"role": "user", "content": c.prompt}]) + c.context
         given_ids = tokenizer(given, add_special_tokens=False)["input_ids"]
         ids = tokenizer(given + line + "\n", add_special_tokens=False)["input_ids"]
-        shared = 0
-        for a, b in zip(given_ids, ids):
-            if a != b:
-                break
-            shared += 1
-        return ids, shared
+        return ids, common_prefix_length(given_ids, ids)
 
     sequences = [encode(c, line) for c in candidates for line in (c.wrong, c.right)]
     totals: list[float] = []

@@ -65,11 +65,7 @@ def encode_row(tokenizer: Any, prompt: str, completion: str, context: str = "") 
                                                   tokenize=True))
         if context:
             given = given + tokenizer(context, add_special_tokens=False)["input_ids"]
-        shared = 0  # where the given tokens and the whole row part (a token may merge across the boundary)
-        for a, b in zip(given, full):
-            if a != b:
-                break
-            shared += 1
+        shared = common_prefix_length(given, full)  # a token may merge across the boundary
         return EncodedRow(full, [0] * shared + [1] * (len(full) - shared))
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -78,6 +74,16 @@ def encode_row(tokenizer: Any, prompt: str, completion: str, context: str = "") 
         given += tokenizer(context, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
     return EncodedRow(given + completion_ids, [0] * len(given) + [1] * len(completion_ids))
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences share: where a given prefix and the whole sequence part."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _ids(rendered: Any) -> list[int]:
