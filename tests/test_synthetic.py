@@ -172,3 +172,33 @@ def test_execute_rejects_bad_programs() -> None:
     forward_ref = Program((Step("+", (Operand(1), Operand(2, step=1)), 3, "1 + 2 = 3."),))
     with pytest.raises(ProgramError):
         forward_ref.execute()
+
+
+def test_wrong_solutions_err_first_at_the_corrupted_step_and_get_a_correct_correction(train) -> None:
+    import random
+    from collections import Counter
+
+    from lema.core.answers import DatasetKind
+    from lema.core.correction_parser import parse_correction
+    from lema.core.formats import full_corrected_solution
+    from lema.core.reference_corrector import correct
+    from lema.core.synthetic.errors import ERROR_KINDS, wrong_solution
+
+    rng = random.Random(0)
+    kinds: Counter = Counter()
+    for problem in train[:600]:
+        drawn = wrong_solution(problem, rng)
+        if drawn is None:
+            continue
+        text, step, kind = drawn
+        kinds[kind] += 1
+        assert check_solution_steps(problem, text) == step  # the corrupted step is the first wrong one
+        assert split_steps(text)[: step - 1] == split_steps(problem.gold_solution)[: step - 1]
+        answer = re.search(r"The answer is (\d+)\.$", text)
+        assert answer and answer.group(1) != problem.answer  # a real mistake: the verifier rejects it
+        parsed = parse_correction(correct(problem, text).text, DatasetKind.SYNTHETIC)
+        assert parsed.incorrect_step == step
+        fixed = full_corrected_solution(text, parsed.incorrect_step, parsed.corrected_solution)
+        assert check_solution_steps(problem, fixed) is None  # the reference correction makes it right
+    assert set(kinds) == set(ERROR_KINDS), kinds  # every kind of mistake occurs
+    assert sum(kinds.values()) >= 400  # most draws apply

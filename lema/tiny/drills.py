@@ -1,4 +1,5 @@
-"""Drills: cheap sequences that teach lema-tiny the two skills a word problem needs before it can be solved.
+"""Drills: cheap sequences that teach lema-tiny the two skills a word problem needs before it can be solved, and the
+correction format it has to read before it can learn from mistakes.
 
 - Arithmetic drills, packed lines "So a op b = c.": arithmetic was the bottleneck of a from-scratch model
   (README, 'The CPU stack'); a word problem spends ~150 tokens on 2-6 equations, a drill packs ~15 equations into
@@ -10,6 +11,9 @@
   random-copy loss stays near chance; see the README); on their own they take ~700 steps to click. Question
   copies can mostly be predicted from the story grammar, so
   they teach copying weakly; pilots with them still invented names and numbers after 450 steps.
+- Correction sequences, the paper's correction prompt and output on synthetic wrong solutions: a model pretrained
+  on error-free solutions only never saw the format's words, and fine-tuning on corrections then pushes it toward
+  tokens it cannot predict (issue 13); in pretraining, the format is in distribution the way English is for an LLM.
 """
 
 from __future__ import annotations
@@ -83,3 +87,45 @@ def random_copy_examples(tokenizer, n: int, rng: random.Random, min_len: int = 8
         seq = [tokenizer.bos_token_id, *body, *body]
         examples.append(Example(seq, 0, [0] * (1 + len(body)) + [1] * len(body)))
     return examples
+
+
+def correction_examples(tokenizer, problems: list, rng: random.Random, max_length: int,
+                        shortened_fraction: float = 0.3) -> list[Example]:
+    """Correction-format sequences: a synthetic wrong solution of each problem (`lema.core.synthetic.errors`) in the
+    paper's correction prompt, and the reference corrector's output as the completion, framed and masked exactly as
+    the trainer frames a `correction.jsonl` row (`lema.core.rendering.encode_row`), loss on the output only.
+
+    A share of the prompts show the original solution only through its incorrect step ("..." after it), the form
+    the exporter uses for over-long rows. Problems whose drawn corruption does not apply give no example; sequences
+    longer than `max_length` are left out."""
+    from lema.core.formats import correction_input
+    from lema.core.reference_corrector import correct
+    from lema.core.rendering import encode_row
+    from lema.core.synthetic.errors import wrong_solution
+
+    examples = []
+    for problem in problems:
+        drawn = wrong_solution(problem, rng)
+        if drawn is None:
+            continue
+        text, step, _ = drawn
+        output = correct(problem, text).text
+        through = step if rng.random() < shortened_fraction else None
+        row = encode_row(tokenizer, correction_input(problem.question, text, through_step=through), output.lstrip())
+        if row.length <= max_length:
+            examples.append(Example(row.input_ids, 0, row.completion_mask))
+    return examples
+
+
+def correction_texts(problems: list, rng: random.Random) -> list[str]:
+    """Correction prompts and outputs as plain text, for training the tokenizer on the correction format's words."""
+    from lema.core.formats import correction_input
+    from lema.core.reference_corrector import correct
+    from lema.core.synthetic.errors import wrong_solution
+
+    texts = []
+    for problem in problems:
+        drawn = wrong_solution(problem, rng)
+        if drawn is not None:
+            texts.append(correction_input(problem.question, drawn[0]) + correct(problem, drawn[0]).text)
+    return texts

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from lema.core.synthetic import Limits, canonical_key, generate
 from lema.tiny.data import collate, encode_problems, make_batches
-from lema.tiny.drills import copy_examples, drill_examples, random_copy_examples
+from lema.tiny.drills import (
+    copy_examples,
+    correction_examples,
+    correction_texts,
+    drill_examples,
+    random_copy_examples,
+)
 from lema.tiny.evaluate import generate_solutions, score, summarize
 from lema.tiny.recipe import Recipe
 from lema.tiny.tokenizer import save_tokenizer, train_tokenizer
@@ -95,12 +101,16 @@ def stage_batches(recipe: Recipe, stage, stage_index: int, seed: int, tokenizer,
     n_drill = round(stage.train_steps * stage.drill_fraction)
     n_copy = round(stage.train_steps * stage.copy_fraction)
     n_random = round(stage.train_steps * stage.random_copy_fraction)
-    n_problem = stage.train_steps - n_drill - n_copy - n_random
-    n_needed = (n_problem + n_copy) * t.batch_size + len(val_keys)
+    n_correction = round(stage.train_steps * stage.correction_fraction)
+    n_problem = stage.train_steps - n_drill - n_copy - n_random - n_correction
+    # About 3 in 4 drawn corruptions apply (errors.wrong_solution): draw 1.5x the problems correction batches need.
+    n_for_corrections = int(n_correction * t.batch_size * 1.5)
+    n_needed = (n_problem + n_copy) * t.batch_size + n_for_corrections + len(val_keys)
     problems = generate(n_needed, seed=seed * 1000 + stage_index, split="pretrain", steps=tuple(stage.steps),
                         limits=limits, distinct=False) if n_needed > len(val_keys) else []
     problems = [p for p in problems if canonical_key(p.family, p.program) not in val_keys]
     copied, problems = problems[:n_copy * t.batch_size], problems[n_copy * t.batch_size:]
+    wrong, problems = problems[:n_for_corrections], problems[n_for_corrections:]
     batches = []
     if n_problem:
         batches += make_batches(encode_problems(tokenizer, problems), t.batch_size, rng)[:n_problem]
@@ -111,6 +121,9 @@ def stage_batches(recipe: Recipe, stage, stage_index: int, seed: int, tokenizer,
     if n_drill:
         drills = drill_examples(tokenizer, n_drill * t.batch_size, rng, limits)
         batches += make_batches(drills, t.batch_size, rng)
+    if n_correction:
+        corrections = correction_examples(tokenizer, wrong, rng, recipe.model.max_position_embeddings)
+        batches += make_batches(corrections, t.batch_size, rng)[:n_correction]
     rng.shuffle(batches)
     return batches
 
@@ -125,8 +138,11 @@ def pretrain(recipe: Recipe, out_dir: Path, seed: int | None = None) -> dict:
     started = time.time()
 
     tok_problems = generate(recipe.tokenizer.train_problems, seed=seed, split="pretrain")
-    tokenizer = train_tokenizer([p.question + "\n" + p.gold_solution for p in tok_problems],
-                                recipe.tokenizer.vocab_size, recipe.tokenizer.numbers)
+    tok_texts = [p.question + "\n" + p.gold_solution for p in tok_problems]
+    n_corrections = round(len(tok_problems) * recipe.tokenizer.correction_fraction)
+    if n_corrections:  # the correction format's words get tokens of their own (a separate rng: v1 stays reproducible)
+        tok_texts += correction_texts(tok_problems[:n_corrections], random.Random(f"tokenizer:{seed}"))
+    tokenizer = train_tokenizer(tok_texts, recipe.tokenizer.vocab_size, recipe.tokenizer.numbers)
     model = build_model(recipe, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"tokenizer {len(tokenizer)} tokens; model {n_params / 1e6:.2f}M parameters")
@@ -144,7 +160,7 @@ def pretrain(recipe: Recipe, out_dir: Path, seed: int | None = None) -> dict:
         batches = stage_batches(recipe, stage, stage_index, seed, tokenizer, val_keys, rng)
         log(f"stage {stage.name}: {len(batches)} batches, steps {stage.steps}, numbers <= {stage.max_value}, "
             f"arithmetic drills {stage.drill_fraction:.0%}, copy drills {stage.copy_fraction:.0%} "
-            f"(random {stage.random_copy_fraction:.0%})")
+            f"(random {stage.random_copy_fraction:.0%}), corrections {stage.correction_fraction:.0%}")
         for batch in batches:
             tick = time.time()
             for group in optimizer.param_groups:

@@ -14,6 +14,7 @@ class TokenizerRecipe(BaseModel):
     vocab_size: int = 768
     train_problems: int = 5000  # synthetic problems the BPE is trained on
     numbers: str = Field("digits", pattern="^(digits|whole)$")  # one token per digit, or per number
+    correction_fraction: float = Field(0.0, ge=0.0, le=1.0)  # share of those problems also written as a correction
 
 
 class ModelRecipe(BaseModel):
@@ -36,6 +37,7 @@ class Stage(BaseModel):
     drill_fraction: float = Field(0.0, ge=0.0, le=1.0)  # arithmetic drill batches
     copy_fraction: float = Field(0.0, ge=0.0, le=1.0)  # copy drill batches (questions)
     random_copy_fraction: float = Field(0.0, ge=0.0, le=1.0)  # copy drill batches (random tokens)
+    correction_fraction: float = Field(0.0, ge=0.0, le=1.0)  # correction-format batches (wrong solution -> correction)
 
 
 class TrainingRecipe(BaseModel):
