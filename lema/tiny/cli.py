@@ -36,18 +36,25 @@ def eval_tiny(
     seed: int = typer.Option(0, "--seed", help="Seed of the test problems."),
     ood: bool = typer.Option(False, "--ood", help="Also evaluate n problems of the held-out family."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    format_loss: bool = typer.Option(False, "--format-loss",
+                                     help="Also the mean loss per completion token on CoT rows and on paper-format "
+                                          "correction rows of the same problems (how well the model reads each)."),
 ) -> None:
     """Greedy accuracy on held-out synthetic test problems, overall and by step count."""
     from rich.console import Console
     from rich.table import Table
 
     from lema.core.synthetic import generate
-    from lema.tiny.evaluate import evaluate, summarize
+    from lema.tiny.evaluate import completion_losses, evaluate, summarize
 
-    report = {"test": summarize(evaluate(model, generate(n, seed=seed, split="test")))}
+    problems = generate(n, seed=seed, split="test")
+    report = {"test": summarize(evaluate(model, problems))}
     if ood:
         report["ood"] = summarize(evaluate(model, generate(n, seed=seed, split="ood")))
+    losses = completion_losses(model, problems, seed=seed) if format_loss else None
     if as_json:
+        if losses:
+            report["completion_loss"] = losses
         typer.echo(json.dumps(report, indent=2))
         return
     table = Table(title=f"lema-tiny greedy accuracy ({model})")
@@ -60,3 +67,6 @@ def eval_tiny(
         for name, v in rows:
             table.add_row(split, name, str(v["n"]), f"{v['accuracy']:.1%}")
     Console().print(table)
+    for name, loss in (losses or {}).items():
+        typer.echo(f"{name} completions: {loss['loss_per_token']:.3f} nats/token ({loss['rows']} rows, "
+                   f"{loss['tokens']} tokens)")
