@@ -568,7 +568,8 @@ def demo(
     served_check: int = typer.Option(100, min=1, help="validation problems sent through the endpoint after promotion"),
     corrector_url: Optional[str] = typer.Option(None, help="an OpenAI-compatible corrector (default: reference)"),
     corrector_model: str = typer.Option("gpt-4", help="the corrector upstream's model name"),
-    recipe: str = typer.Option("tiny", help="training recipe (trainer/configs/NAME.yaml or a file)"),
+    recipe: Optional[str] = typer.Option(None, help="training recipe (trainer/configs/NAME.yaml or a file; default: "
+                                                    "tiny for lema-tiny, small for any other model)"),
     model: str = typer.Option("lema-tiny", help="the base model"),
     workdir: Path = typer.Option(Path(".lema/demo"), help="where the run's store, exports, adapters and plots go"),
 ) -> None:

@@ -41,7 +41,7 @@ class DemoOptions:
     problems: int = 150  # synthetic training problems collected per round
     samples: int = 4
     eval_problems: int = 500
-    recipe: str = "tiny"
+    recipe: str | None = None  # default: recipe_for_model(model)
     setting: str = "main"
     seeds: tuple[int, ...] = (0, 1, 2)
     correction_ratio: float = 0.4
@@ -79,6 +79,13 @@ class DemoResult:
     mistakes: int = 0
     corrections_accepted: int = 0
     seconds: float = 0.0
+
+
+def recipe_for_model(model: str) -> str:
+    """The recipe that fits a base model: `tiny` for the embedded lema-tiny (a few minutes on a CPU), `small` for
+    any real pretrained model (micro-batches of one row, so a 135M model with a 49k vocabulary trains in about
+    2-3 GB; trainer/configs/small.yaml)."""
+    return "tiny" if model == "lema-tiny" else "small"
 
 
 def _lema() -> list[str]:
@@ -204,7 +211,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
     overrides: dict = {"base_model": options.model, "eval": {"problems": options.eval_problems}}
     if options.max_steps:
         overrides["max_steps"] = options.max_steps
-    recipe = load_recipe(options.recipe, overrides)
+    recipe = load_recipe(options.recipe or recipe_for_model(options.model), overrides)
     if recipe.max_steps <= 0:
         raise ValueError("the demo's comparison needs a recipe with max_steps (the same steps for both arms)")
     model_path = resolve_model(options.model)
@@ -213,7 +220,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
     result = DemoResult()
     seeds = list(options.seeds)
 
-    console.rule(f"lema demo — {options.model}, setting '{options.setting}', seeds {seeds}, {options.rounds} round(s)")
+    console.rule(f"lema demo — {options.model}, recipe '{recipe.name}', setting '{options.setting}', seeds {seeds}, "
+                 f"{options.rounds} round(s)")
     console.print("[bold]1/7[/] starting the endpoint (BentoML, transformers engine) ...")
     endpoint = Endpoint(options.model, work / "adapters", work / "endpoint.log")
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -78,6 +78,11 @@ class Recipe(BaseModel):
                                     "best validation accuracy (never the test problems)")
     batch_size: int = Field(default=16, ge=1)
     grad_accum: int = Field(default=1, ge=1)
+    micro_batch_size: int | None = Field(
+        default=None, ge=1, description="rows per forward pass (default: batch_size); must divide batch_size. The "
+                                        "optimizer still steps on batch_size x grad_accum rows (gradient "
+                                        "accumulation over the micro-batches): this bounds the training memory, "
+                                        "which the rows of one forward pass set")
     max_seq_len: int = Field(default=512, ge=16)
     packing: bool = False
     group_by_length: bool = Field(default=True, description="batch rows of similar length together (the paper's "
@@ -90,6 +95,28 @@ class Recipe(BaseModel):
     threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all)")
     eval: EvalSettings = EvalSettings()
     preference: PreferenceSettings = PreferenceSettings()
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _micro_batch_divides_batch(cls, value: int | None, info: ValidationInfo) -> int | None:
+        batch = info.data.get("batch_size")
+        if value is not None and batch is not None and batch % value:
+            raise ValueError(f"must divide batch_size {batch} (got {value})")
+        return value
+
+    @property
+    def micro_batch(self) -> int:
+        """Rows per forward pass."""
+        return min(self.micro_batch_size or self.batch_size, self.batch_size)
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Forward passes per optimizer step: grad_accum x the micro-batches of one batch."""
+        return self.grad_accum * (self.batch_size // self.micro_batch)
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accum
 
 
 def load_recipe(source: str | Path | None = None, overrides: dict | None = None) -> Recipe:

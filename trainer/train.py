@@ -4,6 +4,13 @@ loss on the completion only, checkpoints that a killed run resumes from.
 CPU notes (measured; README, 'The CPU stack'): keep compute in float32, gradient checkpointing off, bf16 off; TRL casts LoRA
 weights to bf16 on a 4-bit base whatever the flag says, so trainable parameters are cast back to float32
 after the trainer is built (1.30 -> 0.50 s/step on a tiny model).
+
+Memory (measured; bench/RESULTS.md, 'Trainer memory'): the peak is set by the activations of one forward pass, about
+2.5 MB per token for SmolLM2-135M (30 layers, fp32, LoRA dropout copies of every adapted layer's input), so a
+recipe's `micro_batch_size` bounds the rows in one forward and gradient accumulation makes up the batch. The loss
+(`completion_loss`) projects only the completion positions through the LM head, in chunks, and computes no metrics
+on the logits (TRL's fused head on a CPU scores every position, prompt and padding included, and its entropy and
+token accuracy).
 """
 
 from __future__ import annotations
@@ -84,6 +91,56 @@ def encode_dataset(tokenizer, path: Path, max_seq_len: int) -> list[dict]:
     return rows
 
 
+LOSS_CHUNK = 1024  # completion positions projected through the LM head at once
+
+
+def completion_loss(model, inputs: dict, num_items_in_batch=None):
+    """The causal-LM loss on the completion tokens only (labels != -100), summed and divided by
+    `num_items_in_batch` (the Trainer's count of such tokens over all micro-batches of an optimizer step; their
+    count in this batch when None): the same value as TRL's SFTTrainer loss and the model's own.
+
+    Only the completion positions go through the LM head, `LOSS_CHUNK` at a time; above one chunk each chunk's logits
+    are recomputed in the backward pass instead of kept, so the logits never cost more than one chunk x vocabulary.
+    Returns (loss, number of completion tokens). `model` is a causal LM, or a PEFT model wrapping one."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, base.base_model_prefix)
+    head = base.get_output_embeddings()
+    labels = inputs["labels"]
+    forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    forward_inputs["use_cache"] = False
+    hidden = backbone(**forward_inputs).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != -100
+    hidden = hidden[:, :-1][mask]
+    targets = targets[mask]
+
+    def chunk_loss(h, y):
+        return F.cross_entropy(head(h).float(), y, reduction="sum")
+
+    n = targets.numel()
+    if n <= LOSS_CHUNK:
+        total = chunk_loss(hidden, targets)
+    else:
+        total = sum(checkpoint(chunk_loss, hidden[i:i + LOSS_CHUNK], targets[i:i + LOSS_CHUNK], use_reentrant=False)
+                    for i in range(0, n, LOSS_CHUNK))
+    divisor = n if num_items_in_batch is None else num_items_in_batch
+    return total / torch.as_tensor(divisor, device=total.device).clamp(min=1), n
+
+
+def supports_completion_loss(model) -> bool:
+    """Whether `completion_loss` computes this model's loss: a plain LM head (no logit scaling or soft-capping)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config()
+    plain = all(getattr(config, name, None) in (None, 1.0) for name in
+                ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
+    return plain and hasattr(base, getattr(base, "base_model_prefix", "") or "-") and \
+        base.get_output_embeddings() is not None
+
+
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     found = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return found[-1] if found else None
@@ -135,8 +192,9 @@ def train(recipe: Recipe, data_path: Path, run_dir: Path, on_progress: ProgressF
         max_grad_norm=recipe.max_grad_norm,
         num_train_epochs=recipe.epochs,
         max_steps=recipe.max_steps,
-        per_device_train_batch_size=recipe.batch_size,
-        gradient_accumulation_steps=recipe.grad_accum,
+        # The batch (batch_size x grad_accum rows per optimizer step) runs micro_batch_size rows per forward pass.
+        per_device_train_batch_size=recipe.micro_batch,
+        gradient_accumulation_steps=recipe.accumulation_steps,
         max_length=recipe.max_seq_len,
         packing=recipe.packing,
         train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
@@ -172,6 +230,7 @@ def train(recipe: Recipe, data_path: Path, run_dir: Path, on_progress: ProgressF
             seen["tokens"] = tokens
             on_progress({"step": state.global_step, "total_steps": state.max_steps, "loss": float(logs["loss"]),
                          "learning_rate": float(logs.get("learning_rate", 0.0)), "epoch": float(state.epoch or 0),
+                         "grad_norm": float(logs.get("grad_norm") or 0.0),
                          "tokens_per_second": float(tokens) / elapsed if tokens else 0.0})
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -180,8 +239,19 @@ def train(recipe: Recipe, data_path: Path, run_dir: Path, on_progress: ProgressF
                 control.should_training_stop = True
             return control
 
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora, callbacks=[Progress()])
+    class Trainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not supports_completion_loss(model) or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, _ = completion_loss(model, inputs, num_items_in_batch)
+            if self.model.training:  # num_tokens, as TRL logs it (the Progress callback reads it)
+                counted = inputs["attention_mask"] if "attention_mask" in inputs else inputs["input_ids"]
+                self._total_train_tokens += int(counted.sum()) if "attention_mask" in inputs else counted.numel()
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    trainer = Trainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                      peft_config=lora, callbacks=[Progress()])
     # With tqdm off the HF Trainer prints every log dict ({'loss': ...}); on_progress reports progress instead.
     trainer.remove_callback(PrinterCallback)
     for parameter in trainer.model.parameters():
