@@ -75,6 +75,10 @@ class Row:
 class DemoResult:
     rows: list[Row] = field(default_factory=list)
     ablations: list[dict] = field(default_factory=list)  # one ablation.json per round
+    # Validation outcomes (the same first `served_check` problems): the base model in-process, then what served by
+    # default after each round's promotion, through the endpoint.
+    base_validation: list[bool] = field(default_factory=list)
+    served: list[list[bool]] = field(default_factory=list)
     promoted: list[str] = field(default_factory=list)
     mistakes: int = 0
     corrections_accepted: int = 0
@@ -134,8 +138,10 @@ class Endpoint:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def evaluate_through_endpoint(url: str, model: str, problems, max_tokens: int = 200, concurrency: int = 4) -> tuple[int, int]:
-    """Greedy answers from the endpoint with the official openai client, checked by the verifier."""
+def evaluate_through_endpoint(url: str, model: str, problems, max_tokens: int = 200,
+                              concurrency: int = 4) -> list[bool]:
+    """Greedy answers from the endpoint with the official openai client, checked by the verifier: one outcome per
+    problem, in order."""
     from openai import OpenAI
 
     from lema.core.formats import cot_prompt
@@ -151,16 +157,16 @@ def evaluate_through_endpoint(url: str, model: str, problems, max_tokens: int = 
     with ThreadPoolExecutor(concurrency) as pool:
         texts = list(pool.map(ask, problems))
 
-    async def check() -> int:
+    async def check() -> list[bool]:
         verifier = VerifierPool(workers=1, item_timeout_s=5.0)
         await verifier.start()
         try:
-            return sum([(await verifier.verify(VerifyItem(DatasetKind.SYNTHETIC, p.answer, t))).correct
-                        for p, t in zip(problems, texts)])
+            return [bool((await verifier.verify(VerifyItem(DatasetKind.SYNTHETIC, p.answer, t))).correct)
+                    for p, t in zip(problems, texts)]
         finally:
             await verifier.close()
 
-    return asyncio.run(check()), len(problems)
+    return asyncio.run(check())
 
 
 def _collect(options: DemoOptions, store: str, round_index: int, adapter: tuple[str, str] | None, console: Console):
@@ -261,6 +267,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
             if r == 1:
                 result.rows.append(Row(0, "base", "-", 0, report.base.correct, report.base.n, "in-process, test"))
                 base_metrics = report.base_validation.metrics(prefix="validation_")
+                result.base_validation = list(report.base_validation.outcomes[: options.served_check])
             for arm in ("cot", "lema"):
                 runs = report.arm_runs(arm)
                 mean_correct = round(sum(x.test.correct for x in runs) / len(runs))  # the interval is per seed's n
@@ -283,7 +290,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
             check = validation[: options.served_check]
             console.print(f"[bold]6/7[/] evaluating through the endpoint what serves by default now, on "
                           f"{len(check)} of the validation problems ...")
-            correct, n = evaluate_through_endpoint(endpoint.url, "default", check, recipe.eval.max_tokens)
+            outcomes = evaluate_through_endpoint(endpoint.url, "default", check, recipe.eval.max_tokens)
+            correct, n = sum(outcomes), len(outcomes)
+            result.served.append(outcomes)
             result.rows.append(Row(r, f"served: {serving[0] if serving else base_name}", "-", 0, correct, n,
                                    "endpoint, validation"))
             console.print(f"    served validation accuracy {correct}/{n} = {correct / n:.1%}")
@@ -296,11 +305,55 @@ def run_demo(options: DemoOptions) -> DemoResult:
     console.print("[bold]7/7[/] results")
     console.print(results_table(result))
     print_report(console, result.ablations[-1])
+    rounds = rounds_report(result)
+    if options.rounds > 1:
+        console.print(rounds["summary"])
     plot = plot_results(result, work / "results.png")
     (work / "results.json").write_text(json.dumps([r.__dict__ for r in result.rows], indent=2))
+    (work / "rounds.json").write_text(json.dumps(rounds, indent=2))
     console.print(f"plots: {plot}, {work / 'ablation.png'}   data: {work / 'results.json'}, "
-                  f"{work / 'ablation.json'}   total {result.seconds / 60:.1f} min")
+                  f"{work / 'ablation.json'}, {work / 'rounds.json'}   total {result.seconds / 60:.1f} min")
     return result
+
+
+def rounds_report(result: DemoResult) -> dict:
+    """Whether served accuracy keeps rising over the rounds: validation accuracy of the base model (in-process) and of
+    what served after each round (through the endpoint), each round paired against the one before it and against the
+    base on the same problems (bootstrap interval of the difference, exact McNemar p)."""
+    series = [("base", result.base_validation)] + [(f"round {i}", o) for i, o in enumerate(result.served, start=1)]
+    series = [(name, outcomes) for name, outcomes in series if outcomes]
+    steps = []
+    for (prev_name, prev), (name, now) in zip(series, series[1:]):
+        n = min(len(prev), len(now))
+        steps.append({"from": prev_name, "to": name, **_difference(now[:n], prev[:n])})
+    overall = None
+    if len(series) > 1:
+        n = min(len(series[0][1]), len(series[-1][1]))
+        overall = {"from": series[0][0], "to": series[-1][0],
+                   **_difference(series[-1][1][:n], series[0][1][:n])}
+    rising = bool(steps) and all(s["difference"] > 0 for s in steps)
+    lines = [" -> ".join(f"{name} {sum(o) / len(o):.1%}" for name, o in series)]
+    for s in steps + ([overall] if overall else []):
+        lines.append(f"  {s['to']} - {s['from']}: {s['difference']:+.1%} [{s['ci95'][0]:+.1%}, {s['ci95'][1]:+.1%}], "
+                     f"McNemar p = {s['p_value']:.3f}")
+    outside = sum(s["ci95"][0] > 0 for s in steps)
+    verdict = (f"the point estimate rose in {sum(s['difference'] > 0 for s in steps)} of {len(steps)} steps; "
+               f"{outside} of {len(steps)} gains are outside the noise (95% interval above zero)")
+    if overall:
+        verdict += (f"; overall {overall['to']} - {overall['from']} is "
+                    + ("outside the noise" if overall["ci95"][0] > 0 or overall["ci95"][1] < 0 else "within the noise"))
+    return {"accuracy": {name: sum(o) / len(o) for name, o in series}, "n": {name: len(o) for name, o in series},
+            "steps": steps, "overall": overall, "rising": rising,
+            "summary": "served validation accuracy by round: " + "\n".join(lines) + "\n" + verdict}
+
+
+def _difference(now: list[bool], before: list[bool]) -> dict:
+    """`now` - `before` on the same problems: the difference, its paired bootstrap interval, the exact McNemar p."""
+    from lema.trainer.stats import mcnemar_exact, paired_bootstrap
+
+    paired = paired_bootstrap([now], [before])
+    p_value, _, _ = mcnemar_exact(now, before)
+    return {"difference": paired.mean_diff, "ci95": list(paired.ci95), "p_value": p_value, "n": len(now)}
 
 
 def results_table(result: DemoResult) -> Table:

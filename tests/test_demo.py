@@ -8,9 +8,8 @@ import subprocess
 
 from conftest import lema_command, requires_lema_tiny
 
-pytestmark = requires_lema_tiny
 
-
+@requires_lema_tiny
 def test_demo_writes_results_and_ablation_json(tmp_path):
     work = tmp_path / "demo"
     run = subprocess.run([*lema_command(), "demo", "--problems", "12", "--samples", "2", "--eval-problems", "16",
@@ -30,3 +29,21 @@ def test_demo_writes_results_and_ablation_json(tmp_path):
     assert any(name.startswith("served:") for name in names)
     for image in ("ablation.png", "results.png"):
         assert (work / image).read_bytes()[:4] == b"\x89PNG"
+    rounds = json.loads((work / "rounds.json").read_text())
+    assert list(rounds["accuracy"]) == ["base", "round 1"] and rounds["n"] == {"base": 8, "round 1": 8}
+    assert rounds["steps"][0]["from"] == "base" and rounds["steps"][0]["n"] == 8
+
+
+def test_rounds_report_pairs_each_round_with_the_one_before_and_says_what_is_noise():
+    from lema.demo import DemoResult, rounds_report
+
+    base = [True] * 40 + [False] * 60
+    better = [True] * 70 + [False] * 30  # +30 points: 30 problems turned right, none turned wrong
+    same = list(better)
+    report = rounds_report(DemoResult(base_validation=base, served=[better, same]))
+    assert report["accuracy"] == {"base": 0.4, "round 1": 0.7, "round 2": 0.7}
+    first, second = report["steps"]
+    assert first["difference"] == 0.3 and first["ci95"][0] > 0 and first["p_value"] < 0.001
+    assert second["difference"] == 0 and second["ci95"] == [0.0, 0.0] and second["p_value"] == 1.0
+    assert report["overall"]["from"] == "base" and report["overall"]["to"] == "round 2"
+    assert "rose in 1 of 2 steps" in report["summary"] and "1 of 2 gains are outside the noise" in report["summary"]
