@@ -272,6 +272,8 @@ def ablate(
     work_dir: Path = typer.Option(Path(".lema/ablation"), help="where the runs, ablation.json and ablation.png go"),
     preference: bool = typer.Option(False, help="add an arm: the CoT-only adapter trained further with DPO on the "
                                                 "step-level pairs of the same corrections (beyond the paper)"),
+    validation: bool = typer.Option(False, help="also measure every arm on the validation problems (what a "
+                                                "configuration is chosen on) and pair them there"),
 ) -> None:
     """The paper's comparison: CoT-only vs LEMA adapters trained from one export for the same steps, evaluated on
     the same held-out problems; per-seed and pooled accuracy, paired difference with a 95% bootstrap interval and
@@ -306,7 +308,7 @@ def ablate(
     console = Console()
     try:
         report = run_ablation(parsed, export, work_dir, setting=setting, seeds=parsed_seeds,
-                              correction_ratio=correction_ratio, preference=preference,
+                              correction_ratio=correction_ratio, preference=preference, validation=validation,
                               on_progress=lambda name, e: console.print(
                                   f"[dim]  {name}: step {e['step']}/{e['total_steps']} loss {e['loss']:.3f}[/]"),
                               on_event=lambda message: console.print(message))

@@ -158,7 +158,8 @@ def test_lema_ablate_writes_ablation_json_and_png(collected_export, setting):
     root, _, export = collected_export
     work = root / f"A-{setting}"
     run = subprocess.run([*lema_command(), "ablate", "--export", str(export), "--recipe", "tiny", "--setting", setting,
-                          "--seeds", "0,1", "--eval-problems", "20", "--max-steps", "2", "--work-dir", str(work)],
+                          "--seeds", "0,1", "--eval-problems", "20", "--max-steps", "2", "--validation",
+                          "--work-dir", str(work)],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "{'loss'" not in run.stdout  # the HF Trainer's log dictionaries are not printed
@@ -173,6 +174,12 @@ def test_lema_ablate_writes_ablation_json_and_png(collected_export, setting):
     low, high = paired["ci95"]
     assert low <= paired["mean_diff"] <= high and len(paired["mcnemar_p"]) == 2
     assert all(0 <= p <= 1 for p in paired["mcnemar_p"])
+    # --validation: every arm measured on the validation problems too, and paired there (what configurations are
+    # chosen on)
+    assert all(v is not None for arm in ("cot", "lema") for v in data["arms"][arm]["validation_accuracy"])
+    on_validation = data["validation_paired"]["lema_vs_cot"]
+    mean_validation = lambda arm: sum(data["arms"][arm]["validation_accuracy"]) / 2  # noqa: E731
+    assert on_validation["mean_diff"] == pytest.approx(mean_validation("lema") - mean_validation("cot"))
     assert (work / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -57,6 +57,18 @@ class AblationReport:
     def arms(self) -> tuple[str, ...]:
         return ARMS + tuple(arm for arm in EXTRA_ARMS if self.arm_runs(arm))
 
+    def validation_paired(self, a: str, b: str) -> dict | None:
+        """arm a - arm b on the validation problems (what a configuration is chosen on; the test table is not)."""
+        runs = {arm: self.arm_runs(arm) for arm in (a, b) if arm != "base"}
+        if any(r.validation is None for rs in runs.values() for r in rs) or (
+                "base" in (a, b) and self.base_validation is None):
+            return None
+        outcomes = {arm: [r.validation.outcomes for r in rs] for arm, rs in runs.items()}
+        if "base" in (a, b):
+            outcomes["base"] = [self.base_validation.outcomes for _ in self.seeds]
+        diff = paired_bootstrap(outcomes[a], outcomes[b])
+        return {"mean_diff": diff.mean_diff, "ci95": list(diff.ci95)}
+
     def paired(self, a: str, b: str) -> dict:
         """Paired comparison of arm a against arm b ("base": the base model, the same for every seed)."""
         outcomes = {arm: [r.test.outcomes for r in self.arm_runs(arm)] for arm in self.arms()}
@@ -101,6 +113,10 @@ class AblationReport:
                        "cot_vs_base": self.paired("cot", "base"),
                        **({"dpo_vs_cot": self.paired("dpo", "cot"), "dpo_vs_lema": self.paired("dpo", "lema")}
                           if "dpo" in self.arms() else {})},
+            **({"validation_paired": {"lema_vs_cot": self.validation_paired("lema", "cot"),
+                                      "lema_vs_base": self.validation_paired("lema", "base"),
+                                      "cot_vs_base": self.validation_paired("cot", "base")}}
+               if self.validation_paired("lema", "cot") else {}),
         }
 
 
@@ -282,3 +298,7 @@ def print_report(console, data: dict) -> None:
     for row in paired_rows(data):
         paired.add_row(*row)
     console.print(paired)
+    for name, diff in (data.get("validation_paired") or {}).items():
+        if diff:
+            console.print(f"validation ({name.replace('_vs_', ' - ')}): {100 * diff['mean_diff']:+.1f} pts "
+                          f"[{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}]")
