@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lema.core.formats import correction_input
-from lema.core.reference_corrector import correct
+from lema.core.formats import CORRECT_INSTRUCTION
 from lema.core.rendering import encode_row
 from lema.core.synthetic import generate
-from lema.core.synthetic.errors import wrong_solution
-from lema.tiny.drills import correction_examples
+from lema.tiny.drills import correction_examples, correction_row
 
 transformers = pytest.importorskip("transformers")
 
@@ -67,12 +65,10 @@ def test_correction_sequences_are_framed_and_masked_as_the_trainer_frames_a_corr
         assert completion.startswith("Step ") and "Explanation:" in completion and completion.rstrip().endswith("<|eos|>")
     # Exactly the tokens the trainer gets for the same prompt and completion (lema.core.rendering.encode_row).
     rng = random.Random(0)
-    for problem in problems:
-        drawn = wrong_solution(problem, rng)
-        if drawn is not None:
-            break
-    rng.random()  # the draw that decides whether the prompt is shortened
-    row = encode_row(tokenizer, correction_input(problem.question, drawn[0]), correct(problem, drawn[0]).text.lstrip())
+    rows = (correction_row(problem, rng, shortened_fraction=0.0) for problem in problems)
+    prompt, completion = next(row for row in rows if row is not None)
+    assert prompt.startswith(CORRECT_INSTRUCTION) and prompt.endswith("Incorrect Step:")
+    row = encode_row(tokenizer, prompt, completion)
     assert row.input_ids == examples[0].input_ids and row.completion_mask == examples[0].label_mask
 
 

@@ -89,43 +89,44 @@ def random_copy_examples(tokenizer, n: int, rng: random.Random, min_len: int = 8
     return examples
 
 
-def correction_examples(tokenizer, problems: list, rng: random.Random, max_length: int,
-                        shortened_fraction: float = 0.3) -> list[Example]:
-    """Correction-format sequences: a synthetic wrong solution of each problem (`lema.core.synthetic.errors`) in the
-    paper's correction prompt, and the reference corrector's output as the completion, framed and masked exactly as
-    the trainer frames a `correction.jsonl` row (`lema.core.rendering.encode_row`), loss on the output only.
+def correction_row(problem, rng: random.Random, shortened_fraction: float | None = None) -> tuple[str, str] | None:
+    """One paper-format correction row of a synthetic problem, (prompt, completion): a synthetic wrong solution
+    (`lema.core.synthetic.errors`) in the paper's correction prompt and the reference corrector's output, as the
+    exporter writes a `correction.jsonl` row. None when the drawn corruption does not apply.
 
-    A share of the prompts show the original solution only through its incorrect step ("..." after it), the form
-    the exporter uses for over-long rows. Problems whose drawn corruption does not apply give no example; sequences
-    longer than `max_length` are left out."""
+    `shortened_fraction`: the chance that the prompt shows the original solution only through its incorrect step
+    ("..." after it, the exporter's form for over-long rows); it costs one more draw from `rng` (None: no draw)."""
     from lema.core.formats import correction_input
     from lema.core.reference_corrector import correct
-    from lema.core.rendering import encode_row
     from lema.core.synthetic.errors import wrong_solution
+
+    drawn = wrong_solution(problem, rng)
+    if drawn is None:
+        return None
+    text, step, _ = drawn
+    through = step if shortened_fraction is not None and rng.random() < shortened_fraction else None
+    return correction_input(problem.question, text, through_step=through), correct(problem, text).text.lstrip()
+
+
+def correction_examples(tokenizer, problems: list, rng: random.Random, max_length: int,
+                        shortened_fraction: float = 0.3) -> list[Example]:
+    """Correction-format sequences (`correction_row`), framed and masked exactly as the trainer frames a
+    `correction.jsonl` row (`lema.core.rendering.encode_row`), loss on the output only. Problems whose drawn
+    corruption does not apply give no example; sequences longer than `max_length` are left out."""
+    from lema.core.rendering import encode_row
 
     examples = []
     for problem in problems:
-        drawn = wrong_solution(problem, rng)
-        if drawn is None:
+        row = correction_row(problem, rng, shortened_fraction)
+        if row is None:
             continue
-        text, step, _ = drawn
-        output = correct(problem, text).text
-        through = step if rng.random() < shortened_fraction else None
-        row = encode_row(tokenizer, correction_input(problem.question, text, through_step=through), output.lstrip())
-        if row.length <= max_length:
-            examples.append(Example(row.input_ids, 0, row.completion_mask))
+        encoded = encode_row(tokenizer, *row)
+        if encoded.length <= max_length:
+            examples.append(Example(encoded.input_ids, 0, encoded.completion_mask))
     return examples
 
 
 def correction_texts(problems: list, rng: random.Random) -> list[str]:
     """Correction prompts and outputs as plain text, for training the tokenizer on the correction format's words."""
-    from lema.core.formats import correction_input
-    from lema.core.reference_corrector import correct
-    from lema.core.synthetic.errors import wrong_solution
-
-    texts = []
-    for problem in problems:
-        drawn = wrong_solution(problem, rng)
-        if drawn is not None:
-            texts.append(correction_input(problem.question, drawn[0]) + correct(problem, drawn[0]).text)
-    return texts
+    rows = (correction_row(problem, rng) for problem in problems)
+    return [prompt + " " + completion for prompt, completion in (r for r in rows if r is not None)]

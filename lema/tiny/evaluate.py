@@ -102,20 +102,18 @@ def completion_losses(model_dir: str | Path, problems: list[SyntheticProblem], s
 
     import torch
 
-    from lema.core.formats import correction_input, cot_prompt
-    from lema.core.reference_corrector import correct
+    from lema.core.formats import cot_prompt
     from lema.core.rendering import encode_row
-    from lema.core.synthetic.errors import wrong_solution
+    from lema.tiny.drills import correction_row
 
     model, tokenizer = load_model(model_dir)
     rng = random.Random(seed)
     rows: dict[str, list] = {"cot": [], "correction": []}
     for p in problems:
         rows["cot"].append(encode_row(tokenizer, cot_prompt(p.question), p.gold_solution))
-        drawn = wrong_solution(p, rng)
-        if drawn is not None:
-            output = correct(p, drawn[0]).text.lstrip()
-            rows["correction"].append(encode_row(tokenizer, correction_input(p.question, drawn[0]), output))
+        row = correction_row(p, rng)
+        if row is not None:
+            rows["correction"].append(encode_row(tokenizer, *row))
     report = {}
     for name, encoded in rows.items():
         total, count = 0.0, 0
