@@ -322,15 +322,8 @@ def rounds_report(result: DemoResult) -> dict:
     base on the same problems (bootstrap interval of the difference, exact McNemar p)."""
     series = [("base", result.base_validation)] + [(f"round {i}", o) for i, o in enumerate(result.served, start=1)]
     series = [(name, outcomes) for name, outcomes in series if outcomes]
-    steps = []
-    for (prev_name, prev), (name, now) in zip(series, series[1:]):
-        n = min(len(prev), len(now))
-        steps.append({"from": prev_name, "to": name, **_difference(now[:n], prev[:n])})
-    overall = None
-    if len(series) > 1:
-        n = min(len(series[0][1]), len(series[-1][1]))
-        overall = {"from": series[0][0], "to": series[-1][0],
-                   **_difference(series[-1][1][:n], series[0][1][:n])}
+    steps = [_difference(before, now) for before, now in zip(series, series[1:])]
+    overall = _difference(series[0], series[-1]) if len(series) > 1 else None
     rising = bool(steps) and all(s["difference"] > 0 for s in steps)
     lines = [" -> ".join(f"{name} {sum(o) / len(o):.1%}" for name, o in series)]
     for s in steps + ([overall] if overall else []):
@@ -347,13 +340,16 @@ def rounds_report(result: DemoResult) -> dict:
             "summary": "served validation accuracy by round: " + "\n".join(lines) + "\n" + verdict}
 
 
-def _difference(now: list[bool], before: list[bool]) -> dict:
-    """`now` - `before` on the same problems: the difference, its paired bootstrap interval, the exact McNemar p."""
+def _difference(before: tuple[str, list[bool]], now: tuple[str, list[bool]]) -> dict:
+    """`now` - `before` (named outcome lists) on the problems both answered: the difference, its paired bootstrap
+    interval, the exact McNemar p."""
     from lema.trainer.stats import mcnemar_exact, paired_bootstrap
 
-    paired = paired_bootstrap([now], [before])
-    p_value, _, _ = mcnemar_exact(now, before)
-    return {"difference": paired.mean_diff, "ci95": list(paired.ci95), "p_value": p_value, "n": len(now)}
+    n = min(len(before[1]), len(now[1]))
+    paired = paired_bootstrap([now[1][:n]], [before[1][:n]])
+    p_value, _, _ = mcnemar_exact(now[1][:n], before[1][:n])
+    return {"from": before[0], "to": now[0], "difference": paired.mean_diff, "ci95": list(paired.ci95),
+            "p_value": p_value, "n": n}
 
 
 def results_table(result: DemoResult) -> Table:
