@@ -116,7 +116,7 @@ class AblationReport:
             **({"validation_paired": {"lema_vs_cot": self.validation_paired("lema", "cot"),
                                       "lema_vs_base": self.validation_paired("lema", "base"),
                                       "cot_vs_base": self.validation_paired("cot", "base")}}
-               if self.validation_paired("lema", "cot") else {}),
+               if self.base_validation is not None else {}),
         }
 
 
