@@ -22,8 +22,9 @@ from lema.core.synthetic.check import check_solution_steps, final_answer
 from lema.core.synthetic.generate import SyntheticProblem
 from lema.core.synthetic.program import Step
 
-ERROR_KINDS = ("arithmetic", "copy", "reference", "operation", "stop")
+# How often each kind is drawn (arithmetic slips and copy errors are lema-tiny's most common mistakes).
 _DEFAULT_WEIGHTS = {"arithmetic": 0.3, "copy": 0.3, "reference": 0.15, "operation": 0.15, "stop": 0.1}
+ERROR_KINDS = tuple(_DEFAULT_WEIGHTS)
 
 
 def _loose(op: str, a: int, b: int) -> int | None:
@@ -47,7 +48,9 @@ def wrong_solution(problem: SyntheticProblem, rng: random.Random, kind: str | No
     apply (e.g. `reference` on a step that uses no earlier result) or would leave the answer right."""
     steps = problem.program.steps
     n = len(steps)
-    kind = kind or rng.choices(list(_DEFAULT_WEIGHTS), weights=list(_DEFAULT_WEIGHTS.values()))[0]
+    kind = kind or rng.choices(ERROR_KINDS, weights=list(_DEFAULT_WEIGHTS.values()))[0]
+    if kind not in ERROR_KINDS:
+        raise ValueError(f"unknown error kind {kind!r}; expected one of {ERROR_KINDS}")
     k = step or rng.randint(1, n)
     gold_lines = split_steps(problem.gold_solution)
 
@@ -94,10 +97,8 @@ def _corrupt(s: Step, values: list[int], kind: str, rng: random.Random, question
     if kind == "copy":
         choices = {v for v in question_numbers if v != values[slot]}
         choices |= {v for v in (values[slot] - 1, values[slot] + 1) if v > 0}
-    elif kind == "reference":
+    else:  # reference
         choices = {v for v in results + question_numbers if v != values[slot]}
-    else:
-        raise ValueError(f"unknown error kind {kind!r}; expected one of {ERROR_KINDS}")
     if not choices:
         return None
     changed = list(values)
