@@ -104,6 +104,7 @@ def completion_losses(model_dir: str | Path, problems: list[SyntheticProblem], s
 
     from lema.core.formats import cot_prompt
     from lema.core.rendering import encode_row
+    from lema.tiny.data import Example, collate
     from lema.tiny.drills import correction_row
 
     model, tokenizer = load_model(model_dir)
@@ -118,16 +119,8 @@ def completion_losses(model_dir: str | Path, problems: list[SyntheticProblem], s
     for name, encoded in rows.items():
         total, count = 0.0, 0
         for start in range(0, len(encoded), batch_size):
-            batch = encoded[start:start + batch_size]
-            width = max(r.length for r in batch)
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, r in enumerate(batch):  # right padding: positions stay those of training
-                ids[i, :r.length] = torch.tensor(r.input_ids)
-                mask[i, :r.length] = 1
-                keep = torch.tensor(r.completion_mask, dtype=torch.bool)
-                labels[i, :r.length] = torch.where(keep, ids[i, :r.length], torch.tensor(-100))
+            batch = [Example(r.input_ids, 0, r.completion_mask) for r in encoded[start:start + batch_size]]
+            ids, mask, labels = collate(batch, tokenizer.pad_token_id)  # right padding: training's positions
             with torch.no_grad():
                 logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
             target = labels[:, 1:]
