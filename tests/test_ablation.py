@@ -69,6 +69,25 @@ def test_settings_are_deterministic_per_seed_and_differ_across_seeds(small_expor
     assert [r["completion"] for r in other["lema"].rows] != [r["completion"] for r in a["lema"].rows]
 
 
+def test_cot_only_arm_and_draw_do_not_depend_on_the_setting_or_the_corrections(small_export, tmp_path):
+    """The CoT-only arm of a seed is the same file, row for row, in `main` and `equal` and whatever corrections the
+    export holds; the K corrections of a seed are the same in every setting."""
+    main, equal = build_arms(small_export, "main", seed=5), build_arms(small_export, "equal", seed=5)
+    assert [r["completion"] for r in main["cot"].rows] == [r["completion"] for r in equal["cot"].rows]
+    matched = build_arms(small_export, "matched", seed=5)
+    drawn = {name: {r["correction_id"] for r in arms["lema"].rows if r["type"] == "correction"}
+             for name, arms in (("main", main), ("equal", equal), ("matched", matched))}
+    assert drawn["main"] == drawn["equal"] == drawn["matched"] and len(drawn["main"]) == 8
+    # Another export with fewer corrections (as a filtered export has): the same CoT-only arm, row for row.
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    (fewer / "cot.jsonl").write_text((small_export / "cot.jsonl").read_text())
+    lines = (small_export / "correction.jsonl").read_text().splitlines(keepends=True)
+    (fewer / "correction.jsonl").write_text("".join(lines[:9]))
+    filtered = build_arms(fewer, "main", seed=5)
+    assert [r["completion"] for r in filtered["cot"].rows] == [r["completion"] for r in main["cot"].rows]
+
+
 def test_bad_settings_are_refused_by_name(small_export, tmp_path_factory):
     with pytest.raises(SettingError, match="setting must be one of"):
         build_arms(small_export, "half", seed=0)

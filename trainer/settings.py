@@ -14,7 +14,10 @@ drawn for the seed (ratio 0.4 by default, like the paper's 12.5K corrections on 
   LEMA win here is not "the corrections pick harder questions" but "the correction format teaches something".
 
 Both arms of a seed train for the recipe's same `max_steps` with the same seed; the seed also draws the K
-corrections and shuffles each arm.
+corrections and shuffles each arm. Each of those three uses has its own random stream, keyed by the seed only: the K
+corrections of a seed are the same in every setting, and the CoT-only arm of `main` and `equal` (C) is the same file,
+row for row, whatever the export's corrections are. (With one shared stream, the CoT-only arm's order depended on how
+many corrections the export held, and row order alone moved its accuracy by up to 4 points in one seed.)
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.open() if line.strip()]
 
 
+def _stream(use: str, seed: int) -> random.Random:
+    """One independent random stream per use of the seed (see the module docstring)."""
+    return random.Random(f"lema-setting:{use}:{seed}")
+
+
 def build_arms(export_dir: Path, setting: str, correction_ratio: float = 0.4, seed: int = 0) -> dict[str, Arm]:
     """The two arms of `setting` for one seed, from the export folder."""
     if setting not in SETTINGS:
@@ -75,15 +83,14 @@ def build_arms(export_dir: Path, setting: str, correction_ratio: float = 0.4, se
         raise SettingError(f"{export_dir} has no CoT rows")
     if not corrections:
         raise SettingError(f"{export_dir} has no accepted corrections: nothing to compare")
-    rng = random.Random(f"lema-setting:{setting}:{seed}")
     k = min(len(corrections), math.floor(correction_ratio * len(cot)))
     if k == 0:
         raise SettingError(f"{len(cot)} CoT rows x ratio {correction_ratio} leaves no room for a correction")
-    chosen = rng.sample(corrections, k)
+    chosen = _stream("corrections", seed).sample(corrections, k)
     if setting == "main":
         arms = {"cot": list(cot), "lema": cot + chosen}
     elif setting == "equal":
-        arms = {"cot": list(cot), "lema": rng.sample(cot, len(cot) - k) + chosen}
+        arms = {"cot": list(cot), "lema": _stream("kept-cot", seed).sample(cot, len(cot) - k) + chosen}
     else:
         twins = {row.get("correction_id"): row for row in _read(export_dir / "corrected_cot.jsonl")}
         missing = [c.get("correction_id") for c in chosen if c.get("correction_id") not in twins]
@@ -91,6 +98,6 @@ def build_arms(export_dir: Path, setting: str, correction_ratio: float = 0.4, se
             raise SettingError(f"{len(missing)} corrections have no corrected solution in corrected_cot.jsonl "
                                f"(first: {missing[0]!r})")
         arms = {"cot": cot + [twins[c["correction_id"]] for c in chosen], "lema": cot + chosen}
-    for rows in arms.values():
-        rng.shuffle(rows)
+    for name, rows in arms.items():
+        _stream(f"order:{name}", seed).shuffle(rows)
     return {name: Arm(name, rows) for name, rows in arms.items()}
