@@ -152,12 +152,24 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     async def ListAdapters(self, request: tpb.ListAdaptersRequest, context) -> tpb.ListAdaptersResponse:
         return tpb.ListAdaptersResponse(adapters=[adapter_to_pb(r) for r in self.registry.list(request.base_model)])
 
+    def _promotion_target(self, requested: str) -> str | None:
+        """The configured endpoint a Promote call goes to: the default, or one of `promote_endpoints` named by the
+        request. The call carries the endpoint's admin token, so a URL the client chose is never called."""
+        configured = [self.config.endpoint_url, *self.config.promote_endpoints]
+        if not requested:
+            return self.config.endpoint_url
+        return next((url for url in configured if url.rstrip("/") == requested.rstrip("/")), None)
+
     async def Promote(self, request: tpb.PromoteRequest, context) -> tpb.PromoteResponse:
+        url = self._promotion_target(request.endpoint_url)
+        if url is None:
+            await invalid_argument(context, f"endpoint_url: {request.endpoint_url[:200]!r} is not a configured "
+                                            "endpoint (trainer.endpoint_url or trainer.promote_endpoints); Promote "
+                                            "sends the admin token to configured endpoints only")
         try:
             record = self.registry.get(request.adapter_id)
         except KeyError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no adapter {request.adapter_id!r} in the registry")
-        url = request.endpoint_url or self.config.endpoint_url
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no adapter {request.adapter_id[:200]!r} in the registry")
         try:
             outcome = await asyncio.to_thread(
                 promote, record, url, self.config.admin_token_env, self.config.gate_metric, request.force,

@@ -123,6 +123,10 @@ class TrainerConfig(GrpcServerConfig):
     adapters_root: Path = Field(default=Path(".lema/adapters"), description="the adapter registry")
     endpoint_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['endpoint']}",
                               description="the BentoML endpoint that Promote hot-swaps adapters into")
+    promote_endpoints: list[str] = Field(
+        default_factory=list,
+        description="further endpoints a Promote request may name in endpoint_url; the admin token is sent to "
+                    "endpoint_url and these only, never to an address a client chose")
     admin_token_env: str = Field(default="LEMA_ADMIN_TOKEN", description="env var with the endpoint's admin token")
     gate_metric: str = Field(default="validation_accuracy",
                              description="Promote refuses adapters worse than the serving adapter or the base model on "
