@@ -54,6 +54,19 @@ def _with_overrides(section, overrides: dict):
         _fail(str(exc))
 
 
+def _grpc_section(section, overrides: dict):
+    """`_with_overrides` for a gRPC service, refused up front when it would listen unguarded beyond loopback or its
+    TLS files cannot be read (lema.core.security)."""
+    from lema.core.security import check_server_security
+
+    section = _with_overrides(section, overrides)
+    try:
+        check_server_security(section)
+    except ValueError as exc:
+        _fail(str(exc))
+    return section
+
+
 @serve_app.command("verifier")
 def serve_verifier(
     port: Optional[int] = typer.Option(None, help="gRPC port (default 50061; 0 picks a free one)"),
@@ -75,7 +88,7 @@ def serve_verifier(
         "item_timeout_s": item_timeout,
         "metrics_port": metrics_port,
     }
-    section = _with_overrides(section, overrides)
+    section = _grpc_section(section, overrides)
     main(section)
 
 
@@ -100,7 +113,7 @@ def serve_reasoner(
         "model": model, "engine": engine, "port": port, "host": host, "base_url": base_url,
         "max_samples": max_samples, "metrics_port": metrics_port,
     }
-    section = _with_overrides(section, overrides)
+    section = _grpc_section(section, overrides)
     adapters = {}
     for spec in adapter:
         name, sep, path = spec.partition("=")
@@ -137,7 +150,7 @@ def serve_corrector(
         "request_timeout_s": request_timeout, "max_retries": max_retries, "breaker_threshold": breaker_threshold,
         "breaker_cooldown_s": breaker_cooldown,
     }
-    section = _with_overrides(section, overrides)
+    section = _grpc_section(section, overrides)
     if section.upstream == "openai" and not section.base_url:
         _fail("--upstream openai needs --base-url")
     main(section)
@@ -162,6 +175,7 @@ def correct(
 
     from lema.core.answers import DatasetKind
     from lema.core.proto_convert import KIND_TO_PB
+    from lema.core.security import open_channel
     from lema.v1 import common_pb2, corrector_pb2, corrector_pb2_grpc
 
     try:
@@ -182,7 +196,7 @@ def correct(
     if server is None:
         response = asyncio.run(_correct_in_process(request, base_url, model, timeout))
     else:
-        with grpc.insecure_channel(server) as channel:
+        with open_channel(server) as channel:
             try:
                 response = corrector_pb2_grpc.CorrectorStub(channel).Correct(request, timeout=timeout)
             except grpc.RpcError as exc:
@@ -235,7 +249,7 @@ def serve_trainer(
     section = load_config(config).trainer
     overrides = {"port": port, "host": host, "runs_root": runs_root, "adapters_root": adapters_root,
                  "endpoint_url": endpoint_url, "metrics_port": metrics_port, "admin_token_env": admin_token_env}
-    section = _with_overrides(section, overrides)
+    section = _grpc_section(section, overrides)
     main(section)
 
 
@@ -255,7 +269,7 @@ def serve_collector(
     section = load_config(config).collector
     overrides = {"store": store, "port": port, "host": host, "max_items_per_request": max_items,
                  "metrics_port": metrics_port}
-    section = _with_overrides(section, overrides)
+    section = _grpc_section(section, overrides)
     main(section)
 
 
@@ -543,9 +557,10 @@ def _verify_remote(address: str, kind, gold: str, candidate: str, answer_only: b
     import grpc
 
     from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
+    from lema.core.security import open_channel
     from lema.v1 import verifier_pb2, verifier_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address) as channel:
         stub = verifier_pb2_grpc.VerifierStub(channel)
         request = verifier_pb2.VerifyRequest(
             kind=KIND_TO_PB[kind], gold_answer=gold, candidate=candidate, candidate_is_answer=answer_only

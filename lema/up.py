@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lema.core.clients import health_status
-from lema.core.config import LemaConfig, load_config
+from lema.core.config import ClientConfig, LemaConfig, load_config
 
 GRPC_SERVICES = ("verifier", "reasoner", "corrector", "trainer", "collector")
 
@@ -31,10 +31,11 @@ class ServiceSpec:
     args: list[str]
     address: str
     kind: str  # "grpc" | "http"
+    client: ClientConfig | None = None  # how to reach a gRPC service (token, TLS)
 
     def health(self, timeout: float = 2.0) -> str:
         if self.kind == "grpc":
-            return health_status(self.address, timeout=timeout)
+            return health_status(self.address, timeout=timeout, config=self.client)
         import httpx
 
         try:
@@ -49,7 +50,7 @@ def specs(config: LemaConfig, config_path: Path | None) -> list[ServiceSpec]:
     out = []
     for name in GRPC_SERVICES:
         section = getattr(config, name)
-        out.append(ServiceSpec(name, ["serve", name, *extra], f"{section.host}:{section.port}", "grpc"))
+        out.append(ServiceSpec(name, ["serve", name, *extra], f"{section.host}:{section.port}", "grpc", config.client))
     endpoint = getattr(config, "endpoint", None)
     if endpoint is not None:
         out.append(ServiceSpec("endpoint", ["serve", "endpoint", *extra],

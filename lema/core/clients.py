@@ -9,15 +9,17 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lema.core.answers import DatasetKind
+from lema.core.config import ClientConfig
 from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
 from lema.core.records import Verdict
+from lema.core.security import open_channel
 from lema.v1 import collector_pb2, collector_pb2_grpc, common_pb2, verifier_pb2, verifier_pb2_grpc
 
 
-def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
+def health_status(address: str, service: str = "", timeout: float = 2.0, config: ClientConfig | None = None) -> str:
     """SERVING / NOT_SERVING / UNKNOWN / UNREACHABLE, for status displays and readiness waits."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address, config) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
@@ -36,10 +38,10 @@ class VerifyJob:
 
 
 class VerifierClient:
-    def __init__(self, address: str, timeout_s: float = 30.0):
+    def __init__(self, address: str, timeout_s: float = 30.0, config: ClientConfig | None = None):
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        self._channel = open_channel(address, config)
         self._stub = verifier_pb2_grpc.VerifierStub(self._channel)
 
     def close(self) -> None:
@@ -85,10 +87,10 @@ class IntakeResult:
 class CollectorClient:
     """The collector's intake (`lema serve collector`): queue problems for `lema collect --follow`, read counts."""
 
-    def __init__(self, address: str, timeout_s: float = 60.0):
+    def __init__(self, address: str, timeout_s: float = 60.0, config: ClientConfig | None = None):
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        self._channel = open_channel(address, config)
         self._stub = collector_pb2_grpc.CollectorStub(self._channel)
 
     def close(self) -> None:

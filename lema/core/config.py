@@ -31,6 +31,24 @@ class GrpcServerConfig(_Section):
     grace_s: float = Field(default=10.0, ge=0, description="time in-flight calls get to finish on SIGTERM")
     metrics_port: Port | None = Field(default=None, description="Prometheus /metrics port")
     max_message_mb: int = Field(default=64, ge=1)
+    # Security (lema.core.security): a token when its variable is set; TLS when a certificate is given.
+    auth_token_env: str = Field(default="LEMA_API_TOKEN",
+                                description="env var holding the bearer token every call must carry (when set)")
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain: serve TLS only")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(default=None, description="PEM CA: require client certificates (mutual TLS)")
+    insecure: bool = Field(default=False, description="serve a non-loopback host without a token")
+
+
+class ClientConfig(_Section):
+    """How every lema client reaches lema's gRPC services (lema.core.security.open_channel)."""
+
+    auth_token_env: str = Field(default="LEMA_API_TOKEN", description="env var whose token every call carries (when set)")
+    tls: bool = Field(default=False, description="connect with TLS")
+    tls_ca: Path | None = Field(default=None, description="PEM CA to trust (default: the system roots)")
+    tls_cert: Path | None = Field(default=None, description="PEM client certificate chain (mutual TLS)")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    tls_server_name: str | None = Field(default=None, description="the name to expect in the server's certificate")
 
 
 def _default_workers() -> int:
@@ -143,6 +161,7 @@ class CollectorConfig(GrpcServerConfig):
 
 
 class LemaConfig(_Section):
+    client: ClientConfig = ClientConfig()
     verifier: VerifierConfig = VerifierConfig()
     reasoner: ReasonerConfig = ReasonerConfig()
     corrector: CorrectorConfig = CorrectorConfig()

@@ -14,6 +14,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from lema.core.config import GrpcServerConfig
+from lema.core.security import add_port, server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ async def run_grpc_server(
     """Serve until SIGTERM/SIGINT, then stop gracefully (NOT_SERVING, drain in-flight calls, close)."""
     limit = config.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
+        interceptors=server_interceptors(config),
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -48,7 +50,7 @@ async def run_grpc_server(
     names = [s.full_name for s in services]
     reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                          reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = add_port(server, config)
     if port == 0:
         raise RuntimeError(f"could not bind {config.host}:{config.port}")
     if config.metrics_port is not None:

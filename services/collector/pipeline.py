@@ -26,6 +26,7 @@ from lema.core.engines import SamplingParams
 from lema.core.formats import cot_prompt
 from lema.core.prompts import PROMPTS
 from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
+from lema.core.security import open_aio_channel
 from lema.core.store import repository as repo
 from lema.core.store.models import Attempt, Problem
 from lema.core.verifier_pool import VerifierPool, VerifyItem
@@ -131,7 +132,7 @@ class RemoteReasoner:
     def __init__(self, address: str, timeout_s: float):
         from lema.v1 import reasoner_pb2_grpc
 
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = open_aio_channel(address)
         self.stub = reasoner_pb2_grpc.ReasonerStub(self.channel)
         self.timeout_s = timeout_s
         self.model_id = address
@@ -216,7 +217,7 @@ class RemoteCorrector:
     def __init__(self, address: str, timeout_s: float):
         from lema.v1 import corrector_pb2_grpc
 
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = open_aio_channel(address)
         self.stub = corrector_pb2_grpc.CorrectorStub(self.channel)
         self.timeout_s = timeout_s
         self.tag = "c" + hashlib.sha256(address.encode()).hexdigest()[:10]

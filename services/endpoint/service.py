@@ -52,6 +52,8 @@ ADMIN_APP = build_admin_app(current_core, _CONFIG.admin_token_env)
     name="lema-endpoint",
     workers=1,
     traffic={"timeout": 600},
+    # A plain `bentoml serve` (no --host) binds the configured host, loopback by default, not BentoML's 0.0.0.0.
+    http={"host": _CONFIG.host, "port": _CONFIG.port},
     labels={"project": "lema", "component": "endpoint"},
 )
 class Endpoint:
