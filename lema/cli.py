@@ -237,6 +237,8 @@ def serve_trainer(
     host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
     runs_root: Optional[Path] = typer.Option(None, help="folder of training runs"),
     adapters_root: Optional[Path] = typer.Option(None, help="the adapter registry folder"),
+    exports_root: Optional[Path] = typer.Option(None, help="StartRun reads training files under this folder only "
+                                                           "(default: the working directory)"),
     endpoint_url: Optional[str] = typer.Option(None, help="the endpoint Promote hot-swaps into"),
     admin_token_env: Optional[str] = typer.Option(None, help="env var holding the endpoint's admin token"),
     metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus metrics on this port"),
@@ -248,7 +250,7 @@ def serve_trainer(
 
     section = load_config(config).trainer
     overrides = {"port": port, "host": host, "runs_root": runs_root, "adapters_root": adapters_root,
-                 "endpoint_url": endpoint_url, "metrics_port": metrics_port, "admin_token_env": admin_token_env}
+                 "exports_root": exports_root, "endpoint_url": endpoint_url, "metrics_port": metrics_port, "admin_token_env": admin_token_env}
     section = _grpc_section(section, overrides)
     main(section)
 

@@ -48,7 +48,8 @@ def services(tmp_path_factory):
             ("verifier", ["--workers", "1"]),
             ("reasoner", ["--model", MODEL, "--engine", "transformers"]),
             ("corrector", []),
-            ("trainer", ["--runs-root", str(root / "runs"), "--adapters-root", str(registry), "--endpoint-url",
+            ("trainer", ["--runs-root", str(root / "runs"), "--adapters-root", str(registry), "--exports-root",
+                         str(root), "--endpoint-url",
                          f"http://127.0.0.1:{port}", "--admin-token-env", "LEMA_E2E_TOKEN"]),
         ):
             p = free_port()

@@ -54,7 +54,8 @@ def trainer(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     port = free_port()
     server = start_server(["serve", "trainer", "--port", str(port), "--runs-root", str(root / "runs"),
-                           "--adapters-root", str(root / "adapters")], port, root / "server.log")
+                           "--adapters-root", str(root / "adapters"), "--exports-root",
+                           str(tmp_path_factory.getbasetemp())], port, root / "server.log")
     with grpc.insecure_channel(server.address) as channel:
         yield trainer_pb2_grpc.TrainerStub(channel), server, root
     assert server.stop(timeout=120) == 0
@@ -189,7 +190,7 @@ def test_trainer_refuses_a_row_whose_completion_would_be_cut(tmp_path):
     with pytest.raises(DatasetError) as refused:
         train(recipe, data, tmp_path / "run")
     message = str(refused.value)
-    assert "rows.jsonl row 2 " in message and "> max_seq_len 256" in message and "cut" in message
+    assert "rows.jsonl line 2 " in message and "> max_seq_len 256" in message and "cut" in message
     assert not (tmp_path / "run" / "adapter").exists()
     # the same rows without the long one train
     data.write_text("".join(json.dumps(r) + "\n" for i, r in enumerate(rows) if i != 1))

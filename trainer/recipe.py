@@ -6,6 +6,7 @@ max_grad_norm 0.3, loss on the output only). An invalid field is rejected with i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -119,8 +120,14 @@ class Recipe(BaseModel):
         return self.batch_size * self.grad_accum
 
 
-def load_recipe(source: str | Path | None = None, overrides: dict | None = None) -> Recipe:
-    """A recipe from a YAML file (a path, or a name under trainer/configs/), a YAML string, or defaults."""
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def load_recipe(source: str | Path | None = None, overrides: dict | None = None, allow_paths: bool = True) -> Recipe:
+    """A recipe from a name under trainer/configs/, a YAML file path, a YAML string, or defaults.
+
+    `allow_paths=False` (what a server does with a client's text): a name from trainer/configs/ or inline YAML only;
+    no file outside the recipe folder is ever opened, so no error can echo one."""
     data: dict = {}
     if source:
         text = str(source)
@@ -128,9 +135,9 @@ def load_recipe(source: str | Path | None = None, overrides: dict | None = None)
         named = CONFIGS / f"{text}.yaml"
         # Inline YAML (several lines, or longer than a file name may be) is never looked up as a file.
         inline = "\n" in text or len(text) > 255
-        if not inline and _is_file(named):
+        if not inline and RECIPE_NAME.fullmatch(text) and _is_file(named):
             data = yaml.safe_load(named.read_text()) or {}
-        elif not inline and (path.suffix in (".yaml", ".yml") or _is_file(path)):
+        elif not inline and allow_paths and (path.suffix in (".yaml", ".yml") or _is_file(path)):
             if not path.exists():
                 raise RecipeError(f"recipe file {path} does not exist")
             data = yaml.safe_load(path.read_text()) or {}
@@ -138,7 +145,11 @@ def load_recipe(source: str | Path | None = None, overrides: dict | None = None)
             try:
                 data = yaml.safe_load(text) or {}
             except yaml.YAMLError as exc:
-                raise RecipeError(f"the recipe is not valid YAML: {exc}") from exc
+                raise RecipeError(f"the recipe is not valid YAML: {str(exc)[:300]}") from None
+        if isinstance(data, str) and not allow_paths:
+            names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+            raise RecipeError(f"{text[:80]!r} is neither a recipe name ({names}) nor an inline YAML mapping (a file "
+                              "path is not accepted here)")
         if not isinstance(data, dict):
             raise RecipeError("the recipe must be a YAML mapping")
     data = _merge(data, overrides or {})
@@ -146,8 +157,8 @@ def load_recipe(source: str | Path | None = None, overrides: dict | None = None)
         return Recipe.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "recipe"
-        raise RecipeError(f"invalid recipe field '{where}': {first['msg']}") from exc
+        where = ".".join(str(p) for p in first["loc"])[:80] or "recipe"
+        raise RecipeError(f"invalid recipe field '{where}': {first['msg'][:200]}") from exc
 
 
 def _is_file(path: Path) -> bool:

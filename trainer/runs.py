@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,17 @@ class RunState:
     pid: int = 0
     created_at: str = field(default_factory=now)
     finished_at: str = ""
+
+
+# A run id names a folder under runs_root: a plain name, never a path ("../x", "/tmp/x", "a/b").
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(f"run_id: {run_id[:80]!r} is not a run name (1-128 letters, digits, '.', '_', '-'; "
+                         "starting with a letter or digit; no '..')")
+    return run_id
 
 
 class RunDir:
@@ -108,6 +120,8 @@ class RunManager:
                                                  "continues from the last checkpoint", finished_at=now())
 
     def get(self, run_id: str) -> RunDir:
+        if not RUN_ID.fullmatch(run_id):
+            raise KeyError(run_id)
         path = (self.root / run_id).resolve()
         if path.parent != self.root.resolve() or not (path / "run.json").exists():
             raise KeyError(run_id)
@@ -131,6 +145,7 @@ class RunManager:
 
     def create(self, config_yaml: str, export_path: str, base_model: str, run_id: str = "") -> RunDir:
         run_id = run_id or f"run-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        check_run_id(run_id)
         path = self.root / run_id
         path.mkdir(parents=True)
         (path / "run.json").write_text(json.dumps({"id": run_id, "config_yaml": config_yaml,

@@ -13,7 +13,8 @@ from lema.trainer.baseline import BaseMetrics, eval_settings_of
 from lema.trainer.promote import PromotionError, promote
 from lema.trainer.recipe import RecipeError, load_recipe
 from lema.trainer.registry import AdapterRecord, AdapterRegistry
-from lema.trainer.runs import TERMINAL, RunDir, RunManager, RunState
+from lema.trainer.runs import TERMINAL, RunDir, RunManager, RunState, check_run_id
+from lema.trainer.train import check_dataset
 
 from lema.core.config import TrainerConfig
 from lema.core.grpc_server import invalid_argument
@@ -91,13 +92,32 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         except KeyError:
             return None
 
+    def _export_file(self, export_path: str) -> Path:
+        """The client's export_path as a file confined to exports_root (symbolic links resolved); ValueError names
+        the field and never the file's content."""
+        if not export_path:
+            raise ValueError("export_path: required (a training JSONL under the trainer's exports root)")
+        root = self.config.exports_root.resolve()
+        path = Path(export_path)
+        path = (path if path.is_absolute() else root / path).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"export_path: {export_path[:200]!r} is outside the trainer's exports root")
+        if not path.is_file():
+            raise ValueError(f"export_path: {export_path[:200]!r} is not a file (a training JSONL)")
+        return path
+
     async def StartRun(self, request: tpb.StartRunRequest, context) -> tpb.TrainingRun:
         try:
-            recipe = load_recipe(request.config_yaml or None)
+            if request.run_id:
+                check_run_id(request.run_id)
+            recipe = load_recipe(request.config_yaml or None, allow_paths=False)
+            export = self._export_file(request.export_path)
+            await asyncio.to_thread(check_dataset, export)  # a bad line is refused now, with its number
         except RecipeError as exc:
-            await invalid_argument(context, str(exc))
-        if not request.export_path or not Path(request.export_path).is_file():
-            await invalid_argument(context, f"export_path {request.export_path!r} is not a file (a training JSONL)")
+            await invalid_argument(context, f"config_yaml: {exc}")
+        except (ValueError, OSError) as exc:  # DatasetError is a ValueError
+            await invalid_argument(context, str(exc) if isinstance(exc, ValueError) else
+                                   f"export_path: cannot read it ({exc.strerror})")
         existing = self._run(request.run_id) if request.run_id else None
         if existing is not None:
             state = existing.state()
@@ -112,7 +132,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         if active is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"run {active.id} is training; this trainer runs one at a time")
-        run = existing or self.runs.create(request.config_yaml, request.export_path, recipe.base_model, request.run_id)
+        run = existing or self.runs.create(request.config_yaml, str(export), recipe.base_model, request.run_id)
         self.runs.launch(run)
         return run_to_pb(run)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +55,9 @@ class DatasetError(ValueError):
     """A training file the trainer refuses; the message names the file and the row."""
 
 
-def encode_dataset(tokenizer, path: Path, max_seq_len: int) -> list[dict]:
-    """Tokenize every export row exactly as it will train (lema.core.rendering) and refuse the file if any row is
-    longer than `max_seq_len`: TRL would cut it at the end, and the end is the completion (for a correction, the
-    corrected steps, the answer line and the end token). `lema export --max-seq-len` shortens or drops such rows."""
-    from lema.core.rendering import encode_row
-
-    rows = []
+def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) for every training row of a JSONL file; DatasetError names the first bad line. Cheap (no
+    tokenizer): `StartRun` reads the whole file with it before accepting a run."""
     with path.open() as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -70,22 +66,41 @@ def encode_dataset(tokenizer, path: Path, max_seq_len: int) -> list[dict]:
                 row = json.loads(line)
                 prompt, completion = row["prompt"], row["completion"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise DatasetError(f"{path.name} row {number}: not a prompt/completion JSON object ({exc})") from None
+                raise DatasetError(f"{path.name} line {number}: not a prompt/completion JSON object "
+                                   f"({str(exc)[:120]})") from None
             if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
-                raise DatasetError(f"{path.name} row {number}: 'prompt' and 'completion' must be strings, "
+                raise DatasetError(f"{path.name} line {number}: 'prompt' and 'completion' must be strings, "
                                    "the completion not empty")
-            context = row.get("context", "")
-            if not isinstance(context, str):
-                raise DatasetError(f"{path.name} row {number}: 'context' must be a string")
-            encoded = encode_row(tokenizer, prompt, completion, context)
-            if encoded.length > max_seq_len:
-                raise DatasetError(
-                    f"{path.name} row {number} (problem {row.get('problem_id', '?')}, {row.get('type', '?')}): "
-                    f"{encoded.prompt_length} prompt + {encoded.length - encoded.prompt_length} completion tokens = "
-                    f"{encoded.length} > max_seq_len {max_seq_len}; the completion would be cut. Re-export with "
-                    f"`lema export --max-seq-len {max_seq_len}` (shortens or drops over-long rows) or raise "
-                    "max_seq_len")
-            rows.append({"input_ids": encoded.input_ids, "completion_mask": encoded.completion_mask})
+            if not isinstance(row.get("context", ""), str):
+                raise DatasetError(f"{path.name} line {number}: 'context' must be a string")
+            yield number, row
+
+
+def check_dataset(path: Path) -> int:
+    """The number of training rows; DatasetError for a file that `train` would refuse before tokenizing."""
+    count = sum(1 for _ in read_rows(path))
+    if not count:
+        raise DatasetError(f"{path.name} has no training examples")
+    return count
+
+
+def encode_dataset(tokenizer, path: Path, max_seq_len: int) -> list[dict]:
+    """Tokenize every export row exactly as it will train (lema.core.rendering) and refuse the file if any row is
+    longer than `max_seq_len`: TRL would cut it at the end, and the end is the completion (for a correction, the
+    corrected steps, the answer line and the end token). `lema export --max-seq-len` shortens or drops such rows."""
+    from lema.core.rendering import encode_row
+
+    rows = []
+    for number, row in read_rows(path):
+        encoded = encode_row(tokenizer, row["prompt"], row["completion"], row.get("context", ""))
+        if encoded.length > max_seq_len:
+            raise DatasetError(
+                f"{path.name} line {number} (problem {row.get('problem_id', '?')}, {row.get('type', '?')}): "
+                f"{encoded.prompt_length} prompt + {encoded.length - encoded.prompt_length} completion tokens = "
+                f"{encoded.length} > max_seq_len {max_seq_len}; the completion would be cut. Re-export with "
+                f"`lema export --max-seq-len {max_seq_len}` (shortens or drops over-long rows) or raise "
+                "max_seq_len")
+        rows.append({"input_ids": encoded.input_ids, "completion_mask": encoded.completion_mask})
     if not rows:
         raise DatasetError(f"{path.name} has no training examples")
     return rows

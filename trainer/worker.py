@@ -33,7 +33,7 @@ def main(run_path: str) -> int:
 
         from lema.core.model_resolve import resolve_model
 
-        recipe = load_recipe(spec["config_yaml"] or None)
+        recipe = load_recipe(spec["config_yaml"] or None, allow_paths=False)  # a client's text: name or YAML
         resume = latest_checkpoint(run.path / "checkpoints")
         run.event("log", message=f"resuming from {resume.name}" if resume else "starting from the base model")
 

@@ -139,6 +139,9 @@ class TrainerConfig(GrpcServerConfig):
     port: Port = DEFAULT_PORTS["trainer"]
     runs_root: Path = Field(default=Path(".lema/runs"), description="one folder per training run")
     adapters_root: Path = Field(default=Path(".lema/adapters"), description="the adapter registry")
+    exports_root: Path = Field(default=Path("."),
+                               description="StartRun's export_path must be a file under this folder (default: the "
+                                           "trainer's working directory)")
     endpoint_url: str = Field(default=f"http://127.0.0.1:{DEFAULT_PORTS['endpoint']}",
                               description="the BentoML endpoint that Promote hot-swaps adapters into")
     promote_endpoints: list[str] = Field(
