@@ -100,6 +100,8 @@ def serve_reasoner(
     host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1)"),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL (engine=openai)"),
     adapter: list[str] = typer.Option([], help="preload a LoRA adapter: NAME=PATH (repeatable)"),
+    registry: Optional[str] = typer.Option(None, help="the folder LoadAdapter paths are confined to "
+                                                      "(default .lema/adapters)"),
     max_samples: Optional[int] = typer.Option(None, help="upper limit on samples per problem"),
     metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus metrics on this port"),
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
@@ -111,7 +113,7 @@ def serve_reasoner(
     section = load_config(config).reasoner
     overrides = {
         "model": model, "engine": engine, "port": port, "host": host, "base_url": base_url,
-        "max_samples": max_samples, "metrics_port": metrics_port,
+        "max_samples": max_samples, "metrics_port": metrics_port, "registry_dir": registry,
     }
     section = _grpc_section(section, overrides)
     adapters = {}

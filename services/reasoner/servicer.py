@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
+from lema.services.endpoint.registry import (
+    AdapterRegistry,
+    AdapterRejected,
+    BaseModelSpec,
+    Limits,
+    check_name,
+)
 from prometheus_client import Counter, Histogram
 
 from lema.core.answers import extract_answer
@@ -29,6 +38,21 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
         self.engine = engine
         self.config = config
         self.verifier = verifier
+        self.adapters = AdapterRegistry(config.registry_dir)
+        self.limits = Limits(max_rank=config.max_lora_rank, max_adapter_bytes=config.max_adapter_mb << 20)
+        self._spec: BaseModelSpec | None = None  # built on the first LoadAdapter (reads the model's config only)
+
+    async def _base_spec(self) -> BaseModelSpec:
+        """What adapters are checked against; AdapterRejected when the model's config cannot be read here (a remote
+        engine's model: nothing can be validated, so nothing is loaded)."""
+        if self._spec is None:
+            model_id = self.engine.model_id
+            try:
+                self._spec = await asyncio.to_thread(BaseModelSpec.from_model, model_id, Path(model_id).name)
+            except Exception as exc:  # noqa: BLE001 - any failure to read the config means: cannot validate
+                raise AdapterRejected(f"this reasoner cannot validate adapters for {model_id!r} "
+                                      f"({type(exc).__name__}); it loads none", 412) from None
+        return self._spec
 
     def _sampling(self, message: pb.SamplingParams) -> tuple[SamplingParams | None, str]:
         c = self.config
@@ -129,10 +153,20 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
         )
 
     async def LoadAdapter(self, request: rpb.LoadAdapterRequest, context) -> rpb.ListModelsResponse:
+        """The endpoint's rules: a path confined to the registry, a folder validated (config, shapes, finite
+        weights, no pickles) before the engine sees it."""
         if not request.name.strip() or not request.path.strip():
             await invalid_argument(context, "name and path are required")
         try:
-            await self.engine.load_adapter(request.name, request.path)
+            name = check_name(request.name, Path(self.engine.model_id).name)
+            manifest = await asyncio.to_thread(self.adapters.inspect, request.path, await self._base_spec(),
+                                               self.limits)
+        except AdapterRejected as exc:
+            code = {404: grpc.StatusCode.NOT_FOUND, 412: grpc.StatusCode.FAILED_PRECONDITION}.get(
+                exc.status, grpc.StatusCode.INVALID_ARGUMENT)
+            await context.abort(code, str(exc)[:500])
+        try:
+            await self.engine.load_adapter(name, str(manifest.path))
         except EngineError as exc:
-            await invalid_argument(context, str(exc))
+            await invalid_argument(context, str(exc)[:500])
         return self._models()
