@@ -237,7 +237,7 @@ def fault_request(question: str = "Q?") -> cpb.CorrectRequest:
     )
 
 
-@pytest.mark.parametrize("mode", ["429", "500", "hang", "malformed"])
+@pytest.mark.parametrize("mode", ["429", "500", "hang", "malformed", "html", "nochoices"])
 def test_transient_faults_are_retried_then_succeed(double, mode):
     upstream, stub, _ = double
     upstream.control(mode, failures=2)
@@ -264,6 +264,24 @@ def test_breaker_opens_fails_fast_and_recovers(double):
     time.sleep(2.2)  # the cool-down ends: one trial call closes the circuit again
     assert stub.Correct(fault_request("Q3?"), timeout=60).status == ACCEPTED
     assert stub.Correct(fault_request("Q4?"), timeout=60).status == ACCEPTED
+
+
+def test_breaker_leaves_half_open_when_the_trial_ends_in_the_callers_deadline(double):
+    """Issue 17, item 5: a half-open trial that ends in the caller's deadline (or any unexpected outcome) re-opens
+    the circuit with a new cool-down; before, the trial stayed "in flight" and the circuit answered "circuit open ...
+    retry in 0s" until the corrector restarted."""
+    upstream, stub, _ = double
+    upstream.control("500")
+    with pytest.raises(grpc.RpcError):
+        stub.Correct(fault_request("H1?"), timeout=60)  # opens the circuit
+    upstream.control("hang")
+    time.sleep(2.2)
+    with pytest.raises(grpc.RpcError) as err:  # the trial call: the caller gives up first
+        stub.Correct(fault_request("H2?"), timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    upstream.control("ok")
+    time.sleep(2.2)  # a new cool-down, then a new trial
+    assert stub.Correct(fault_request("H3?"), timeout=60).status == ACCEPTED
 
 
 def test_cache_hit_makes_no_upstream_request(double):

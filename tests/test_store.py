@@ -61,6 +61,28 @@ def test_postgresql_store(postgres_url):
     assert make_engine(postgres_url).dialect.name == "postgresql"
 
 
+def test_upstream_errors_are_retried_by_a_later_run_and_replaced(tmp_path):
+    """Issue 17, item 5: a correction stored as `upstream_error` used to settle its attempt for good."""
+    sessions = open_store(str(tmp_path / "lema.db"))
+    with sessions.begin() as s:
+        repo.add_problems(s, [problem(1)])
+    pid = problem(1).key()
+    attempt = dict(id=f"{pid}|run|0", problem_id=pid, model="m", adapter="", sampling={}, sample_index=0, text="t",
+                   extracted_answer="3", correct=False, verdict={}, prompt_tokens=1, completion_tokens=1)
+    failed = dict(id=f"{attempt['id']}|cX", attempt_id=attempt["id"], problem_id=pid, upstream_model="u",
+                  prompt_id="p", prompt_version="v", status="upstream_error", failure_reason="401 bad key")
+    with sessions.begin() as s:
+        repo.add_attempts(s, [attempt])
+        repo.add_correction(s, failed)
+    with sessions.begin() as s:  # the next run asks again
+        assert [a.id for a in repo.wrong_attempts_without_correction(s, "cX")] == [attempt["id"]]
+        assert repo.add_correction(s, {**failed, "failure_reason": "still 401"}) == 0  # a failure again: kept
+        assert repo.add_correction(s, {**failed, "status": "accepted", "failure_reason": ""}) == 1
+    with sessions() as s:
+        assert repo.wrong_attempts_without_correction(s, "cX") == []
+        assert repo.counts(s)["corrections_accepted"] == 1
+
+
 def test_intake_file_rejected_line_by_line_and_valid_lines_kept(tmp_path):
     lines = [
         json.dumps({"kind": "gsm8k", "question": "What is 2 + 2?", "gold_answer": "4"}),

@@ -2,7 +2,7 @@
 
 A real model cannot be told to answer 429, hang or go down, so this server plays those parts on command:
 
-    POST /control {"mode": "ok"|"429"|"500"|"hang"|"malformed", "failures": N}
+    POST /control {"mode": "ok"|"429"|"500"|"hang"|"malformed"|"html"|"nochoices", "failures": N}
         the next N chat requests misbehave as `mode` (N = -1: until told otherwise), then it answers normally
     GET  /stats   {"count": chat requests received, "auth": the Authorization headers seen}
 
@@ -58,6 +58,11 @@ def build() -> FastAPI:
                 await asyncio.sleep(3600)
             if mode == "malformed":
                 return Response(status_code=200, content=b'{"choices": [ {"mess', media_type="application/json")
+            if mode == "html":  # a proxy's error page with status 200
+                return Response(status_code=200, content=b"<html><body>Bad gateway</body></html>",
+                                media_type="text/html")
+            if mode == "nochoices":
+                return {"id": "x", "object": "chat.completion", "created": 0, "model": "double"}
         return {
             "id": "x", "object": "chat.completion", "created": int(time.time()), "model": "double",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": CORRECTION}, "finish_reason": "stop"}],

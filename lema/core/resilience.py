@@ -71,6 +71,14 @@ class CircuitBreaker:
         self._opened_at = None
         self._trial_in_flight = False
 
+    def record_abandoned(self) -> None:
+        """The call ended with no verdict on the upstream (the caller's deadline or cancellation, an unexpected
+        error). A half-open trial still ends: the circuit re-opens with a new cool-down, so another trial follows;
+        otherwise the trial would stay "in flight" and the circuit open for good."""
+        if self._trial_in_flight:
+            self._trial_in_flight = False
+            self._opened_at = self._clock()
+
     def record_failure(self) -> None:
         self._failures += 1
         self._trial_in_flight = False
@@ -104,6 +112,10 @@ async def call_with_retries(
                 on_retry(attempt, exc)
             await asyncio.sleep(delay)
             continue
+        except BaseException:  # cancelled, past the caller's deadline, or not an upstream fault
+            if breaker is not None:
+                breaker.record_abandoned()
+            raise
         if breaker is not None:
             breaker.record_success()
         return result

@@ -135,16 +135,22 @@ class OpenAIUpstream:
             raise UpstreamFatalError(f"upstream refused the request ({exc.status_code}): {_short(exc)}") from exc
         except (ValueError, openai.APIResponseValidationError) as exc:  # malformed JSON / unexpected shape
             raise RetryableError(f"malformed upstream response: {_short(exc)}") from exc
-        usage = response.usage
-        per = len(response.choices) or 1
-        return [
-            UpstreamReply(
-                text=choice.message.content or "",
-                prompt_tokens=(usage.prompt_tokens if usage else 0) // per,
-                completion_tokens=(usage.completion_tokens if usage else 0) // per,
-            )
-            for choice in response.choices
-        ]
+        try:  # a 200 with HTML, or JSON without choices, parses into something else: retryable, like a 5xx
+            choices = response.choices
+            if not isinstance(choices, list) or not choices:
+                raise TypeError("no choices")
+            usage = response.usage
+            per = len(choices)
+            return [
+                UpstreamReply(
+                    text=_content(choice.message.content),
+                    prompt_tokens=(usage.prompt_tokens if usage else 0) // per,
+                    completion_tokens=(usage.completion_tokens if usage else 0) // per,
+                )
+                for choice in choices
+            ]
+        except (AttributeError, TypeError) as exc:
+            raise RetryableError(f"malformed upstream response: {_short(exc)}") from None
 
     async def correct(self, job: CorrectionInput, prompt: CorrectionPrompt, sample_index: int,
                       timeout_s: float) -> UpstreamReply:
@@ -158,6 +164,14 @@ class OpenAIUpstream:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _content(value) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"message content is {type(value).__name__}, not text")
+    return value
 
 
 def _short(exc: Exception) -> str:

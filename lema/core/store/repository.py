@@ -135,7 +135,17 @@ def add_attempts(session: Session, rows: Sequence[dict]) -> int:
     return _insert_ignore(session, Attempt, rows)
 
 
+# A correction that failed at the upstream (bad credentials, an unknown model, a request it refused) is kept as
+# data, but it settles nothing: a later run asks again, and its answer replaces the failure.
+RETRIED_STATUS = "upstream_error"
+
+
 def add_correction(session: Session, row: dict) -> int:
+    """Store a correction once; a new answer replaces an earlier `upstream_error` for the same attempt."""
+    earlier = session.get(Correction, row["id"])
+    if earlier is not None and earlier.status == RETRIED_STATUS and row.get("status") != RETRIED_STATUS:
+        session.delete(earlier)
+        session.flush()
     return _insert_ignore(session, Correction, [row])
 
 
@@ -164,8 +174,9 @@ def problems_missing_attempts(session: Session, problem_ids: Sequence[str], atte
 
 
 def wrong_attempts_without_correction(session: Session, correction_suffix: str, limit: int | None = None) -> list[Attempt]:
-    """Wrong attempts that have no correction from this (upstream, prompt version) yet."""
-    corrected = select(Correction.attempt_id).where(Correction.id.like(f"%|{correction_suffix}"))
+    """Wrong attempts that have no correction from this (upstream, prompt version) yet, or only an upstream failure."""
+    corrected = select(Correction.attempt_id).where(Correction.id.like(f"%|{correction_suffix}"),
+                                                    Correction.status != RETRIED_STATUS)
     query = (
         select(Attempt)
         .where(and_(Attempt.correct.is_(False), Attempt.id.not_in(corrected)))
