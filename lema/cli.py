@@ -394,6 +394,8 @@ def collect(
     batch_size: int = typer.Option(16, min=1, help="problems per reasoner call"),
     concurrency: int = typer.Option(4, min=1, help="corrections in flight"),
     follow: bool = typer.Option(False, help="keep taking new problems from the intake table"),
+    strict: bool = typer.Option(False, help="exit 1 when any correction was deferred or failed at the upstream "
+                                            "(a later run asks again either way)"),
 ) -> None:
     """Reason -> verify -> correct the mistakes -> verify the corrections -> store. Resumable, exactly-once."""
     from lema.services.collector.pipeline import CollectSettings
@@ -412,7 +414,13 @@ def collect(
     except KeyboardInterrupt:
         raise typer.Exit(130)
     typer.echo(json.dumps({"problems": stats.problems_done, "attempts": stats.attempts, "mistakes": stats.mistakes,
-                           "corrections": stats.corrections, "accepted": stats.accepted}))
+                           "corrections": stats.corrections, "accepted": stats.accepted, "deferred": stats.deferred,
+                           "failed": stats.failed}))
+    if stats.deferred or stats.failed:
+        typer.echo(f"{stats.deferred} corrections deferred (upstream unavailable) and {stats.failed} failed at the "
+                   "upstream; run again to retry them", err=True)
+        if strict:
+            raise typer.Exit(1)
 
 
 @problems_app.command("add")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lema.v1 import common_pb2 as lema_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lema/v1/collector.proto\x12\x07lema.v1\x1a\x14lema/v1/common.proto\"8\n\x12\x41\x64\x64ProblemsRequest\x12\"\n\x08problems\x18\x01 \x03(\x0b\x32\x10.lema.v1.Problem\")\n\x08Rejected\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\"}\n\x13\x41\x64\x64ProblemsResponse\x12\r\n\x05valid\x18\x01 \x01(\x05\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\x05\x12\x0e\n\x06queued\x18\x03 \x01(\x05\x12#\n\x08rejected\x18\x04 \x03(\x0b\x32\x11.lema.v1.Rejected\x12\x13\n\x0bproblem_ids\x18\x05 \x03(\t\"\x11\n\x0fGetStatsRequest\"\xbd\x01\n\x0e\x43ollectorStats\x12\x10\n\x08problems\x18\x01 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\x03\x12\x10\n\x08mistakes\x18\x03 \x01(\x03\x12\x13\n\x0b\x63orrections\x18\x04 \x01(\x03\x12\x1c\n\x14\x63orrections_accepted\x18\x05 \x01(\x03\x12\x15\n\raugmentations\x18\x06 \x01(\x03\x12\x16\n\x0eintake_pending\x18\x07 \x01(\x03\x12\x13\n\x0bintake_done\x18\x08 \x01(\x03\x32\x94\x01\n\tCollector\x12H\n\x0b\x41\x64\x64Problems\x12\x1b.lema.v1.AddProblemsRequest\x1a\x1c.lema.v1.AddProblemsResponse\x12=\n\x08GetStats\x12\x18.lema.v1.GetStatsRequest\x1a\x17.lema.v1.CollectorStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lema/v1/collector.proto\x12\x07lema.v1\x1a\x14lema/v1/common.proto\"8\n\x12\x41\x64\x64ProblemsRequest\x12\"\n\x08problems\x18\x01 \x03(\x0b\x32\x10.lema.v1.Problem\")\n\x08Rejected\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\"}\n\x13\x41\x64\x64ProblemsResponse\x12\r\n\x05valid\x18\x01 \x01(\x05\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\x05\x12\x0e\n\x06queued\x18\x03 \x01(\x05\x12#\n\x08rejected\x18\x04 \x03(\x0b\x32\x11.lema.v1.Rejected\x12\x13\n\x0bproblem_ids\x18\x05 \x03(\t\"\x11\n\x0fGetStatsRequest\"\xd4\x01\n\x0e\x43ollectorStats\x12\x10\n\x08problems\x18\x01 \x01(\x03\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\x03\x12\x10\n\x08mistakes\x18\x03 \x01(\x03\x12\x13\n\x0b\x63orrections\x18\x04 \x01(\x03\x12\x1c\n\x14\x63orrections_accepted\x18\x05 \x01(\x03\x12\x15\n\raugmentations\x18\x06 \x01(\x03\x12\x16\n\x0eintake_pending\x18\x07 \x01(\x03\x12\x13\n\x0bintake_done\x18\x08 \x01(\x03\x12\x15\n\rintake_failed\x18\t \x01(\x03\x32\x94\x01\n\tCollector\x12H\n\x0b\x41\x64\x64Problems\x12\x1b.lema.v1.AddProblemsRequest\x1a\x1c.lema.v1.AddProblemsResponse\x12=\n\x08GetStats\x12\x18.lema.v1.GetStatsRequest\x1a\x17.lema.v1.CollectorStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,7 +41,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATSREQUEST']._serialized_start=286
   _globals['_GETSTATSREQUEST']._serialized_end=303
   _globals['_COLLECTORSTATS']._serialized_start=306
-  _globals['_COLLECTORSTATS']._serialized_end=495
-  _globals['_COLLECTOR']._serialized_start=498
-  _globals['_COLLECTOR']._serialized_end=646
+  _globals['_COLLECTORSTATS']._serialized_end=518
+  _globals['_COLLECTOR']._serialized_start=521
+  _globals['_COLLECTOR']._serialized_end=669
 # @@protoc_insertion_point(module_scope)

@@ -40,7 +40,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectorStats(_message.Message):
-    __slots__ = ("problems", "attempts", "mistakes", "corrections", "corrections_accepted", "augmentations", "intake_pending", "intake_done")
+    __slots__ = ("problems", "attempts", "mistakes", "corrections", "corrections_accepted", "augmentations", "intake_pending", "intake_done", "intake_failed")
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     MISTAKES_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class CollectorStats(_message.Message):
     AUGMENTATIONS_FIELD_NUMBER: _ClassVar[int]
     INTAKE_PENDING_FIELD_NUMBER: _ClassVar[int]
     INTAKE_DONE_FIELD_NUMBER: _ClassVar[int]
+    INTAKE_FAILED_FIELD_NUMBER: _ClassVar[int]
     problems: int
     attempts: int
     mistakes: int
@@ -57,4 +58,5 @@ class CollectorStats(_message.Message):
     augmentations: int
     intake_pending: int
     intake_done: int
-    def __init__(self, problems: _Optional[int] = ..., attempts: _Optional[int] = ..., mistakes: _Optional[int] = ..., corrections: _Optional[int] = ..., corrections_accepted: _Optional[int] = ..., augmentations: _Optional[int] = ..., intake_pending: _Optional[int] = ..., intake_done: _Optional[int] = ...) -> None: ...
+    intake_failed: int
+    def __init__(self, problems: _Optional[int] = ..., attempts: _Optional[int] = ..., mistakes: _Optional[int] = ..., corrections: _Optional[int] = ..., corrections_accepted: _Optional[int] = ..., augmentations: _Optional[int] = ..., intake_pending: _Optional[int] = ..., intake_done: _Optional[int] = ..., intake_failed: _Optional[int] = ...) -> None: ...

@@ -66,6 +66,14 @@ class CollectSettings:
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
+def transient_failure(exc: BaseException) -> bool:
+    """A failure of the services, not of the work: the work stays to do and a later pass retries it."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED)
+    return isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError))
+
+
 @dataclass
 class Stats:
     problems_total: int = 0
@@ -74,6 +82,8 @@ class Stats:
     mistakes: int = 0
     corrections: int = 0
     accepted: int = 0
+    deferred: int = 0  # transient upstream trouble: not stored, a later run asks again
+    failed: int = 0  # stored as upstream_error: a later run asks again too
     started: float = field(default_factory=time.monotonic)
 
     def rate(self) -> float:
@@ -349,9 +359,18 @@ class Collector:
                 with self.sessions() as session:
                     attempt = session.get(Attempt, attempt_id)
                     problem = session.get(Problem, attempt.problem_id)
-                result = await self.corrector.correct(problem, attempt)
+                try:
+                    result = await self.corrector.correct(problem, attempt)
+                except Exception as exc:  # noqa: BLE001 - one bad item must not stop the others
+                    if transient_failure(exc):
+                        result = CorrectionResult("deferred", {})
+                    else:  # stored as a failure (a later run asks again), never lost, never a crash
+                        result = CorrectionResult("upstream_error", dict(
+                            failure_reason=f"corrector error: {type(exc).__name__}: {str(exc)[:300]}"))
                 if result.status == "deferred":
                     CORRECTIONS.labels(status="deferred").inc()
+                    self.stats.deferred += 1
+                    self.on_update(self.stats)
                     continue
                 row = dict(id=f"{attempt.id}|{self.corrector.tag}", attempt_id=attempt.id, problem_id=problem.id,
                            status=result.status, **{"upstream_model": "", "prompt_id": "", "prompt_version": "",
@@ -360,6 +379,7 @@ class Collector:
                     repo.add_correction(session, row)
                 self.stats.corrections += 1
                 self.stats.accepted += result.status == "accepted"
+                self.stats.failed += result.status == "upstream_error"
                 CORRECTIONS.labels(status=result.status).inc()
                 self.on_update(self.stats)
 

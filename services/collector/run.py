@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from lema.services.collector.pipeline import Collector, CollectSettings, Stats
+from lema.services.collector.pipeline import Collector, CollectSettings, Stats, transient_failure
 from lema.services.collector.sources import load_source
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lema.core.store import repository as repo
 from lema.core.store.db import open_store
+
+log = logging.getLogger(__name__)
 
 
 def _describe(stats: Stats) -> str:
@@ -50,9 +53,34 @@ async def collect(store_url: str, sources: list[str], settings: CollectSettings,
                     progress.update(task, info=_describe(collector.stats) + " · waiting for intake")
                     await asyncio.sleep(poll_interval_s)
                     continue
-                await collector.run(pending)
-                with sessions.begin() as session:
-                    repo.mark_intake_done(session, pending)
+                await _collect_intake(collector, sessions, pending)
         finally:
             await collector.close()
     return collector.stats
+
+
+async def _collect_intake(collector: Collector, sessions, pending: list[str]) -> None:
+    """Collect a batch of intake problems. When the batch fails for a reason that is not transient, each problem
+    is tried alone, and one that still fails is marked failed with its reason: one bad problem never stops the
+    queue (a poison pill), and the good ones of its batch are collected."""
+    try:
+        await collector.run(pending)
+        done = pending
+    except Exception as exc:  # noqa: BLE001 - sorted below: transient (re-raised) or a bad problem
+        if transient_failure(exc):
+            raise
+        done = []
+        for problem_id in pending:
+            try:
+                await collector.run([problem_id])
+            except Exception as single:  # noqa: BLE001
+                if transient_failure(single):
+                    raise
+                reason = f"{type(single).__name__}: {str(single)[:300]}"
+                log.warning("intake problem %s failed: %s", problem_id, reason)
+                with sessions.begin() as session:
+                    repo.mark_intake_failed(session, problem_id, reason)
+            else:
+                done.append(problem_id)
+    with sessions.begin() as session:
+        repo.mark_intake_done(session, done)

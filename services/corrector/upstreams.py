@@ -71,8 +71,10 @@ class ReferenceUpstream:
             )
         try:
             program = Program.from_json(job.program_json)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UpstreamInputError(f"problem.program_json is not a valid program: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamInputError(f"problem.program_json is not a valid program: {str(exc)[:200]}") from None
+        if not program.steps:
+            raise UpstreamInputError("problem.program_json is not a valid program: it has no steps")
         from lema.core.formats import render_solution
 
         answer = str(program.steps[-1].result)

@@ -91,7 +91,8 @@ class IntakeItem(Base):
     __tablename__ = "intake"
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     problem_id: Mapped[str] = mapped_column(ForeignKey("problems.id"), unique=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done | failed
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")  # why a failed item failed
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -15,6 +15,9 @@ from sqlalchemy.orm import Session
 from lema.core.answers import DatasetKind
 from lema.core.store.models import Attempt, Augmentation, Correction, IntakeItem, Problem
 
+MAX_PROGRAM_CHARS = 100_000
+MAX_META_CHARS = 16_000
+
 
 class ProblemIn(BaseModel):
     """A problem as users hand it in (one JSONL line of `lema problems add`)."""
@@ -27,7 +30,7 @@ class ProblemIn(BaseModel):
     id: str | None = Field(default=None, max_length=200)
     source: str = Field(default="intake", max_length=300)
     gold_solution: str | None = Field(default=None, max_length=20_000)
-    program_json: str | None = None
+    program_json: str | None = Field(default=None, max_length=MAX_PROGRAM_CHARS)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("question", "gold_answer")
@@ -35,6 +38,30 @@ class ProblemIn(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
+        return value
+
+    @field_validator("program_json")
+    @classmethod
+    def _a_program(cls, value: str | None) -> str | None:
+        """A synthetic problem's program must be one the reference corrector can run (else it would fail later,
+        inside a collector, for every run)."""
+        if value is None or not value.strip():
+            return None
+        from lema.core.synthetic.program import Program
+
+        try:
+            program = Program.from_json(value)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise ValueError(f"not a valid program ({type(exc).__name__})") from None
+        if not program.steps:
+            raise ValueError("a program needs at least one step")
+        return value
+
+    @field_validator("meta")
+    @classmethod
+    def _small_meta(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value, default=str)) > MAX_META_CHARS:
+            raise ValueError(f"at most {MAX_META_CHARS} characters as JSON")
         return value
 
     def key(self) -> str:
@@ -131,6 +158,18 @@ def mark_intake_done(session: Session, problem_ids: Sequence[str]) -> None:
             {IntakeItem.status: "done"}, synchronize_session=False)
 
 
+def mark_intake_failed(session: Session, problem_id: str, reason: str) -> None:
+    """Take a problem that cannot be processed off the queue, keeping why (it stays in the store)."""
+    session.query(IntakeItem).filter(IntakeItem.problem_id == problem_id).update(
+        {IntakeItem.status: "failed", IntakeItem.reason: reason[:1000]}, synchronize_session=False)
+
+
+def failed_intake(session: Session) -> list[tuple[str, str]]:
+    rows = session.execute(select(IntakeItem.problem_id, IntakeItem.reason).where(IntakeItem.status == "failed")
+                           .order_by(IntakeItem.seq))
+    return [(pid, reason) for pid, reason in rows]
+
+
 def add_attempts(session: Session, rows: Sequence[dict]) -> int:
     return _insert_ignore(session, Attempt, rows)
 
@@ -200,4 +239,6 @@ def counts(session: Session) -> dict[str, int]:
             select(func.count()).select_from(IntakeItem).where(IntakeItem.status == "pending")) or 0,
         "intake_done": session.scalar(
             select(func.count()).select_from(IntakeItem).where(IntakeItem.status == "done")) or 0,
+        "intake_failed": session.scalar(
+            select(func.count()).select_from(IntakeItem).where(IntakeItem.status == "failed")) or 0,
     }
