@@ -149,7 +149,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(trainer, export_file):
     pid = _worker_pid(server.process.pid)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    time.sleep(1)
+    # Issue 17, item 7: the run turns FAILED (resumable) at once, and WatchRun ends on that state; before, it read
+    # RUNNING until the trainer restarted and WatchRun ended with no terminal event.
+    started = time.monotonic()
+    states = [e.state for e in watch(stub, run.id, timeout=60) if e.WhichOneof("event") == "state"]
+    assert states[-1] == tpb.RUN_STATE_FAILED and time.monotonic() - started < 30
+    failed = stub.GetRun(tpb.GetRunRequest(run_id=run.id), timeout=10)
+    assert failed.state == tpb.RUN_STATE_FAILED and "SIGKILL" in failed.error and "resume" in failed.error
     with pytest.raises(grpc.RpcError) as err:  # the run exists: restarting it needs resume=true
         stub.StartRun(tpb.StartRunRequest(config_yaml=recipe, export_path=str(export_file), run_id="resumable"),
                       timeout=30)

@@ -130,7 +130,27 @@ class RunManager:
     def all(self) -> list[RunDir]:
         return [RunDir(p.parent) for p in sorted(self.root.glob("*/run.json"))]
 
+    def reap(self) -> None:
+        """Runs whose worker exited without reaching a final state (killed, crashed) fail at once, resumable, with
+        a state event, so GetRun and WatchRun tell the truth without a trainer restart."""
+        for run_id, process in list(self._processes.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            run = self.get(run_id)
+            if run.state().state not in TERMINAL:
+                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                run.update(state="failed", finished_at=now(), error=f"the worker stopped unexpectedly ({how}); "
+                           "StartRun with resume=true continues from the last checkpoint")
+                run.event("state", state="failed")
+            del self._processes[run_id]
+
+    def is_running(self, run_id: str) -> bool:
+        process = self._processes.get(run_id)
+        return process is not None and process.poll() is None
+
     def active(self) -> RunDir | None:
+        self.reap()
         for run_id, process in list(self._processes.items()):
             if process.poll() is None:
                 run = self.get(run_id)

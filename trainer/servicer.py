@@ -142,19 +142,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
         offset = 0
         while True:
+            self.runs.reap()  # a dead worker's run turns failed here, with its state event
             events, offset = run.events(offset)
             for event in events:
                 yield event_to_pb(run.id, event)
             state = run.state()
             if state.state in TERMINAL and not events:
                 return
-            if state.state not in TERMINAL and self.runs.active() is None and self._processes_gone(run):
-                return
+            if state.state not in TERMINAL and not self.runs.is_running(run.id):
+                return  # no process of this trainer runs it (nothing more will happen until StartRun)
             await asyncio.sleep(0.5)
-
-    def _processes_gone(self, run: RunDir) -> bool:
-        process = self.runs._processes.get(run.id)
-        return process is None or process.poll() is not None
 
     async def CancelRun(self, request: tpb.CancelRunRequest, context) -> tpb.TrainingRun:
         run = self._run(request.run_id)
@@ -164,6 +161,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return run_to_pb(run, state)
 
     async def GetRun(self, request: tpb.GetRunRequest, context) -> tpb.TrainingRun:
+        self.runs.reap()
         run = self._run(request.run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
