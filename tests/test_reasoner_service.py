@@ -114,6 +114,9 @@ def test_greedy_accuracy_on_held_out_synthetic_problems_is_in_band(reasoner):
         (lambda r: r.problems[0].__setattr__("question", "x" * 8001), "the limit is 8000"),
         (lambda r: r.problems[0].__setattr__("kind", 0), "problems[0].kind must be"),
         (lambda r: r.sampling.__setattr__("temperature", -1), "temperature must be >= 0"),
+        (lambda r: r.sampling.__setattr__("temperature", float("nan")), "temperature must be >= 0 and finite"),
+        (lambda r: r.sampling.__setattr__("temperature", float("inf")), "temperature must be >= 0 and finite"),
+        (lambda r: r.problems[0].__setattr__("question", "x" * 3_000_000), "has 3000000 characters; the limit"),
         (lambda r: r.ClearField("problems"), "problems is empty"),
     ],
 )

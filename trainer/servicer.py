@@ -139,7 +139,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     async def WatchRun(self, request: tpb.WatchRunRequest, context) -> AsyncIterator[tpb.RunEvent]:
         run = self._run(request.run_id)
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id[:200]!r}")
         offset = 0
         while True:
             self.runs.reap()  # a dead worker's run turns failed here, with its state event
@@ -156,7 +156,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     async def CancelRun(self, request: tpb.CancelRunRequest, context) -> tpb.TrainingRun:
         run = self._run(request.run_id)
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id[:200]!r}")
         state = await asyncio.to_thread(self.runs.cancel, run)
         return run_to_pb(run, state)
 
@@ -164,7 +164,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self.runs.reap()
         run = self._run(request.run_id)
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id[:200]!r}")
         return run_to_pb(run)
 
     async def ListAdapters(self, request: tpb.ListAdaptersRequest, context) -> tpb.ListAdaptersResponse:

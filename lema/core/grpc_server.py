@@ -78,6 +78,11 @@ async def run_grpc_server(
     log.info("stopped")
 
 
+MAX_ERROR_CHARS = 1_000  # an error that quoted a 10 MB input would itself exceed the message limit
+
+
 def invalid_argument(context: grpc.aio.ServicerContext, message: str) -> Awaitable[None]:
-    """Abort the call with INVALID_ARGUMENT and a message a person can act on."""
+    """Abort the call with INVALID_ARGUMENT and a message a person can act on (truncated: it may quote input)."""
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[:MAX_ERROR_CHARS] + f"... ({len(message)} characters)"
     return context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)

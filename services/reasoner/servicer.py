@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -60,9 +61,9 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
             return None, f"sampling.n must be >= 1 (got {message.n})"
         if message.n > c.max_samples:
             return None, f"sampling.n is {message.n}; this server allows at most {c.max_samples} samples per problem"
-        if message.temperature < 0:
-            return None, f"sampling.temperature must be >= 0 (got {message.temperature})"
-        if not 0 <= message.top_p <= 1:
+        if not math.isfinite(message.temperature) or message.temperature < 0:
+            return None, f"sampling.temperature must be >= 0 and finite (got {message.temperature})"
+        if not math.isfinite(message.top_p) or not 0 <= message.top_p <= 1:
             return None, f"sampling.top_p must be in (0, 1] (got {message.top_p})"
         if message.max_tokens < 0 or message.max_tokens > c.max_tokens_limit:
             return None, f"sampling.max_tokens must be in 1..{c.max_tokens_limit} (got {message.max_tokens})"
@@ -98,7 +99,7 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
             await invalid_argument(context, error)
         adapter = request.adapter or None
         if adapter and adapter not in {a.name for a in self.engine.adapters()}:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"adapter {adapter!r} is not loaded")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"adapter {adapter[:200]!r} is not loaded")
 
         sampling_echo = pb.SamplingParams()
         sampling_echo.CopyFrom(request.sampling)

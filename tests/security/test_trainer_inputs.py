@@ -83,3 +83,17 @@ def test_a_bad_dataset_line_is_refused_at_start_with_its_number(trainer):
     stub, _ = trainer
     details = _refused(stub, export_path="garbage.jsonl")
     assert "garbage.jsonl line 3" in details and "prompt/completion" in details
+
+
+def test_errors_do_not_echo_huge_inputs(trainer):
+    """Issue 17, item 8: an error quoting a 10 MB input exceeded the message limit (the client saw
+    RESOURCE_EXHAUSTED instead of the real error)."""
+    stub, _ = trainer
+    huge = "r" * 10_000_000
+    for call, request in ((stub.GetRun, tpb.GetRunRequest(run_id=huge)),
+                          (stub.CancelRun, tpb.CancelRunRequest(run_id=huge))):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and len(err.value.details()) < 2_000
+    details = _refused(stub, config_yaml="{" + "k" * 10_000_000 + ": 1}", export_path="good.jsonl")
+    assert len(details) < 2_000
