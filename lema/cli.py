@@ -54,6 +54,16 @@ def _with_overrides(section, overrides: dict):
         _fail(str(exc))
 
 
+def _store(url: str):
+    """The store's sessions, or a clear error (exit 2) instead of a driver traceback."""
+    from lema.core.store.db import StoreError, open_store
+
+    try:
+        return open_store(url)
+    except StoreError as exc:
+        _fail(str(exc))
+
+
 def _grpc_section(section, overrides: dict):
     """`_with_overrides` for a gRPC service, refused up front when it would listen unguarded beyond loopback or its
     TLS files cannot be read (lema.core.security)."""
@@ -274,6 +284,7 @@ def serve_collector(
     overrides = {"store": store, "port": port, "host": host, "max_items_per_request": max_items,
                  "metrics_port": metrics_port}
     section = _grpc_section(section, overrides)
+    _store(section.store)  # a clear error now, not a traceback from inside the server
     main(section)
 
 
@@ -398,6 +409,7 @@ def collect(
                                             "(a later run asks again either way)"),
 ) -> None:
     """Reason -> verify -> correct the mistakes -> verify the corrections -> store. Resumable, exactly-once."""
+    from lema.core.store.db import StoreError
     from lema.services.collector.pipeline import CollectSettings
     from lema.services.collector.run import collect as run_collect
     from lema.services.collector.sources import SourceError
@@ -409,7 +421,7 @@ def collect(
                                corrector_address=corrector, batch_size=batch_size, correct_concurrency=concurrency)
     try:
         stats = asyncio.run(run_collect(store, source, settings, follow=follow, limit=limit))
-    except SourceError as exc:
+    except (SourceError, StoreError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130)
@@ -430,14 +442,13 @@ def problems_add(
 ) -> None:
     """Validate a JSONL file line by line, store the valid problems and queue them for collection."""
     from lema.core.store import repository as repo
-    from lema.core.store.db import open_store
 
     try:
         lines = file.read_text().splitlines()
     except OSError as exc:
         _fail(f"cannot read {file}: {exc}")
     valid, errors = repo.parse_problem_lines(lines)
-    sessions = open_store(store)
+    sessions = _store(store)
     with sessions.begin() as session:
         added, queued = repo.intake_problems(session, valid)
     for number, reason in errors:
@@ -469,14 +480,13 @@ def export_command(
     max_seq_len (a correction that does not fit is shortened or dropped; no completion is ever cut), and a
     manifest."""
     from lema.core.exports import CORRECTION_FORMATS, export
-    from lema.core.store.db import open_store
 
     if correction_format not in CORRECTION_FORMATS:
         _fail(f"--correction-format must be one of {', '.join(CORRECTION_FORMATS)} (got {correction_format!r})")
     if mistakes not in ("all", "systematic"):
         _fail(f"--mistakes must be all or systematic (got {mistakes!r})")
     lengths = _length_check(recipe, model, max_seq_len)
-    sessions = open_store(store)
+    sessions = _store(store)
     try:
         with sessions.begin() as session:
             manifest = export(session, out, size=size, seed=seed, lengths=lengths,

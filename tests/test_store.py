@@ -100,3 +100,20 @@ def test_intake_file_rejected_line_by_line_and_valid_lines_kept(tmp_path):
     reasons = dict(errors)
     assert "not valid JSON" in reasons[2] and "kind" in reasons[3] and "question" in reasons[5]
     assert "surprise" in reasons[7]
+
+
+def test_an_unreachable_store_is_a_clear_error_not_a_traceback(tmp_path):
+    """Issue 17, item 8: `sqlite:///tmp/x.db` is relative to the working directory (SQLAlchemy's rule); a folder that
+    does not exist gave a driver traceback."""
+    import subprocess
+
+    from conftest import lema_command
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"kind": "gsm8k", "question": "What is 1 + 1?", "gold_answer": "2"}) + "\n")
+    for url, expected in (("sqlite:///no-such-folder/x.db", "folder does not exist"),
+                          ("postgresql://user:hunter2@127.0.0.1:1/x", "cannot open")):
+        out = subprocess.run([*lema_command(), "problems", "add", str(path), "--store", url], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and expected in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and "hunter2" not in out.stderr

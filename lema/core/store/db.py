@@ -19,9 +19,27 @@ def normalize_url(url: str) -> str:
     return url
 
 
+class StoreError(ValueError):
+    """A store that cannot be opened; the message says which and why, with no password and no traceback."""
+
+
+def _check_sqlite_folder(url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return
+    folder = Path(database).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise StoreError(f"store: {url} is the SQLite file {Path(database).expanduser().resolve()}, and its folder "
+                         f"does not exist (sqlite:///a/b.db is relative to the working directory, "
+                         f"sqlite:////a/b.db absolute; a plain file path works too)")
+
+
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
+        _check_sqlite_folder(url)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -51,6 +69,14 @@ def migrate(engine: Engine) -> None:
 
 
 def open_store(url: str) -> sessionmaker[Session]:
+    """Open (and migrate) a store; StoreError when it cannot be reached."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
     engine = make_engine(url)
-    migrate(engine)
+    try:
+        migrate(engine)
+    except OperationalError as exc:
+        shown = make_url(normalize_url(url)).render_as_string(hide_password=True)
+        raise StoreError(f"store: cannot open {shown}: {str(exc.orig)[:300]}") from None
     return sessionmaker(engine, expire_on_commit=False)
