@@ -29,11 +29,28 @@ G, M = DatasetKind.GSM8K, DatasetKind.MATH
         (r"The answer is $\left( 3, \frac{\pi}{2} \right)$.", M, r"\left( 3, \frac{\pi}{2} \right)", ExtractionMethod.ANSWER_IS),
         (r"so \boxed 5.", M, "5", ExtractionMethod.BOXED),
         (r"unbalanced \boxed{1 + {2} and 3", M, "3", ExtractionMethod.LAST_NUMBER),
+        # MATH without a boxed answer: the last expression, as math-verify reads it (issue 17), not its last number
+        (r"So the ratio is $\frac{2\sqrt{3}}{3}$.", M, r"\frac{2\sqrt{3}}{3}", ExtractionMethod.LAST_EXPRESSION),
+        (r"We get \[x = 6+9i.\]", M, "6+9i", ExtractionMethod.LAST_EXPRESSION),
+        (r"hence \(11\sqrt2\), which costs \$15 and \$20 in all", M, r"11\sqrt2", ExtractionMethod.LAST_EXPRESSION),
+        ("Finally, x = \\frac{1}{2}", M, r"\frac{1}{2}", ExtractionMethod.LAST_EXPRESSION),
+        ("there are $9$ divisors of 196.", M, "9", ExtractionMethod.LAST_EXPRESSION),
+        ("I think 7, no wait, 9", M, "9", ExtractionMethod.LAST_NUMBER),
+        (r"He pays $15 and $20 in all.", G, "20", ExtractionMethod.LAST_NUMBER),  # dollars in word problems
     ],
 )
 def test_extract(text, kind, answer, method):
     got = extract_answer(text, kind)
     assert (got.answer, got.method) == (answer, method)
+
+
+def test_last_expression_on_adversarial_text():
+    """Unclosed delimiters and long lines: an answer or none, without a catastrophic regex backtrack (the suite's
+    timeout is the guard; speed is measured in bench/, not asserted here)."""
+    assert extract_answer("$" + "\\" * 100_000, M).method == ExtractionMethod.NONE
+    assert extract_answer("x = " + "a " * 100_000, M).method == ExtractionMethod.NONE
+    assert extract_answer("$a" * 50_000, M).answer == "a"
+    assert extract_answer("\\[" + "x" * 200_000 + " 7", M).answer == "7"
 
 
 def test_boxed_deep_nesting_is_linear():

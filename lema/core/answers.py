@@ -26,6 +26,7 @@ class ExtractionMethod(str, Enum):
     BOXED = "boxed"
     LAST_NUMBER = "last_number"
     VERBATIM = "verbatim"
+    LAST_EXPRESSION = "last_expression"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,8 @@ def _clean_tail(answer: str) -> str:
         answer = answer[:-1].rstrip()
     if len(answer) >= 2 and answer[0] == "$" and answer[-1] == "$" and answer.count("$") == 2:
         answer = answer[1:-1].strip()
+        if answer.endswith(".") and not answer.endswith(".."):  # "$52_8.$"
+            answer = answer[:-1].rstrip()
     return answer
 
 
@@ -109,6 +112,41 @@ def extract_hashes(text: str) -> str | None:
     return answer or None
 
 
+# A math span, the way math-verify's LaTeX extraction reads one: $$...$$, \[...\], \(...\), $...$ (an escaped
+# \$ is a dollar sign, not a delimiter). Lazy bodies without nested quantifiers keep the scan linear.
+_MATH_SPAN_RE = re.compile(
+    r"(?<!\\)\$\$((?:[^$\\]|\\.)+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$((?:[^$\\]|\\.)+?)\$",
+    re.DOTALL,
+)
+def _final_equation_rhs(text: str) -> str | None:
+    """The right-hand side when the last line ends in "x = <LaTeX or number>" ("..., so x = \\frac{1}{2}")."""
+    line = text.rstrip().rsplit("\n", 1)[-1].strip().rstrip(".")
+    left, sep, right = line.rpartition("=")
+    left = left.rstrip()
+    if not sep or not left or not left[-1].isalpha() or (len(left) > 1 and left[-2] not in " ,;:"):
+        return None  # "x =" must be a one-letter variable
+    right = right.strip()
+    return right if right and any(c.isdigit() or c == "\\" for c in right) else None
+
+
+def extract_last_expression(text: str) -> str | None:
+    """The last math expression (the right-hand side when it is an equation), e.g. "$\\frac{2\\sqrt{3}}{3}$." ->
+    "\\frac{2\\sqrt{3}}{3}", where the last bare number would be "3"."""
+    last = None
+    for last in _MATH_SPAN_RE.finditer(text):
+        pass
+    if last is not None:
+        expression = next(group for group in last.groups() if group is not None)
+    else:
+        expression = _final_equation_rhs(text)
+        if expression is None:
+            return None
+    expression = expression.strip().rstrip(".,;").strip()
+    if "=" in expression:
+        expression = expression.rsplit("=", 1)[1].strip()
+    return expression or None
+
+
 def extract_last_number(text: str) -> str | None:
     last = None
     for last in _NUMBER_RE.finditer(text):
@@ -120,13 +158,15 @@ _ORDER = {
     # Word problems: GSM8K's own "####", lema's "The answer is", then a boxed answer.
     DatasetKind.GSM8K: (ExtractionMethod.HASHES, ExtractionMethod.ANSWER_IS, ExtractionMethod.BOXED),
     DatasetKind.SYNTHETIC: (ExtractionMethod.HASHES, ExtractionMethod.ANSWER_IS, ExtractionMethod.BOXED),
-    # Competition math: the boxed answer is the convention.
-    DatasetKind.MATH: (ExtractionMethod.BOXED, ExtractionMethod.ANSWER_IS, ExtractionMethod.HASHES),
+    # Competition math: the boxed answer is the convention; then, as math-verify does, the last expression.
+    DatasetKind.MATH: (ExtractionMethod.BOXED, ExtractionMethod.ANSWER_IS, ExtractionMethod.HASHES,
+                       ExtractionMethod.LAST_EXPRESSION),
 }
 _EXTRACTORS = {
     ExtractionMethod.HASHES: extract_hashes,
     ExtractionMethod.ANSWER_IS: extract_answer_is,
     ExtractionMethod.BOXED: extract_boxed,
+    ExtractionMethod.LAST_EXPRESSION: extract_last_expression,
 }
 
 

@@ -35,6 +35,7 @@ class ExtractionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXTRACTION_METHOD_BOXED: _ClassVar[ExtractionMethod]
     EXTRACTION_METHOD_LAST_NUMBER: _ClassVar[ExtractionMethod]
     EXTRACTION_METHOD_VERBATIM: _ClassVar[ExtractionMethod]
+    EXTRACTION_METHOD_LAST_EXPRESSION: _ClassVar[ExtractionMethod]
 DATASET_KIND_UNSPECIFIED: DatasetKind
 DATASET_KIND_GSM8K: DatasetKind
 DATASET_KIND_MATH: DatasetKind
@@ -52,6 +53,7 @@ EXTRACTION_METHOD_HASHES: ExtractionMethod
 EXTRACTION_METHOD_BOXED: ExtractionMethod
 EXTRACTION_METHOD_LAST_NUMBER: ExtractionMethod
 EXTRACTION_METHOD_VERBATIM: ExtractionMethod
+EXTRACTION_METHOD_LAST_EXPRESSION: ExtractionMethod
 
 class Problem(_message.Message):
     __slots__ = ("id", "kind", "question", "gold_answer", "source", "program_json", "metadata")
