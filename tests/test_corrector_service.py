@@ -184,7 +184,14 @@ def test_openai_upstream_with_a_real_weak_model(tmp_path):
         api.wait(timeout=30)
     assert len(responses) == 4
     for r in responses:
-        # lema-tiny was never taught to correct: a parsed correction or a clean failure reason, never an error
+        if name == "lema-tiny":
+            # The paper's 4-shot correction prompt (about 1,170 tokens) does not fit lema-tiny's 512-token context:
+            # the server refuses it with the numbers (it used to generate past the context), and the corrector
+            # reports a clean upstream failure, not an error.
+            assert r.status == cpb.CORRECTION_STATUS_UPSTREAM_ERROR, r
+            assert "400" in r.failure_reason and "context of 512 tokens" in r.failure_reason
+            continue
+        # A model with room for the prompt: a parsed correction or a clean failure reason, never an error
         assert r.status in (ACCEPTED, cpb.CORRECTION_STATUS_REJECTED, cpb.CORRECTION_STATUS_UNPARSEABLE), r
         assert r.correction.upstream_model == name
         assert r.correction.attempts >= 1 and r.correction.usage.completion_tokens > 0

@@ -182,6 +182,47 @@ def test_base_chat_and_completions_streaming_too(client):
         client.completions.create(model=BASE, prompt="x", max_tokens=0)
 
 
+def test_greedy_n_gives_identical_choices(client):
+    """Issue 14: `n > 1` at temperature 0 failed with HTTP 400 (a transformers message); OpenAI returns n identical
+    greedy choices."""
+    reply = client.completions.create(model=BASE, prompt=PROMPTS[0], max_tokens=12, temperature=0, n=3)
+    texts = [c.text for c in reply.choices]
+    assert len(texts) == 3 and len(set(texts)) == 1 and texts[0] == complete(client, BASE, PROMPTS[0])[1]
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    chat_reply = client.chat.completions.create(model=BASE, messages=CHAT[1], max_tokens=8, temperature=0, n=2)
+    assert len({c.message.content for c in chat_reply.choices}) == 1 and len(chat_reply.choices) == 2
+
+
+def test_bounded_work_and_malformed_bodies_are_4xx_with_an_openai_error(server, client):
+    """Issue 14: no context check (a 1 MB prompt would hold the engine for ~25 minutes), unbounded stop strings, and
+    plain-text 500s for a subnormal temperature, invalid UTF-8, a lone surrogate and deeply nested JSON."""
+    with pytest.raises(openai.BadRequestError) as err:  # prompt + max_tokens beyond lema-tiny's 512 positions
+        client.completions.create(model=BASE, prompt="Step 1: " * 120_000, max_tokens=16)
+    assert "context of 512 tokens" in err.value.message and "max_tokens 16" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=BASE, prompt=PROMPTS[1], max_tokens=500)
+    assert "> the model's context of 512 tokens" in err.value.message
+    for stop in (["a", "b", "c", "d", "e"], ["x" * 100_000]):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=BASE, prompt=PROMPTS[1], max_tokens=4, stop=stop)
+        assert "stop" in err.value.message and len(err.value.message) < 500
+    tiny = client.completions.create(model=BASE, prompt=PROMPTS[1], max_tokens=6, temperature=1e-45)
+    assert tiny.choices[0].text == complete(client, BASE, PROMPTS[1], 6)[1]  # a subnormal temperature is greedy
+    url = f"{server.url}/v1/completions"
+    headers = {"content-type": "application/json"}
+    bodies = [b'{"model": "lema-tiny", "prompt": "\xff\xfe", "max_tokens": 2}',  # invalid UTF-8
+              '{"model": "lema-tiny", "prompt": "\\ud800", "max_tokens": 2}'.encode(),  # a lone surrogate
+              b"[" * 10_000 + b"]" * 10_000,
+              b'{"model": "lema-tiny", "prompt": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"]
+    with httpx.Client(timeout=60) as http:
+        for body in bodies:
+            reply = http.post(url, content=body, headers=headers)
+            assert 400 <= reply.status_code < 500, (body[:60], reply.status_code, reply.text[:200])
+            assert reply.json()["error"]["type"] == "invalid_request_error"
+        surrogate = http.post(url, content=bodies[1], headers=headers).json()["error"]["message"]
+        assert surrogate.startswith("prompt") and "surrogate" in surrogate
+
+
 # --- the admin token -----------------------------------------------------------------------------------
 
 

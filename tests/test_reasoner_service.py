@@ -117,6 +117,10 @@ def test_greedy_accuracy_on_held_out_synthetic_problems_is_in_band(reasoner):
         (lambda r: r.sampling.__setattr__("temperature", float("nan")), "temperature must be >= 0 and finite"),
         (lambda r: r.sampling.__setattr__("temperature", float("inf")), "temperature must be >= 0 and finite"),
         (lambda r: r.problems[0].__setattr__("question", "x" * 3_000_000), "has 3000000 characters; the limit"),
+        (lambda r: r.problems[0].__setattr__("question", " ".join(str(i) for i in range(1500))),
+         "> the model's context of 512 tokens"),
+        (lambda r: r.sampling.stop.extend(["a", "b", "c", "d", "e"]), "sampling.stop: at most 4 strings"),
+        (lambda r: r.sampling.stop.append("s" * 10_000), "sampling.stop: every string must have 1 to 128"),
         (lambda r: r.ClearField("problems"), "problems is empty"),
     ],
 )
@@ -131,6 +135,18 @@ def test_bad_requests_are_invalid_argument(reasoner, mutate, message):
         list(stub.Solve(request, timeout=10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in err.value.details()
+
+
+def test_greedy_samples_are_identical(reasoner):
+    """Issue 14: `n > 1` at temperature 0 failed (gRPC UNKNOWN); now n identical greedy paths."""
+    _, stub, _ = reasoner
+    request = rpb.SolveRequest(
+        problems=[pb.Problem(id="p", kind=pb.DATASET_KIND_SYNTHETIC, question="What is 2 + 3?", gold_answer="5")],
+        sampling=pb.SamplingParams(n=4, temperature=0.0, max_tokens=24),
+    )
+    paths = [r.path for r in stub.Solve(request, timeout=60)]
+    assert len(paths) == 4 and len({p.text for p in paths}) == 1
+    assert sorted(p.sample_index for p in paths) == [0, 1, 2, 3]
 
 
 def test_unknown_adapter_is_not_found(reasoner):

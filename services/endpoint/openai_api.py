@@ -22,11 +22,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from lema.core.engines import Engine, EngineError, SamplingParams
 
@@ -35,18 +35,30 @@ MAX_N = 16
 ADAPTER_HEADER = "x-lema-adapter"
 
 
+def _unicode(value: str) -> str:
+    """JSON can carry a lone surrogate ("\\ud800"), which no tokenizer can encode: refuse it here, by field."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate, which is not valid Unicode") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
 class ChatMessageIn(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class _Common(BaseModel):
-    model: str
+    model: Text
     n: int = Field(default=1, ge=1, le=MAX_N)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -58,7 +70,7 @@ class _Common(BaseModel):
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
 
 
 class ChatRequest(_Common):
@@ -115,12 +127,12 @@ def build_app(
     async def parse(request: Request, model_cls):
         try:
             return model_cls.model_validate(await request.json()), None
-        except json.JSONDecodeError:
-            return None, _error(400, "the request body is not valid JSON")
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             return None, _error(400, f"{where}: {first['msg']}")
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
+            return None, _error(400, "the request body is not valid JSON (UTF-8, nested at most a few hundred deep)")
 
     @app.get("/models")
     async def models() -> dict:

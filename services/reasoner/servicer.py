@@ -20,7 +20,7 @@ from prometheus_client import Counter, Histogram
 
 from lema.core.answers import extract_answer
 from lema.core.config import ReasonerConfig
-from lema.core.engines import Engine, EngineError, SamplingParams
+from lema.core.engines import ContextLengthError, Engine, EngineError, SamplingParams
 from lema.core.formats import cot_prompt, split_steps
 from lema.core.grpc_server import invalid_argument
 from lema.core.proto_convert import kind_from_pb, verdict_to_pb
@@ -67,14 +67,17 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
             return None, f"sampling.top_p must be in (0, 1] (got {message.top_p})"
         if message.max_tokens < 0 or message.max_tokens > c.max_tokens_limit:
             return None, f"sampling.max_tokens must be in 1..{c.max_tokens_limit} (got {message.max_tokens})"
-        return SamplingParams(
-            n=message.n,
-            temperature=message.temperature,
-            top_p=message.top_p or 1.0,
-            max_tokens=message.max_tokens or c.default_max_tokens,
-            stop=tuple(message.stop),
-            seed=message.seed if message.HasField("seed") else None,
-        ), ""
+        try:
+            return SamplingParams(
+                n=message.n,
+                temperature=message.temperature,
+                top_p=message.top_p or 1.0,
+                max_tokens=message.max_tokens or c.default_max_tokens,
+                stop=tuple(message.stop),
+                seed=message.seed if message.HasField("seed") else None,
+            ), ""
+        except ValueError as exc:  # the engine-wide bounds (stop strings, ...)
+            return None, f"sampling.{exc}"
 
     async def Solve(self, request: rpb.SolveRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.SolveResponse]:
         c = self.config
@@ -112,8 +115,10 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
             started = time.perf_counter()
             try:
                 completions = await self.engine.generate(prompts, params, adapter)
+            except ContextLengthError as exc:
+                await invalid_argument(context, f"problems[{start}..{start + len(chunk) - 1}]: {exc}")
             except EngineError as exc:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc)[:1000])
             elapsed_ms = (time.perf_counter() - started) * 1000
             CHUNK_SECONDS.observe(elapsed_ms / 1000)
             for offset, (problem, samples) in enumerate(zip(chunk, completions)):

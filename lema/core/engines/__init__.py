@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from lema.core.engines.base import AdapterInfo, Completion, Engine, EngineError, Prompt, SamplingParams
+from lema.core.engines.base import (
+    AdapterInfo,
+    Completion,
+    ContextLengthError,
+    Engine,
+    EngineError,
+    Prompt,
+    SamplingParams,
+)
 
 ENGINES = ("vllm", "transformers", "openai")
 
-__all__ = ["AdapterInfo", "Completion", "Engine", "EngineError", "Prompt", "SamplingParams", "ENGINES", "create_engine"]
+__all__ = ["AdapterInfo", "Completion", "ContextLengthError", "Engine", "EngineError", "Prompt", "SamplingParams", "ENGINES", "create_engine"]
 
 
 def create_engine(kind: str, model: str, **options) -> Engine:

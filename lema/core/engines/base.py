@@ -10,6 +10,7 @@ and serves stale ones after a same-name reload (vLLM issue #42125), so every ada
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, Union, runtime_checkable
 
@@ -19,6 +20,18 @@ Prompt = Union[str, list[ChatMessage]]
 
 class EngineError(RuntimeError):
     """A generation request the engine cannot serve (unknown adapter, bad parameters, ...)."""
+
+
+class ContextLengthError(EngineError):
+    """A prompt plus max_tokens that does not fit the model's context; the message has the numbers."""
+
+
+# Bounds on stop strings (OpenAI allows 4): each one is searched in every decoded text, and transformers builds a
+# matcher per string, so an unbounded list or a 100 KB string made one request cost seconds.
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 128
+# Below this a temperature is greedy: dividing logits by a subnormal number overflows to inf and sampling fails.
+MIN_SAMPLING_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -33,16 +46,20 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError("n must be >= 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < self.top_p <= 1:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError("temperature must be >= 0 and finite")
+        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings (got {len(self.stop)})")
+        if any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise ValueError(f"stop: every string must have 1 to {MAX_STOP_CHARS} characters")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_SAMPLING_TEMPERATURE
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ import asyncio
 import threading
 from pathlib import Path
 
-from lema.core.engines.base import AdapterInfo, Completion, EngineError, Prompt, SamplingParams
+from lema.core.engines.base import (
+    AdapterInfo,
+    Completion,
+    ContextLengthError,
+    EngineError,
+    Prompt,
+    SamplingParams,
+)
 
 
 class TransformersEngine:
@@ -52,6 +59,9 @@ class TransformersEngine:
 
             self.model = PeftModel.from_pretrained(self.model, merge_adapter).merge_and_unload().eval()
         self.batch_size = batch_size
+        # The longest sequence the model was built for: prompt + max_tokens beyond it is refused, not generated
+        # (positions past it are out of distribution, and a huge prompt would hold the engine for minutes).
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         self._adapters: dict[str, AdapterInfo] = {}
         self._lock = threading.Lock()
 
@@ -112,7 +122,18 @@ class TransformersEngine:
         if adapter and adapter not in self._adapters:
             raise EngineError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapters)})")
         texts = [self.render(p) for p in prompts]
+        await asyncio.to_thread(self._check_context, texts, params.max_tokens)
         return await asyncio.to_thread(self._generate, texts, params, adapter)
+
+    def _check_context(self, texts: list[str], max_tokens: int) -> None:
+        if self.context_length is None:
+            return
+        for i, text in enumerate(texts):
+            length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if length + max_tokens > self.context_length:
+                raise ContextLengthError(
+                    f"prompt {i} has {length} tokens; with max_tokens {max_tokens} that is {length + max_tokens} > "
+                    f"the model's context of {self.context_length} tokens")
 
     def _generate(self, texts: list[str], params: SamplingParams, adapter: str | None) -> list[list[Completion]]:
         import contextlib
@@ -138,9 +159,12 @@ class TransformersEngine:
     def _generate_batch(self, texts: list[str], params: SamplingParams) -> list[list[Completion]]:
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
+        # Greedy decoding gives one answer per prompt: n identical choices (OpenAI's semantics), generated once.
+        generated = 1 if params.greedy else params.n  # sequences generate() returns per prompt
+        copies = params.n // generated
         kwargs = dict(
             max_new_tokens=params.max_tokens,
-            num_return_sequences=params.n,
+            num_return_sequences=generated,
             pad_token_id=self.tokenizer.pad_token_id,
             do_sample=not params.greedy,
         )
@@ -166,17 +190,12 @@ class TransformersEngine:
                 cut = text.find(stop)
                 if cut != -1:
                     text, finish = text[:cut], "stop"
-            if i % params.n == 0:
+            if i % generated == 0:
                 completions.append([])
-            completions[-1].append(
-                Completion(
-                    text=text,
-                    token_ids=tuple(ids),
-                    finish_reason=finish,
-                    prompt_tokens=int(prompt_lengths[i // params.n]),
-                    completion_tokens=len(ids),
-                )
-            )
+            completion = Completion(text=text, token_ids=tuple(ids), finish_reason=finish,
+                                    prompt_tokens=int(prompt_lengths[i // generated]),
+                                    completion_tokens=len(ids))
+            completions[-1].extend([completion] * copies)
         return completions
 
     def _eos_ids(self) -> set[int]:
