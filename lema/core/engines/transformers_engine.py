@@ -8,7 +8,11 @@ request, so calls are serialized by a lock and run in a worker thread to keep th
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lema.core.engines.base import (
@@ -63,7 +67,19 @@ class TransformersEngine:
         # (positions past it are out of distribution, and a huge prompt would hold the engine for minutes).
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         self._adapters: dict[str, AdapterInfo] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model: a generating group, an adapter load or unload
+        # A fast tokenizer changes its padding and truncation state on every call and is not safe to call from two
+        # threads at once (the context check runs beside a generating batch).
+        self._tokenizer_lock = threading.Lock()
+        self._waiting: collections.deque[_Work] = collections.deque()
+        self._waiting_changed = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._in_flight: set[_Work] = set()
+        self._busy_since: float | None = None
+        self._closed = False
+        # Counters for tests and benchmarks: generate() calls served, groups and model batches run, and the
+        # decoding steps of the last batch (a cancelled batch stops early).
+        self.stats = {"requests": 0, "groups": 0, "batches": 0, "last_batch_steps": 0}
 
     # -- prompts -----------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
@@ -115,49 +131,154 @@ class TransformersEngine:
     def adapters(self) -> list[AdapterInfo]:
         return list(self._adapters.values())
 
-    # -- generation --------------------------------------------------------------------------------
+    # -- generation ----------------------------------------------------------------------------------
     async def generate(
         self, prompts: list[Prompt], params: SamplingParams, adapter: str | None = None
     ) -> list[list[Completion]]:
+        """n completions per prompt. Requests that wait together are generated together (see `_Work.key`); a
+        caller that is cancelled (a client gone, a deadline passed) stops its rows at the next decoding step."""
         if adapter and adapter not in self._adapters:
             raise EngineError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapters)})")
         texts = [self.render(p) for p in prompts]
+        if not texts:
+            return []
         await asyncio.to_thread(self._check_context, texts, params.max_tokens)
-        return await asyncio.to_thread(self._generate, texts, params, adapter)
+        loop = asyncio.get_running_loop()
+        work = _Work(texts, params, adapter, loop, loop.create_future())
+        self._submit(work)
+        try:
+            return await work.future
+        except asyncio.CancelledError:
+            work.cancelled.set()
+            raise
 
     def _check_context(self, texts: list[str], max_tokens: int) -> None:
         if self.context_length is None:
             return
         for i, text in enumerate(texts):
-            length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            with self._tokenizer_lock:
+                length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             if length + max_tokens > self.context_length:
                 raise ContextLengthError(
                     f"prompt {i} has {length} tokens; with max_tokens {max_tokens} that is {length + max_tokens} > "
                     f"the model's context of {self.context_length} tokens")
 
-    def _generate(self, texts: list[str], params: SamplingParams, adapter: str | None) -> list[list[Completion]]:
+    @property
+    def busy_for_s(self) -> float:
+        """How long the batch on the model now has been generating (0 when idle): readiness reads it."""
+        started = self._busy_since
+        return time.monotonic() - started if started is not None else 0.0
+
+    # -- the scheduler: one worker thread takes waiting requests in groups --------------------------
+    def _submit(self, work: _Work) -> None:
+        with self._waiting_changed:
+            if self._closed:
+                raise EngineError("the engine is closed")
+            self._waiting.append(work)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, name="lema-transformers", daemon=True)
+                self._worker.start()
+            self._waiting_changed.notify()
+
+    def _serve(self) -> None:
+        """Generate groups of waiting requests until none has come for a second (then the thread ends, so an
+        engine nobody closes does not keep a thread, and its model, alive)."""
+        while True:
+            with self._waiting_changed:
+                if not self._waiting:
+                    self._waiting_changed.wait(timeout=1.0)
+                if not self._waiting:
+                    self._worker = None
+                    return
+                group = self._take_group()
+            self._run_group(group)
+
+    def _take_group(self) -> list[_Work]:
+        """The oldest waiting request and every later one that can share its batch (same key, up to batch_size
+        prompts); the rest keep their order."""
+        first = self._waiting.popleft()
+        group, prompts, kept = [first], len(first.texts), collections.deque()
+        while self._waiting:
+            work = self._waiting.popleft()
+            if work.key() == first.key() and prompts + len(work.texts) <= self.batch_size:
+                group.append(work)
+                prompts += len(work.texts)
+            else:
+                kept.append(work)
+        self._waiting = kept
+        return group
+
+    def _run_group(self, group: list[_Work]) -> None:
         import contextlib
 
         import torch
 
-        results: list[list[Completion]] = []
-        with self._lock, torch.inference_mode():
-            if adapter:
-                self.model.set_adapter(adapter)
-                context = contextlib.nullcontext()
-            elif self._adapters:
-                context = self.model.disable_adapter()
-            else:
-                context = contextlib.nullcontext()
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            with context:
-                for start in range(0, len(texts), self.batch_size):
-                    results += self._generate_batch(texts[start : start + self.batch_size], params)
-        return results
+        live = [w for w in group if not w.cancelled.is_set()]
+        for work in group:
+            if work.cancelled.is_set():
+                work.fail(asyncio.CancelledError())
+        if not live:
+            return
+        first = live[0]
+        texts = [t for w in live for t in w.texts]
+        owners = [w for w in live for _ in w.texts]
+        params = dataclasses.replace(first.params, max_tokens=max(w.params.max_tokens for w in live))
+        self._busy_since = time.monotonic()
+        self._in_flight = set(live)
+        self.stats["groups"] += 1
+        self.stats["requests"] += len(live)
+        try:
+            with self._lock, torch.inference_mode():
+                if first.adapter:
+                    self.model.set_adapter(first.adapter)
+                    context = contextlib.nullcontext()
+                elif self._adapters:
+                    context = self.model.disable_adapter()
+                else:
+                    context = contextlib.nullcontext()
+                if params.seed is not None:  # a seeded request is alone in its group (_Work.key)
+                    torch.manual_seed(params.seed)
+                results: list[list[Completion]] = []
+                with context:
+                    for start in range(0, len(texts), self.batch_size):
+                        end = start + self.batch_size
+                        results += self._generate_batch(texts[start:end], params, owners[start:end])
+        except Exception as exc:  # noqa: BLE001 - every request of the group gets the failure
+            for work in live:
+                work.fail(exc if isinstance(exc, EngineError) else EngineError(f"generation failed: {exc}"))
+            return
+        finally:
+            self._busy_since = None
+            self._in_flight = set()
+        offset = 0
+        for work in live:
+            mine = results[offset : offset + len(work.texts)]
+            offset += len(work.texts)
+            work.finish([[self._clip(c, work.params) for c in samples] for samples in mine])
 
-    def _generate_batch(self, texts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+    def _clip(self, completion: Completion, params: SamplingParams) -> Completion:
+        """A completion of a group generated further than this request's max_tokens, cut back to it."""
+        if completion.completion_tokens <= params.max_tokens:
+            return completion
+        ids = completion.token_ids[: params.max_tokens]
+        text, finish = self._decode(ids, "length", params.stop)
+        return dataclasses.replace(completion, text=text, token_ids=ids, finish_reason=finish,
+                                   completion_tokens=len(ids))
+
+    def _decode(self, ids, finish: str, stop: tuple[str, ...]) -> tuple[str, str]:
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        for string in stop:  # OpenAI semantics: the stop string is not part of the output
+            cut = text.find(string)
+            if cut != -1:
+                text, finish = text[:cut], "stop"
+        return text, finish
+
+    def _generate_batch(self, texts: list[str], params: SamplingParams, owners: list[_Work]) -> list[list[Completion]]:
+        from transformers import StoppingCriteriaList
+
+        with self._tokenizer_lock:
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(self.device)
         prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
         # Greedy decoding gives one answer per prompt: n identical choices (OpenAI's semantics), generated once.
         generated = 1 if params.greedy else params.n  # sequences generate() returns per prompt
@@ -167,6 +288,7 @@ class TransformersEngine:
             num_return_sequences=generated,
             pad_token_id=self.tokenizer.pad_token_id,
             do_sample=not params.greedy,
+            stopping_criteria=StoppingCriteriaList([_cancelled_rows([w.cancelled for w in owners], generated)]),
         )
         if not params.greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
@@ -176,6 +298,8 @@ class TransformersEngine:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         output = self.model.generate(**batch, **kwargs)
         new_tokens = output[:, batch["input_ids"].shape[1] :]
+        self.stats["batches"] += 1
+        self.stats["last_batch_steps"] = int(new_tokens.shape[1])
         eos_ids = self._eos_ids()
         completions: list[list[Completion]] = []
         for i, row in enumerate(new_tokens.tolist()):
@@ -185,11 +309,7 @@ class TransformersEngine:
                     finish = "stop"
                     break
                 ids.append(token)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            for stop in params.stop:  # OpenAI semantics: the stop string is not part of the output
-                cut = text.find(stop)
-                if cut != -1:
-                    text, finish = text[:cut], "stop"
+            text, finish = self._decode(ids, finish, params.stop)
             if i % generated == 0:
                 completions.append([])
             completion = Completion(text=text, token_ids=tuple(ids), finish_reason=finish,
@@ -212,4 +332,71 @@ class TransformersEngine:
         return ids
 
     async def close(self) -> None:
+        """Refuse new requests, stop the ones waiting or generating (at the next decoding step), end the worker."""
+        with self._waiting_changed:
+            self._closed = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            worker = self._worker
+        for work in waiting:
+            work.cancelled.set()
+            work.fail(EngineError("the engine is closed"))
+        for work in list(self._in_flight):
+            work.cancelled.set()
+        if worker is not None:
+            await asyncio.to_thread(worker.join, 60)
         self._adapters.clear()
+
+
+@dataclass(eq=False)
+class _Work:
+    """One generate() call waiting for, or in, a group; its caller awaits `future` on its own event loop."""
+
+    texts: list[str]
+    params: SamplingParams
+    adapter: str | None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def key(self) -> tuple:
+        """Requests with equal keys can share one generate() call: the same adapter and the same decoding (greedy,
+        or the same temperature, top_p and n), the same stop strings. max_tokens may differ (a group generates to
+        the largest and cuts the others back). A seeded request is alone, so its seed alone decides its samples."""
+        p = self.params
+        if p.seed is not None:
+            return ("seeded", id(self))
+        decoding = ("greedy",) if p.greedy else ("sample", p.temperature, p.top_p, p.n)
+        return (self.adapter, decoding, p.stop)
+
+    def finish(self, result) -> None:
+        self._settle(lambda future: future.set_result(result))
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            self._settle(lambda future: future.cancel())
+        else:
+            self._settle(lambda future: future.set_exception(exc))
+
+    def _settle(self, action) -> None:
+        def apply() -> None:
+            if not self.future.done():
+                action(self.future)
+
+        try:
+            self.loop.call_soon_threadsafe(apply)
+        except RuntimeError:  # the caller's event loop is gone: nobody is waiting
+            pass
+
+
+def _cancelled_rows(flags: list[threading.Event], rows_per_prompt: int):
+    """A stopping criterion: the rows of cancelled requests are done now (when every row of the batch is, the
+    batch stops and the model is free for the next group)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class CancelledRows(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            done = [flags[row // rows_per_prompt].is_set() for row in range(input_ids.shape[0])]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return CancelledRows()
