@@ -223,6 +223,88 @@ def test_bounded_work_and_malformed_bodies_are_4xx_with_an_openai_error(server, 
         assert surrogate.startswith("prompt") and "surrogate" in surrogate
 
 
+def test_streaming_is_token_by_token_and_equals_the_whole_reply(client):
+    """Issue 14: a streamed reply arrived as one chunk after the whole completion. Now deltas come as tokens are
+    generated; joined, they equal the non-streamed greedy reply, choice by choice."""
+    whole = client.completions.create(model=BASE, prompt="Step 1:", max_tokens=128, temperature=0, n=2)
+    chunks = list(client.completions.create(model=BASE, prompt="Step 1:", max_tokens=128, temperature=0, n=2,
+                                            stream=True, stream_options={"include_usage": True}))
+    texts = {0: "", 1: ""}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert [texts[0], texts[1]] == [c.text for c in whole.choices]
+    assert sum(1 for c in chunks if c.choices and c.choices[0].text) >= 10
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert sorted(finishes) == sorted(c.finish_reason for c in whole.choices)
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+    reply = chat(client, BASE, CHAT[0], 48)[1]
+    parts = list(client.chat.completions.create(model=BASE, messages=CHAT[0], max_tokens=48, temperature=0,
+                                                stream=True))
+    assert parts[0].choices[0].delta.role == "assistant"
+    assert "".join(p.choices[0].delta.content or "" for p in parts) == reply
+    assert parts[-1].choices[0].finish_reason in ("stop", "length")
+    assert sum(1 for p in parts if p.choices[0].delta.content) >= 5
+
+
+def test_an_abandoned_request_stops_and_the_next_one_is_served_promptly(server, client):
+    """Issue 14: generation went on after the client left (the next 8-token request waited over 120 s). Both a
+    non-streamed request whose client times out and a stream closed after a few chunks stop their rows."""
+    body = {"model": BASE, "prompt": "Step 1:", "max_tokens": 400, "temperature": 1.0, "n": 16, "seed": 5}
+    started = time.monotonic()
+    with httpx.Client(base_url=server.url, timeout=300) as http:
+        assert http.post("/v1/completions", json=body).status_code == 200
+    full = time.monotonic() - started  # the same request, run to the end
+    for streamed in (False, True):
+        with httpx.Client(base_url=server.url, timeout=0.5 if not streamed else 300) as http:
+            if streamed:
+                with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as events:
+                    for i, _ in enumerate(events.iter_lines()):
+                        if i >= 6:
+                            break
+            else:
+                with pytest.raises(httpx.TimeoutException):
+                    http.post("/v1/completions", json=body)
+        started = time.monotonic()
+        assert complete(client, BASE, PROMPTS[1], 8)[1]
+        assert time.monotonic() - started < full / 2, (streamed, full)
+
+
+def test_readiness_reflects_a_wedged_engine_and_sigterm_drains(registry, tmp_path):
+    """Issue 14: /readyz stayed 200 while the engine was wedged. With `stall_after_s` 0.5, a batch generating
+    longer than that makes the endpoint not ready until it ends; SIGTERM lets the request in flight finish
+    (a 200), then the server exits 0."""
+    import signal
+    import threading
+
+    port = free_port()
+    config = {"model": MODEL_ARG, "engine": "transformers", "registry_dir": str(registry), "stall_after_s": 0.5}
+    server = start_endpoint(bentoml_serve_args(port), tmp_path / "wedged.log", port,
+                            env={"LEMA_ENDPOINT_CONFIG": json.dumps(config)})
+    body = {"model": BASE, "prompt": "Step 1:", "max_tokens": 400, "temperature": 1.0, "n": 16, "seed": 5}
+    outcome: dict = {}
+
+    def long_request() -> None:
+        outcome["status"] = httpx.post(f"{server.url}/v1/completions", json=body, timeout=300).status_code
+
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            assert http.get("/readyz").status_code == 200
+            worker = threading.Thread(target=long_request)
+            worker.start()
+            deadline = time.monotonic() + 60
+            while http.get("/readyz").status_code == 200 and worker.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert worker.is_alive()  # not ready while the long batch still generates
+            server.process.send_signal(signal.SIGTERM)
+            worker.join(timeout=300)
+        assert outcome == {"status": 200}
+        assert server.process.wait(timeout=120) == 0
+    finally:
+        server.stop()
+
+
 # --- the admin token -----------------------------------------------------------------------------------
 
 

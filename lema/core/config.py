@@ -134,6 +134,8 @@ class EndpointConfig(_Section):
     smoke_prompt: str = "Question: What is 2 + 3?\nAnswer:"
     smoke_max_tokens: int = Field(default=4, ge=1, le=64)
     drain_timeout_s: float = Field(default=60.0, gt=0, description="how long an unload waits for in-flight requests")
+    stall_after_s: float = Field(default=600.0, gt=0, description="not ready while one batch has been generating "
+                                                                  "longer than this (a wedged engine)")
     default_max_tokens: int = Field(default=256, ge=1)
     max_tokens_limit: int = Field(default=2_048, ge=1)
     vllm_kv_cache_gib: int | None = Field(default=None, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")

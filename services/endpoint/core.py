@@ -155,6 +155,12 @@ class EndpointCore:
         if self.engine is not None:
             await self.engine.close()
 
+    @property
+    def wedged(self) -> bool:
+        """One batch has held the engine longer than `stall_after_s`: readiness fails, so traffic goes elsewhere."""
+        busy = getattr(self.engine, "busy_for_s", 0.0) if self.engine is not None else 0.0
+        return busy > self.config.stall_after_s
+
     def require_ready(self) -> None:
         if not self.ready or self.engine is None or self.state is None:
             raise NotReady(self.failed or "the endpoint is starting (the model is loading)")

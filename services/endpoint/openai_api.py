@@ -15,11 +15,12 @@ a promotion or an unload cannot change the adapter mid-request), `list_models` a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
-from lema.core.engines import Engine, EngineError, SamplingParams
+from lema.core.engines import Completion, Engine, EngineError, SamplingParams, StreamDelta
 
 MAX_TOKENS_LIMIT = 4096
 MAX_N = 16
@@ -153,22 +154,77 @@ def build_app(
         completion_tokens = sum(c.completion_tokens for r in results for c in r) if results else 0
         on_request(route, model, status, time.perf_counter() - started, prompt_tokens, completion_tokens)
 
-    async def run(body: _Common, prompts: list) -> tuple[str, list, JSONResponse | None]:
-        """Generate on the adapter pinned at the start of the request; returns (served model, results, error)."""
+    def unknown_model(body: _Common) -> JSONResponse:
+        return _error(404, f"model {body.model[:200]!r} is not served here; see /v1/models", "not_found_error")
+
+    async def run(request: Request, body: _Common, prompts: list) -> tuple[str, list, JSONResponse | None]:
+        """Generate on the adapter pinned at the start of the request; returns (served model, results, error).
+        A client that disconnects cancels its generation (the engine stops its rows at the next step)."""
         if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
             return "-", [], _error(400, f"max_tokens: must be at most {max_tokens_limit}")
         try:
             with pin_adapter(body.model) as adapter:
                 served = served_as(adapter)
                 try:
-                    results = await get_engine().generate(prompts, body.sampling(default_max_tokens), adapter)
+                    params = body.sampling(default_max_tokens)
+                    results = await _unless_disconnected(request, get_engine().generate(prompts, params, adapter))
                 except (EngineError, ValueError) as exc:
-                    return served, [], _error(400, str(exc))
+                    return served, [], _error(400, str(exc)[:1000])
+                except ClientGone:
+                    return served, [], _error(499, "the client closed the connection", "client_closed")
         except KeyError:
-            return "-", [], _error(404, f"model {body.model!r} is not served here; see /v1/models", "not_found_error")
+            return "-", [], unknown_model(body)
         if on_served is not None:
             on_served(adapter or "base", sum(c.completion_tokens for r in results for c in r))
         return served, results, None
+
+    async def stream_reply(route: str, body: _Common, prompts: list, started: float):
+        """True streaming: server-sent events as the engine produces text (engines with `generate_stream`), the
+        adapter pinned until the last event; errors before the first event are plain 4xx responses."""
+        if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
+            return failed(route, "-", _error(400, f"max_tokens: must be at most {max_tokens_limit}"), started)
+        pinned = contextlib.ExitStack()
+        try:
+            adapter = pinned.enter_context(pin_adapter(body.model))
+        except KeyError:
+            return failed(route, "-", unknown_model(body), started)
+        served = served_as(adapter)
+        try:
+            params = body.sampling(default_max_tokens)
+            deltas = get_engine().generate_stream(prompts, params, adapter)
+            first = await deltas.__anext__()
+        except (EngineError, ValueError) as exc:
+            pinned.close()
+            return failed(route, served, _error(400, str(exc)[:1000]), started)
+        except BaseException:
+            pinned.close()
+            raise
+        chunks = _CompletionChunks(served) if route == "completions" else _ChatChunks(served)
+
+        async def events() -> AsyncIterator[str]:
+            finished: list = []
+            try:
+                delta = first
+                while True:
+                    if delta.completion is not None:
+                        finished.append(delta.completion)
+                    yield chunks.delta(delta)
+                    try:
+                        delta = await deltas.__anext__()
+                    except StopAsyncIteration:
+                        break
+                if _include_usage(body):
+                    yield chunks.usage(finished, params.n)
+                yield "data: [DONE]\n\n"
+            finally:
+                await deltas.aclose()  # a client gone: the engine stops the rows
+                pinned.close()
+                results = [finished]
+                observe(route, served, 200, started, results)
+                if on_served is not None:
+                    on_served(adapter or "base", sum(c.completion_tokens for c in finished))
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={ADAPTER_HEADER: served})
 
     def reply(response: dict, served: str, stream: AsyncIterator[str] | None):
         headers = {ADAPTER_HEADER: served}
@@ -190,7 +246,9 @@ def build_app(
         if not prompts or any(not p for p in prompts):
             error = _error(400, "prompt: must be a non-empty string or list of non-empty strings")
             return failed("completions", "-", error, started)
-        served, results, error = await run(body, prompts)
+        if body.stream and hasattr(get_engine(), "generate_stream"):
+            return await stream_reply("completions", body, prompts, started)
+        served, results, error = await run(request, body, prompts)
         if error:
             return failed("completions", served, error, started)
         choices = [
@@ -209,7 +267,9 @@ def build_app(
         if error:
             return failed("chat", "-", error, started)
         messages = [m.model_dump() for m in body.messages]
-        served, results, error = await run(body, [messages])
+        if body.stream and hasattr(get_engine(), "generate_stream"):
+            return await stream_reply("chat", body, [messages], started)
+        served, results, error = await run(request, body, [messages])
         if error:
             return failed("chat", served, error, started)
         choices = [
@@ -242,8 +302,69 @@ def _envelope(kind: str, model: str, choices: list, results: list) -> dict:
     }
 
 
+class ClientGone(Exception):
+    """The HTTP client disconnected while its request was generating."""
+
+
+async def _unless_disconnected(request: Request, work: Awaitable):
+    """Await `work`, cancelling it when the client disconnects (checked every quarter second)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise ClientGone()
+    except BaseException:
+        task.cancel()
+        raise
+
+
+class _CompletionChunks:
+    """OpenAI's `text_completion` stream chunks, one per delta."""
+
+    def __init__(self, model: str):
+        self.base = {"id": f"lema-{uuid.uuid4().hex[:16]}", "object": "text_completion", "created": int(time.time()),
+                     "model": model}
+
+    def delta(self, delta: StreamDelta) -> str:
+        choice = {"index": delta.index, "text": delta.text, "finish_reason": delta.finish_reason, "logprobs": None}
+        return f"data: {json.dumps({**self.base, 'choices': [choice]})}\n\n"
+
+    def usage(self, completions: list[Completion], n: int) -> str:
+        prompt = sum(c.prompt_tokens for c in completions[::n])
+        generated = sum(c.completion_tokens for c in completions)
+        usage = {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+        return f"data: {json.dumps({**self.base, 'choices': [], 'usage': usage})}\n\n"
+
+
+class _ChatChunks(_CompletionChunks):
+    """OpenAI's `chat.completion.chunk` stream: the role with a choice's first delta, then content, then the
+    finish reason with an empty delta."""
+
+    def __init__(self, model: str):
+        super().__init__(model)
+        self.base["object"] = "chat.completion.chunk"
+        self.started: set[int] = set()
+
+    def delta(self, delta: StreamDelta) -> str:
+        content = {"content": delta.text}
+        if delta.index not in self.started:
+            self.started.add(delta.index)
+            content = {"role": "assistant", **content}
+        parts = []
+        if delta.text or delta.finish_reason is None or content.get("role"):
+            parts.append({"index": delta.index, "delta": content, "finish_reason": None})
+        if delta.finish_reason is not None:
+            parts.append({"index": delta.index, "delta": {}, "finish_reason": delta.finish_reason})
+        return "".join(f"data: {json.dumps({**self.base, 'choices': [part]})}\n\n" for part in parts)
+
+
 async def _stream_completion(response: dict, include_usage: bool = False) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format (one content chunk per choice, then the finish)."""
+    """Server-sent events in OpenAI's chunk format from a finished response (engines without `generate_stream`:
+    one content chunk per choice, then the finish)."""
     body = {k: v for k, v in response.items() if k != "usage"}
     for choice in response["choices"]:
         chunk = {**body, "choices": [{**choice}]}

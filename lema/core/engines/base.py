@@ -72,6 +72,17 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class StreamDelta:
+    """A piece of one choice's text as it is generated (`generate_stream`). The last delta of a choice carries its
+    `finish_reason` and the whole `completion` (token counts included)."""
+
+    index: int  # the choice: prompt index x n + sample index
+    text: str
+    finish_reason: str | None = None
+    completion: Completion | None = None
+
+
+@dataclass(frozen=True)
 class AdapterInfo:
     name: str
     path: str

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from lema.core.engines.base import (
     EngineError,
     Prompt,
     SamplingParams,
+    StreamDelta,
 )
 
 
@@ -137,12 +140,9 @@ class TransformersEngine:
     ) -> list[list[Completion]]:
         """n completions per prompt. Requests that wait together are generated together (see `_Work.key`); a
         caller that is cancelled (a client gone, a deadline passed) stops its rows at the next decoding step."""
-        if adapter and adapter not in self._adapters:
-            raise EngineError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapters)})")
-        texts = [self.render(p) for p in prompts]
+        texts = await self._prepare(prompts, params, adapter)
         if not texts:
             return []
-        await asyncio.to_thread(self._check_context, texts, params.max_tokens)
         loop = asyncio.get_running_loop()
         work = _Work(texts, params, adapter, loop, loop.create_future())
         self._submit(work)
@@ -151,6 +151,46 @@ class TransformersEngine:
         except asyncio.CancelledError:
             work.cancelled.set()
             raise
+
+    async def generate_stream(
+        self, prompts: list[Prompt], params: SamplingParams, adapter: str | None = None
+    ) -> AsyncIterator[StreamDelta]:
+        """`generate`, delivered as the tokens come: text deltas per choice, then each choice's last delta with its
+        finish reason and completion. The request shares batches like any other; closing the iterator early (a
+        client gone) cancels it. Concatenated deltas equal the completion's text: text that might still turn out
+        to be part of a stop string, or half of a multi-byte character, is held back until it cannot."""
+        texts = await self._prepare(prompts, params, adapter)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        work = _Work(texts, params, adapter, loop, loop.create_future())
+        work.stream = _TokenStream(self, params, lambda item: loop.call_soon_threadsafe(events.put_nowait, item))
+        work.future.add_done_callback(lambda _: events.put_nowait(None))
+        self._submit(work)
+        sent: dict[int, str] = collections.defaultdict(str)
+        try:
+            while (item := await events.get()) is not None:
+                indices, text = item
+                for index in indices:
+                    sent[index] += text
+                    yield StreamDelta(index, text)
+            results = work.future.result()  # raises the generation's error, if any
+            for prompt_index, samples in enumerate(results):
+                for sample, completion in enumerate(samples):
+                    index = prompt_index * params.n + sample
+                    rest = completion.text[len(sent[index]):] if completion.text.startswith(sent[index]) else ""
+                    yield StreamDelta(index, rest, completion.finish_reason, completion)
+        finally:
+            if not work.future.done():  # the consumer stopped early (a client gone): stop the rows
+                work.cancelled.set()
+                work.future.cancel()
+
+    async def _prepare(self, prompts: list[Prompt], params: SamplingParams, adapter: str | None) -> list[str]:
+        if adapter and adapter not in self._adapters:
+            raise EngineError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapters)})")
+        texts = [self.render(p) for p in prompts]
+        if texts:
+            await asyncio.to_thread(self._check_context, texts, params.max_tokens)
+        return texts
 
     def _check_context(self, texts: list[str], max_tokens: int) -> None:
         if self.context_length is None:
@@ -221,7 +261,7 @@ class TransformersEngine:
             return
         first = live[0]
         texts = [t for w in live for t in w.texts]
-        owners = [w for w in live for _ in w.texts]
+        owners = [(w, i) for w in live for i in range(len(w.texts))]  # per prompt: its request, its index there
         params = dataclasses.replace(first.params, max_tokens=max(w.params.max_tokens for w in live))
         self._busy_since = time.monotonic()
         self._in_flight = set(live)
@@ -273,7 +313,8 @@ class TransformersEngine:
                 text, finish = text[:cut], "stop"
         return text, finish
 
-    def _generate_batch(self, texts: list[str], params: SamplingParams, owners: list[_Work]) -> list[list[Completion]]:
+    def _generate_batch(self, texts: list[str], params: SamplingParams,
+                        owners: list[tuple[_Work, int]]) -> list[list[Completion]]:
         from transformers import StoppingCriteriaList
 
         with self._tokenizer_lock:
@@ -288,8 +329,12 @@ class TransformersEngine:
             num_return_sequences=generated,
             pad_token_id=self.tokenizer.pad_token_id,
             do_sample=not params.greedy,
-            stopping_criteria=StoppingCriteriaList([_cancelled_rows([w.cancelled for w in owners], generated)]),
+            stopping_criteria=StoppingCriteriaList([_cancelled_rows([w.cancelled for w, _ in owners], generated)]),
         )
+        if any(w.stream is not None for w, _ in owners):
+            sinks = [None if w.stream is None else functools.partial(w.stream.token, prompt * generated + sample)
+                     for w, prompt in owners for sample in range(generated)]
+            kwargs["streamer"] = _row_streamer(sinks)
         if not params.greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         else:
@@ -357,6 +402,7 @@ class _Work:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     cancelled: threading.Event = field(default_factory=threading.Event)
+    stream: _TokenStream | None = None  # generate_stream: receives every token of its rows
 
     def key(self) -> tuple:
         """Requests with equal keys can share one generate() call: the same adapter and the same decoding (greedy,
@@ -400,3 +446,68 @@ def _cancelled_rows(flags: list[threading.Event], rows_per_prompt: int):
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return CancelledRows()
+
+
+class _TokenStream:
+    """Turns a streaming request's tokens (in the worker thread) into text deltas per row, pushed to its consumer.
+    A row's text is decoded again at each token (cheap at these lengths) and released up to what can no longer
+    change: eos ends the row; a stop string ends it at the string; the last len(longest stop) - 1 characters and a
+    trailing half character wait."""
+
+    def __init__(self, engine: TransformersEngine, params: SamplingParams,
+                 push: Callable[[tuple[list[int], str]], object]):
+        self.tokenizer, self.eos = engine.tokenizer, engine._eos_ids()
+        self.params, self.push = params, push
+        self.generated = 1 if params.greedy else params.n
+        self.copies = params.n // self.generated
+        self.hold = max((len(s) for s in params.stop), default=1) - 1
+        self.ids: dict[int, list[int]] = collections.defaultdict(list)
+        self.sent: dict[int, int] = collections.defaultdict(int)
+        self.done: set[int] = set()
+
+    def token(self, row: int, token: int) -> None:
+        if row in self.done:
+            return
+        if token in self.eos:
+            self.done.add(row)
+            return
+        ids = self.ids[row]
+        ids.append(token)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cuts = [i for i in (text.find(s) for s in self.params.stop) if i != -1]
+        if cuts:
+            ready = min(cuts)
+            self.done.add(row)
+        else:
+            ready = len(text) - self.hold
+            if text.endswith("\ufffd"):
+                ready = min(ready, len(text) - 1)
+        if len(ids) >= self.params.max_tokens:
+            self.done.add(row)
+        if ready > self.sent[row]:
+            prompt, sample = divmod(row, self.generated)
+            indices = [prompt * self.params.n + sample * self.copies + c for c in range(self.copies)]
+            self.push((indices, text[self.sent[row]:ready]))
+            self.sent[row] = ready
+
+
+def _row_streamer(sinks: list):
+    """A transformers streamer handing each decoding step's token of row r to sinks[r] (None: not streamed)."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class RowStreamer(BaseStreamer):
+        def __init__(self) -> None:
+            self.prompt_seen = False
+
+        def put(self, value) -> None:
+            if not self.prompt_seen:  # the first call carries the prompts
+                self.prompt_seen = True
+                return
+            for row, token in enumerate(value.tolist()):
+                if sinks[row] is not None:
+                    sinks[row](token)
+
+        def end(self) -> None:
+            pass
+
+    return RowStreamer()
