@@ -1,21 +1,25 @@
-"""Endpoint benchmark: the BentoML endpoint vs the bare engine in-process, adapter vs base, swap vs cold start.
+"""Endpoint benchmark: the BentoML endpoint vs the bare engine in-process, streaming, swap vs cold start.
 
 One `lema serve endpoint` (a real `bentoml serve`; transformers engine with 1 torch thread, or `--engine vllm`)
-on 127.0.0.1 with three LoRA adapters (r=8, q_proj+v_proj) made here for the base model. Greedy chat requests on synthetic problems,
-`--concurrency` clients sharing one keep-alive HTTP client, against the same engine class in this process driven
-by as many concurrent asyncio callers. Rounds alternate endpoint and in-process runs; the table shows medians.
+on 127.0.0.1 with three LoRA adapters (r=8, q_proj+v_proj) made here for the base model. Greedy chat requests on
+synthetic problems from C concurrent clients sharing one keep-alive HTTP client, against the same engine class in
+this process given the same prompts in batches of C (what batching across requests should approach). Rounds
+alternate endpoint and in-process runs; the table shows medians.
 
-    python bench/endpoint.py [--model lema-tiny] [--engine transformers|vllm] [--requests 96] [--concurrency 8]
-                             [--max-tokens 32] [--rounds 3]
+    python bench/endpoint.py [--model lema-tiny] [--engine transformers|vllm] [--requests 64] [--concurrency 1,4,16]
+                             [--max-tokens 64] [--rounds 3]
 
-Prints: endpoint tokens/s vs in-process (ratio), promoted-adapter vs base-model throughput, and the latency of
-promote / load (validate + load + smoke) / unload, p50 and p99, next to the endpoint's cold start.
+Prints: endpoint tokens/s at each concurrency vs the engine in-process at that batch size (ratio), the promoted
+adapter vs the base model, a streamed 128-token completion's time to first token vs its total time and its number
+of content chunks, and the latency of promote / load (validate + load + smoke) / unload, p50 and p99, next to the
+endpoint's cold start.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -80,34 +84,46 @@ def through_endpoint(url: str, model: str, messages: list, concurrency: int, max
     return tokens[0], elapsed
 
 
-async def in_process(engine, adapter: str | None, messages: list, concurrency: int, max_tokens: int) -> tuple[int, float]:
+async def in_process(engine, adapter: str | None, messages: list, batch: int, max_tokens: int) -> tuple[int, float]:
+    """The same prompts through the engine directly, `batch` prompts per generate call, one call at a time."""
     params = SamplingParams(max_tokens=max_tokens)
-    queue = list(range(len(messages)))
     tokens = 0
-
-    async def worker() -> None:
-        nonlocal tokens
-        while queue:
-            i = queue.pop()
-            (completion,), = await engine.generate([messages[i]], params, adapter)
-            tokens += completion.completion_tokens
-
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    for start in range(0, len(messages), batch):
+        results = await engine.generate(messages[start : start + batch], params, adapter)
+        tokens += sum(samples[0].completion_tokens for samples in results)
     return tokens, time.perf_counter() - started
+
+
+def streamed(url: str, model: str, max_tokens: int) -> tuple[float, float, int]:
+    """(time to the first content chunk, total time, content chunks) of one streamed greedy completion."""
+    body = {"model": model, "prompt": "Step 1:", "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    first, chunks = None, 0
+    started = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=300) as http, http.stream("POST", "/v1/completions", json=body) as reply:
+        for line in reply.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or []
+            if choices and choices[0].get("text"):
+                chunks += 1
+                first = first if first is not None else time.perf_counter() - started
+    return first or 0.0, time.perf_counter() - started, chunks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lema-tiny", help="lema-tiny or a model folder")
     parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
-    parser.add_argument("--requests", type=int, default=96)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts (= batch sizes)")
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--swaps", type=int, default=100, help="promotions timed")
     parser.add_argument("--loads", type=int, default=10, help="load+unload cycles timed")
     args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    top = max(levels)
 
     import torch
 
@@ -155,24 +171,26 @@ def main() -> None:
             runner.run(engine.load_adapter("bench-a", str(registry / "bench-a")))
 
             # warm-up both sides
-            through_endpoint(server.url, "default", messages[:8], args.concurrency, args.max_tokens)
-            runner.run(in_process(engine, None, messages[:8], args.concurrency, args.max_tokens))
+            through_endpoint(server.url, "default", messages[:8], top, args.max_tokens)
+            runner.run(in_process(engine, None, messages[:8], top, args.max_tokens))
 
-            runs: dict[str, list[float]] = {k: [] for k in ("ep_base", "ip_base", "ep_adapter", "ip_adapter")}
+            plan = [(f"ep_base_{c}", lambda c=c: through_endpoint(server.url, base_name, messages, c, args.max_tokens))
+                    for c in levels]
+            plan += [(f"ip_base_{c}", lambda c=c: runner.run(in_process(engine, None, messages, c, args.max_tokens)))
+                     for c in levels]
+            plan += [("ep_adapter", lambda: through_endpoint(server.url, "default", messages, top, args.max_tokens)),
+                     ("ip_adapter", lambda: runner.run(in_process(engine, "bench-a", messages, top, args.max_tokens)))]
+            runs: dict[str, list[float]] = {key: [] for key, _ in plan}
+            stream_runs = []
             for _ in range(args.rounds):
-                for key, run in (
-                    ("ep_base", lambda: through_endpoint(server.url, base_name, messages, args.concurrency,
-                                                         args.max_tokens)),
-                    ("ip_base", lambda: runner.run(in_process(engine, None, messages, args.concurrency,
-                                                              args.max_tokens))),
-                    ("ep_adapter", lambda: through_endpoint(server.url, "default", messages, args.concurrency,
-                                                            args.max_tokens)),
-                    ("ip_adapter", lambda: runner.run(in_process(engine, "bench-a", messages, args.concurrency,
-                                                                 args.max_tokens))),
-                ):
+                for key, run in plan:
                     tokens, seconds = run()
                     runs[key].append(tokens / seconds)
+                stream_runs.append(streamed(server.url, base_name, 128))
             tps = {k: statistics.median(v) for k, v in runs.items()}
+            ttft = statistics.median(r[0] for r in stream_runs)
+            total = statistics.median(r[1] for r in stream_runs)
+            chunks = statistics.median(r[2] for r in stream_runs)
 
             # swaps: promotions (idle server), then load (validate + load + smoke) and unload cycles
             promote_ms = []
@@ -198,18 +216,23 @@ def main() -> None:
             server.stop(timeout=90)
 
     table = Table(title=f"lema endpoint ({model_dir.name}, {args.engine} engine, {args.requests} chat requests x "
-                        f"{args.max_tokens} max tokens, concurrency {args.concurrency}, median of {args.rounds})")
+                        f"{args.max_tokens} max tokens, median of {args.rounds})")
     table.add_column("measure")
     table.add_column("endpoint", justify="right")
     table.add_column("reference", justify="right")
     table.add_column("ratio", justify="right")
-    table.add_row("tokens/s, base model: endpoint vs bare engine in-process",
-                  f"{tps['ep_base']:.0f}", f"{tps['ip_base']:.0f}", f"{tps['ep_base'] / tps['ip_base']:.2f}")
-    table.add_row("tokens/s, promoted adapter: endpoint vs bare engine in-process",
+    for c in levels:
+        ep, ip = tps[f"ep_base_{c}"], tps[f"ip_base_{c}"]
+        table.add_row(f"tokens/s, base model: endpoint at concurrency {c} vs engine in-process at batch {c}",
+                      f"{ep:.0f}", f"{ip:.0f}", f"{ep / ip:.2f}")
+    table.add_row(f"tokens/s, promoted adapter: endpoint at concurrency {top} vs in-process at batch {top}",
                   f"{tps['ep_adapter']:.0f}", f"{tps['ip_adapter']:.0f}",
                   f"{tps['ep_adapter'] / tps['ip_adapter']:.2f}")
-    table.add_row("tokens/s on the endpoint: promoted adapter vs base model",
-                  f"{tps['ep_adapter']:.0f}", f"{tps['ep_base']:.0f}", f"{tps['ep_adapter'] / tps['ep_base']:.2f}")
+    table.add_row(f"tokens/s on the endpoint at concurrency {top}: promoted adapter vs base model",
+                  f"{tps['ep_adapter']:.0f}", f"{tps[f'ep_base_{top}']:.0f}",
+                  f"{tps['ep_adapter'] / tps[f'ep_base_{top}']:.2f}")
+    table.add_row("streamed 128-token completion: time to first token vs total (s); content chunks",
+                  f"{ttft:.3f}", f"{total:.3f}", f"{ttft / total:.3f} ({chunks:.0f} chunks)")
     cold_ms = cold_start * 1000
     for label, values in (("promote", promote_ms), ("load (validate + load + smoke)", load_ms),
                           ("unload", unload_ms)):

@@ -39,6 +39,7 @@ class TransformersEngine:
         batch_size: int = 32,
         threads: int | None = None,
         merge_adapter: str | None = None,
+        batch_wait_s: float = 0.03,
     ):
         """`merge_adapter`: a PEFT adapter folder merged into the weights at load time, for a model that serves
         one adapter only (evaluation): an unmerged LoRA adds about 40% to generation time."""
@@ -66,6 +67,7 @@ class TransformersEngine:
 
             self.model = PeftModel.from_pretrained(self.model, merge_adapter).merge_and_unload().eval()
         self.batch_size = batch_size
+        self.batch_wait_s = batch_wait_s  # how long a short batch waits for more requests before it starts
         # The longest sequence the model was built for: prompt + max_tokens beyond it is refused, not generated
         # (positions past it are out of distribution, and a huge prompt would hold the engine for minutes).
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
@@ -79,6 +81,8 @@ class TransformersEngine:
         self._worker: threading.Thread | None = None
         self._in_flight: set[_Work] = set()
         self._busy_since: float | None = None
+        self._last_group_prompts = 1
+        self._last_group_end = 0.0
         self._closed = False
         # Counters for tests and benchmarks: generate() calls served, groups and model batches run, and the
         # decoding steps of the last batch (a cancelled batch stops early).
@@ -230,6 +234,17 @@ class TransformersEngine:
                 if not self._waiting:
                     self._worker = None
                     return
+                # Clients answered by the last group send their next requests milliseconds apart: until as many
+                # prompts wait as the last group had, wait for them (at most batch_wait_s), or groups alternate
+                # between one request and all the others. A lone client never waits (its last group was itself),
+                # nor does a request arriving at an idle engine (no wave of clients is on its way).
+                now = time.monotonic()
+                deadline = now + self.batch_wait_s
+                recent = now - self._last_group_end < 2 * self.batch_wait_s
+                expected = min(self.batch_size, self._last_group_prompts) if recent else 0
+                while (sum(len(w.texts) for w in self._waiting) < expected
+                       and (left := deadline - time.monotonic()) > 0):
+                    self._waiting_changed.wait(timeout=left)
                 group = self._take_group()
             self._run_group(group)
 
@@ -265,6 +280,7 @@ class TransformersEngine:
         params = dataclasses.replace(first.params, max_tokens=max(w.params.max_tokens for w in live))
         self._busy_since = time.monotonic()
         self._in_flight = set(live)
+        self._last_group_prompts = len(texts)
         self.stats["groups"] += 1
         self.stats["requests"] += len(live)
         try:
@@ -290,6 +306,7 @@ class TransformersEngine:
         finally:
             self._busy_since = None
             self._in_flight = set()
+            self._last_group_end = time.monotonic()
         offset = 0
         for work in live:
             mine = results[offset : offset + len(work.texts)]
