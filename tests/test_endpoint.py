@@ -626,6 +626,34 @@ def test_solve(loaded, server, admin):
         assert http.post("/solve", json={"question": " ", "max_tokens": 8}).status_code == 400
 
 
+def test_the_openapi_document_matches_the_error_responses(server, admin):
+    """Issue 17, item 8: /docs.json did not document the admin and OpenAI API's 400/401/404/409 bodies, and /solve
+    answered errors as a list where the document declares an object."""
+    from lema.services.endpoint.errors import ErrorBody
+
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        document = http.get("/docs.json").json()
+        paths = document["paths"]
+        for path, expected in (("/admin/adapters/load", {"400", "401", "404", "409", "422", "503"}),
+                               ("/admin/promote", {"400", "401", "404", "409", "503"}),
+                               ("/v1/completions", {"400", "404", "503"}), ("/v1/chat/completions", {"400", "404"})):
+            responses = paths[path]["post"]["responses"]
+            assert expected <= set(responses), (path, sorted(responses))
+            for status in expected:
+                schema = responses[status]["content"]["application/json"]["schema"]
+                assert schema["$ref"].endswith("/ErrorBody"), (path, status, schema)
+        # the bodies really have that shape
+        ErrorBody.model_validate(http.post("/admin/promote", json={"name": "x"}).json())  # 401: no token
+        ErrorBody.model_validate(http.post("/v1/completions", json={"model": BASE, "prompt": "x", "max_tokens": 0})
+                                 .json())
+        ErrorBody.model_validate(admin.post("/promote", json={"name": "no-such-adapter"}).json())
+        solve_responses = paths["/solve"]["post"]["responses"]
+        for body, status in (({"question": "x", "model": "nope"}, 404), ({"question": " ", "max_tokens": 8}, 400)):
+            reply = http.post("/solve", json=body)
+            assert reply.status_code == status and str(status) in solve_responses
+            assert isinstance(reply.json(), dict) and isinstance(reply.json()["error"], str), reply.text
+
+
 def test_metrics(server, loaded, client, admin):
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -28,7 +28,8 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from lema.services.endpoint.errors import documented
+from lema.services.endpoint.errors import error_response as _error
 from lema.services.endpoint.registry import AdapterRejected
 from lema.services.endpoint.swap import StateConflict, UnknownModel
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,14 +54,9 @@ class AdminError(Exception):
         self.status, self.message, self.kind = status, message, kind
 
 
-def _error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(
-        status_code=status, content={"error": {"message": message, "type": kind, "code": status}}, headers=headers
-    )
-
-
 def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TOKEN") -> FastAPI:
-    app = FastAPI(title="lema endpoint admin", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="lema endpoint admin", docs_url=None, redoc_url=None, openapi_url=None,
+                  responses=documented(400, 401, 404, 409, 422, 503))
 
     def authorize(request: Request) -> None:
         expected = os.environ.get(token_env, "")

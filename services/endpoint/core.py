@@ -413,13 +413,10 @@ class ReadyGate:
     async def __call__(self, scope, receive, send):
         core = _CURRENT
         if scope["type"] == "http" and (core is None or not core.ready):
-            from fastapi.responses import JSONResponse
+            from lema.services.endpoint.errors import error_response
 
             reason = (core.failed if core else None) or "the endpoint is starting (the model is loading)"
-            response = JSONResponse(
-                status_code=503, content={"error": {"message": reason, "type": "unavailable", "code": 503}},
-                headers={"Retry-After": "5"},
-            )
+            response = error_response(503, reason, "unavailable", headers={"Retry-After": "5"})
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

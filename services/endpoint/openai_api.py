@@ -27,6 +27,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from lema.services.endpoint.errors import documented
+from lema.services.endpoint.errors import error_response as _error
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from lema.core.engines import Completion, Engine, EngineError, SamplingParams, StreamDelta
@@ -78,10 +80,6 @@ class ChatRequest(_Common):
     messages: list[ChatMessageIn] = Field(min_length=1)
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": status}})
-
-
 def served_name(engine: Engine) -> str:
     """The base model's public name: the folder name for local models ("lema-tiny"), else the id."""
     return Path(engine.model_id).name if Path(engine.model_id).exists() else engine.model_id
@@ -105,7 +103,7 @@ def build_app(
     (default: `resolve_adapter` with nothing held). `list_models()` returns /models' data entries.
     `on_request(route, served_model, status, seconds, prompt_tokens, completion_tokens)` sees every request.
     """
-    app = FastAPI(title="lema OpenAI-compatible API")
+    app = FastAPI(title="lema OpenAI-compatible API", responses=documented(400, 404, 499, 503))
 
     def default_resolve(model: str) -> str | None:
         engine = get_engine()

@@ -97,19 +97,25 @@ class Endpoint:
     ) -> dict:
         """Solve a math word problem step by step: the solution text, the extracted answer, the adapter used.
         `model` names the base model or a loaded adapter; left out, the promoted adapter serves."""
-        from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
-
+        # Errors as the object BentoML's OpenAPI document declares ({"error": message}); raising BentoML's own
+        # exceptions here answered a list instead.
         try:
             result = await self.core.solve(question, model, max_tokens, temperature, kind)
         except NotReady as exc:
-            raise ServiceUnavailable(str(exc)) from None
+            return _solve_error(ctx, 503, str(exc))
         except (UnknownModel, KeyError):
-            raise NotFound(f"model {model!r} is not served here; see /v1/models") from None
+            return _solve_error(ctx, 404, f"model {str(model)[:200]!r} is not served here; see /v1/models")
         except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+            return _solve_error(ctx, 400, str(exc)[:1000])
         if ctx is not None:
             ctx.response.headers[ADAPTER_HEADER] = result["model"]
         return result
+
+
+def _solve_error(ctx, status: int, message: str) -> dict:
+    if ctx is not None:
+        ctx.response.status_code = status
+    return {"error": message}
 
 
 def self_threads(threads: int | None) -> int:
