@@ -39,6 +39,16 @@ def test_concurrent_requests_share_batches_and_match_requests_served_alone(engin
     assert engine.stats["requests"] - before["requests"] == len(PROMPTS) and groups < len(PROMPTS) / 2
 
 
+def test_greedy_requests_with_different_n_share_a_batch_and_each_gets_its_n(engine):
+    async def run():
+        return await asyncio.gather(*[engine.generate([PROMPTS[i]], SamplingParams(n=n, max_tokens=10))
+                                      for i, n in enumerate((1, 3, 2))])
+
+    results = asyncio.run(run())
+    assert [len(r[0]) for r in results] == [1, 3, 2]
+    assert all(len({c.text for c in r[0]}) == 1 for r in results)
+
+
 def test_requests_that_cannot_share_a_batch_are_served_apart_and_correctly(engine):
     async def run():
         greedy = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=12))

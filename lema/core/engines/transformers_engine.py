@@ -1,8 +1,10 @@
-"""The transformers (+ peft) engine: no extra install, CPU or GPU, batched generation, runtime LoRA.
+"""The transformers (+ peft) engine: no extra install, CPU or GPU, batching across requests, streaming, runtime LoRA.
 
 Adapters use peft's own `PeftModel` API (`load_adapter`, `set_adapter`, `disable_adapter`, `delete_adapter`):
 transformers' `model.set_adapter` needs peft >= 0.22, which the registries do not serve. One model serves every
-request, so calls are serialized by a lock and run in a worker thread to keep the event loop free.
+request: a worker thread takes the requests waiting for it in groups (`_Work.key` says which can share a batch) and
+generates each group in one `generate()` call, so the event loop stays free and concurrent callers share batches.
+It is static batching: a batch runs until its longest row ends (vLLM's continuous batching does better on a GPU).
 """
 
 from __future__ import annotations
@@ -311,6 +313,8 @@ class TransformersEngine:
         for work in live:
             mine = results[offset : offset + len(work.texts)]
             offset += len(work.texts)
+            if work.params.greedy:  # n identical greedy choices (OpenAI's semantics)
+                mine = [samples * work.params.n for samples in mine]
             work.finish([[self._clip(c, work.params) for c in samples] for samples in mine])
 
     def _clip(self, completion: Completion, params: SamplingParams) -> Completion:
@@ -338,9 +342,8 @@ class TransformersEngine:
             batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(self.device)
         prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
-        # Greedy decoding gives one answer per prompt: n identical choices (OpenAI's semantics), generated once.
+        # Greedy decoding gives one answer per prompt (generated once; `_run_group` repeats it n times).
         generated = 1 if params.greedy else params.n  # sequences generate() returns per prompt
-        copies = params.n // generated
         kwargs = dict(
             max_new_tokens=params.max_tokens,
             num_return_sequences=generated,
@@ -377,7 +380,7 @@ class TransformersEngine:
             completion = Completion(text=text, token_ids=tuple(ids), finish_reason=finish,
                                     prompt_tokens=int(prompt_lengths[i // generated]),
                                     completion_tokens=len(ids))
-            completions[-1].extend([completion] * copies)
+            completions[-1].append(completion)
         return completions
 
     def _eos_ids(self) -> set[int]:
