@@ -1,7 +1,9 @@
 """Issue 17, item 6: the poison pill. An intake problem whose program has no steps was accepted, then made every
 `lema collect --follow` crash with IndexError, so the queue never drained. Now such a program is refused at intake
 (naming the field), and one already in a store fails alone: its corrections are stored as failures with a reason,
-the rest of the queue is collected, the follower keeps running, and `lema collect` reports the failures."""
+the rest of the queue is collected, the follower keeps running, and `lema collect` reports the failures. A problem
+that cannot be processed at all (here: beyond the model's context) is marked failed in the intake, with its
+reason, and the queue moves on."""
 
 from __future__ import annotations
 
@@ -52,8 +54,10 @@ def test_a_poison_pill_in_the_store_fails_alone_and_the_queue_drains(tmp_path):
         gold_answer="499", id="poison", source="intake", gold_solution=None, program_json='{"steps": []}', meta={})
     good = repo.ProblemIn(kind=DatasetKind.GSM8K, question="Ann has 5 cats and gets 2 more. How many cats?",
                           gold_answer="7", id="good")
+    too_long = repo.ProblemIn(kind=DatasetKind.GSM8K, question=" ".join(str(i) for i in range(1500)) + "?",
+                              gold_answer="1", id="too-long")  # valid, but beyond lema-tiny's 512-token context
     with sessions.begin() as session:
-        repo.intake_problems(session, [poison, good])
+        repo.intake_problems(session, [poison, too_long, good])
     follower = subprocess.Popen([*lema_command(), "collect", "--follow", "--store", str(store), "--samples", "2",
                                  "--max-tokens", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -68,6 +72,11 @@ def test_a_poison_pill_in_the_store_fails_alone_and_the_queue_drains(tmp_path):
         follower.send_signal(signal.SIGINT)
         follower.wait(timeout=60)
     assert _query(store, "select count(*) from attempts where problem_id = 'good'")[0][0] == 2
+    # the one that cannot be processed at all is taken off the queue with its reason; the others are done
+    statuses = dict(_query(store, "select problem_id, status from intake"))
+    assert statuses == {"poison": "done", "too-long": "failed", "good": "done"}
+    reason = _query(store, "select reason from intake where problem_id = 'too-long'")[0][0]
+    assert "ContextLengthError" in reason and "context of 512 tokens" in reason
     assert _query(store, "select count(*) from attempts where problem_id = 'poison'")[0][0] == 2
     failures = _query(store, "select status, failure_reason from corrections where problem_id = 'poison'")
     wrong = _query(store, "select count(*) from attempts where problem_id = 'poison' and not correct")[0][0]

@@ -164,12 +164,6 @@ def mark_intake_failed(session: Session, problem_id: str, reason: str) -> None:
         {IntakeItem.status: "failed", IntakeItem.reason: reason[:1000]}, synchronize_session=False)
 
 
-def failed_intake(session: Session) -> list[tuple[str, str]]:
-    rows = session.execute(select(IntakeItem.problem_id, IntakeItem.reason).where(IntakeItem.status == "failed")
-                           .order_by(IntakeItem.seq))
-    return [(pid, reason) for pid, reason in rows]
-
-
 def add_attempts(session: Session, rows: Sequence[dict]) -> int:
     return _insert_ignore(session, Attempt, rows)
 
