@@ -262,7 +262,8 @@ def serve_trainer(
 
     section = load_config(config).trainer
     overrides = {"port": port, "host": host, "runs_root": runs_root, "adapters_root": adapters_root,
-                 "exports_root": exports_root, "endpoint_url": endpoint_url, "metrics_port": metrics_port, "admin_token_env": admin_token_env}
+                 "exports_root": exports_root, "endpoint_url": endpoint_url, "metrics_port": metrics_port,
+                 "admin_token_env": admin_token_env}
     section = _grpc_section(section, overrides)
     main(section)
 
