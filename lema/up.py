@@ -121,19 +121,20 @@ def up(config_path: Path | None, only: list[str] | None = None, timeout_s: float
             console.print(f"stopped {name} (exit code {process.returncode})")
 
 
-def status_table(chosen: list[ServiceSpec]) -> Table:
+def status_table(chosen: list[ServiceSpec], health: dict[str, str] | None = None) -> Table:
+    """The services and their health (`health`: already probed, by name; else each is probed now)."""
     table = Table(title="lema services")
     for col in ("service", "address", "transport", "health"):
         table.add_column(col)
     for spec in chosen:
-        health = spec.health()
-        colour = "green" if health == "SERVING" else "red"
-        table.add_row(spec.name, spec.address, spec.kind, f"[{colour}]{health}[/]")
+        state = health[spec.name] if health is not None else spec.health()
+        colour = "green" if state == "SERVING" else "red"
+        table.add_row(spec.name, spec.address, spec.kind, f"[{colour}]{state}[/]")
     return table
 
 
 def status(config_path: Path | None) -> int:
     chosen = specs(load_config(config_path), config_path)
-    table = status_table(chosen)
-    Console().print(table)
-    return 0 if all(s.health() == "SERVING" for s in chosen) else 1
+    health = {spec.name: spec.health() for spec in chosen}  # one probe per service
+    Console().print(status_table(chosen, health))
+    return 0 if all(state == "SERVING" for state in health.values()) else 1

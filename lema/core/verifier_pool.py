@@ -92,6 +92,9 @@ class VerifierPool:
         self._all: set[_Worker] = set()
         self._closed = False
         self.restarts = 0
+        # Worker replacements run in the background; the event loop keeps only weak references to tasks, so they
+        # are held here until done (else one can be collected mid-flight).
+        self._replacements: set[asyncio.Task] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
@@ -147,6 +150,11 @@ class VerifierPool:
             await loop.run_in_executor(None, worker.process.join, 2)
             self._kill(worker)
 
+    def _background(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._replacements.add(task)
+        task.add_done_callback(self._replacements.discard)
+
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._all if w.process.pid is not None]
 
@@ -181,7 +189,7 @@ class VerifierPool:
             worker.conn.send(item)
             verdict = await self._result(worker, limit)
         except asyncio.TimeoutError:
-            asyncio.ensure_future(self._replace(worker, "timeout"))
+            self._background(self._replace(worker, "timeout"))
             return Verdict(
                 correct=False,
                 reason=VerdictReason.TIMEOUT,
@@ -191,7 +199,7 @@ class VerifierPool:
             )
         except (EOFError, OSError, BrokenPipeError):
             code = worker.process.exitcode
-            asyncio.ensure_future(self._replace(worker, "crash"))
+            self._background(self._replace(worker, "crash"))
             log.warning("verifier worker %s died (exit code %s); replaced", worker.process.pid, code)
             return Verdict(
                 correct=False,
@@ -202,7 +210,7 @@ class VerifierPool:
             )
         except asyncio.CancelledError:
             # The caller went away mid-item: the worker's state is unknown, so replace it.
-            asyncio.ensure_future(self._replace(worker, "cancelled"))
+            self._background(self._replace(worker, "cancelled"))
             raise
         self._idle.put_nowait(worker)
         assert isinstance(verdict, Verdict)

@@ -155,6 +155,26 @@ def pretrain(recipe: Recipe, out_dir: Path, seed: int | None = None) -> dict:
     step, tokens, train_seconds = 0, 0, 0.0
     history: list[dict] = []
     stopped_early = False
+
+    def evaluate(at_step: int) -> float:
+        summary = validate(model, tokenizer, val, recipe)
+        acc = summary["overall"]["accuracy"]
+        by_steps = {k: round(v["accuracy"], 2) for k, v in summary["by_steps"].items()}
+        history.append({"step": at_step, "accuracy": acc, "by_steps": by_steps,
+                        "elapsed_s": round(time.time() - started)})
+        log(f"eval step {at_step}: accuracy {acc:.3f} by steps {by_steps}")
+        return acc
+
+    def save_result(at_step: int, early: bool) -> dict:
+        result = {
+            "seed": seed, "steps": at_step, "tokens": tokens, "params": n_params,
+            "wall_seconds": round(time.time() - started), "train_seconds": round(train_seconds),
+            "tokens_per_second": round(tokens / max(train_seconds, 1e-9)), "validation": history,
+            "stopped_early": early, "recipe": recipe.model_dump(mode="json"),
+        }
+        save(model, tokenizer, out_dir, result)
+        return result
+
     model.train()
     for stage_index, stage in enumerate(recipe.curriculum):
         batches = stage_batches(recipe, stage, stage_index, seed, tokenizer, val_keys, rng)
@@ -179,22 +199,14 @@ def pretrain(recipe: Recipe, out_dir: Path, seed: int | None = None) -> dict:
                     f"{tokens / train_seconds:.0f} tok/s, {time.time() - started:.0f}s elapsed")
             is_last = step == recipe.total_steps
             if (step % recipe.eval.every == 0 and step >= recipe.eval.start_step) or is_last:
-                summary = validate(model, tokenizer, val, recipe)
-                acc = summary["overall"]["accuracy"]
-                by_steps = {k: round(v["accuracy"], 2) for k, v in summary["by_steps"].items()}
-                history.append({"step": step, "accuracy": acc, "by_steps": by_steps,
-                                "elapsed_s": round(time.time() - started)})
-                log(f"eval step {step}: accuracy {acc:.3f} by steps {by_steps}")
+                acc = evaluate(step)
                 final_stage = stage_index == len(recipe.curriculum) - 1
                 stopped_early = final_stage and acc >= recipe.eval.stop_at_accuracy and not is_last
-                result = {
-                    "seed": seed, "steps": step, "tokens": tokens, "params": n_params,
-                    "wall_seconds": round(time.time() - started), "train_seconds": round(train_seconds),
-                    "tokens_per_second": round(tokens / train_seconds), "validation": history,
-                    "stopped_early": stopped_early, "recipe": recipe.model_dump(mode="json"),
-                }
-                save(model, tokenizer, out_dir, result)
+                result = save_result(step, stopped_early)
                 if stopped_early:
                     log(f"validation accuracy {acc:.3f} >= {recipe.eval.stop_at_accuracy}: stopping")
                     return result
+    if not history or history[-1]["step"] != step:  # the batches ran out before total_steps or an evaluation
+        evaluate(step)
+        return save_result(step, False)
     return result

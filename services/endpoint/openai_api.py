@@ -160,18 +160,20 @@ def build_app(
         A client that disconnects cancels its generation (the engine stops its rows at the next step)."""
         if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
             return "-", [], _error(400, f"max_tokens: must be at most {max_tokens_limit}")
-        try:
-            with pin_adapter(body.model) as adapter:
-                served = served_as(adapter)
-                try:
-                    params = body.sampling(default_max_tokens)
-                    results = await _unless_disconnected(request, get_engine().generate(prompts, params, adapter))
-                except (EngineError, ValueError) as exc:
-                    return served, [], _error(400, str(exc)[:1000])
-                except ClientGone:
-                    return served, [], _error(499, "the client closed the connection", "client_closed")
+        pinned = contextlib.ExitStack()
+        try:  # only resolving the model may say "unknown model": a KeyError inside an engine is a bug, not a 404
+            adapter = pinned.enter_context(pin_adapter(body.model))
         except KeyError:
             return "-", [], unknown_model(body)
+        with pinned:
+            served = served_as(adapter)
+            try:
+                params = body.sampling(default_max_tokens)
+                results = await _unless_disconnected(request, get_engine().generate(prompts, params, adapter))
+            except (EngineError, ValueError) as exc:
+                return served, [], _error(400, str(exc)[:1000])
+            except ClientGone:
+                return served, [], _error(499, "the client closed the connection", "client_closed")
         if on_served is not None:
             on_served(adapter or "base", sum(c.completion_tokens for r in results for c in r))
         return served, results, None

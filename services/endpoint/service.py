@@ -103,7 +103,7 @@ class Endpoint:
             result = await self.core.solve(question, model, max_tokens, temperature, kind)
         except NotReady as exc:
             return _solve_error(ctx, 503, str(exc))
-        except (UnknownModel, KeyError):
+        except UnknownModel:  # raised by resolving the model only; a KeyError from inside generation is a bug
             return _solve_error(ctx, 404, f"model {str(model)[:200]!r} is not served here; see /v1/models")
         except ValueError as exc:
             return _solve_error(ctx, 400, str(exc)[:1000])
