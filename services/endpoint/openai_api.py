@@ -155,16 +155,25 @@ def build_app(
     def unknown_model(body: _Common) -> JSONResponse:
         return _error(404, f"model {body.model[:200]!r} is not served here; see /v1/models", "not_found_error")
 
+    def admit(body: _Common) -> tuple[contextlib.ExitStack, str | None] | JSONResponse:
+        """The request's bounds, then its model resolved and its adapter pinned (held until the stack closes);
+        or the error response. Only resolving the model may say "unknown model": a KeyError inside an engine is
+        a bug, not a 404."""
+        if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
+            return _error(400, f"max_tokens: must be at most {max_tokens_limit}")
+        pinned = contextlib.ExitStack()
+        try:
+            return pinned, pinned.enter_context(pin_adapter(body.model))
+        except KeyError:
+            return unknown_model(body)
+
     async def run(request: Request, body: _Common, prompts: list) -> tuple[str, list, JSONResponse | None]:
         """Generate on the adapter pinned at the start of the request; returns (served model, results, error).
         A client that disconnects cancels its generation (the engine stops its rows at the next step)."""
-        if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
-            return "-", [], _error(400, f"max_tokens: must be at most {max_tokens_limit}")
-        pinned = contextlib.ExitStack()
-        try:  # only resolving the model may say "unknown model": a KeyError inside an engine is a bug, not a 404
-            adapter = pinned.enter_context(pin_adapter(body.model))
-        except KeyError:
-            return "-", [], unknown_model(body)
+        admitted = admit(body)
+        if isinstance(admitted, JSONResponse):
+            return "-", [], admitted
+        pinned, adapter = admitted
         with pinned:
             served = served_as(adapter)
             try:
@@ -181,13 +190,10 @@ def build_app(
     async def stream_reply(route: str, body: _Common, prompts: list, started: float):
         """True streaming: server-sent events as the engine produces text (engines with `generate_stream`), the
         adapter pinned until the last event; errors before the first event are plain 4xx responses."""
-        if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
-            return failed(route, "-", _error(400, f"max_tokens: must be at most {max_tokens_limit}"), started)
-        pinned = contextlib.ExitStack()
-        try:
-            adapter = pinned.enter_context(pin_adapter(body.model))
-        except KeyError:
-            return failed(route, "-", unknown_model(body), started)
+        admitted = admit(body)
+        if isinstance(admitted, JSONResponse):
+            return failed(route, "-", admitted, started)
+        pinned, adapter = admitted
         served = served_as(adapter)
         try:
             params = body.sampling(default_max_tokens)
@@ -219,8 +225,9 @@ def build_app(
             finally:
                 await deltas.aclose()  # a client gone: the engine stops the rows
                 pinned.close()
-                results = [finished]
-                observe(route, served, 200, started, results)
+                # the last deltas come in choice order: n completions per prompt
+                per_prompt = [finished[i : i + params.n] for i in range(0, len(finished), params.n)]
+                observe(route, served, 200, started, per_prompt)
                 if on_served is not None:
                     on_served(adapter or "base", sum(c.completion_tokens for c in finished))
 

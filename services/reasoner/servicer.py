@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -61,10 +60,6 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
             return None, f"sampling.n must be >= 1 (got {message.n})"
         if message.n > c.max_samples:
             return None, f"sampling.n is {message.n}; this server allows at most {c.max_samples} samples per problem"
-        if not math.isfinite(message.temperature) or message.temperature < 0:
-            return None, f"sampling.temperature must be >= 0 and finite (got {message.temperature})"
-        if not math.isfinite(message.top_p) or not 0 <= message.top_p <= 1:
-            return None, f"sampling.top_p must be in (0, 1] (got {message.top_p})"
         if message.max_tokens < 0 or message.max_tokens > c.max_tokens_limit:
             return None, f"sampling.max_tokens must be in 1..{c.max_tokens_limit} (got {message.max_tokens})"
         try:
@@ -76,7 +71,7 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
                 stop=tuple(message.stop),
                 seed=message.seed if message.HasField("seed") else None,
             ), ""
-        except ValueError as exc:  # the engine-wide bounds (stop strings, ...)
+        except ValueError as exc:  # the engine-wide bounds (temperature, top_p, stop strings, ...)
             return None, f"sampling.{exc}"
 
     async def Solve(self, request: rpb.SolveRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.SolveResponse]:
@@ -174,5 +169,5 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
         try:
             await self.engine.load_adapter(name, str(manifest.path))
         except EngineError as exc:
-            await invalid_argument(context, str(exc)[:500])
+            await invalid_argument(context, str(exc))
         return self._models()
