@@ -8,7 +8,6 @@ recipe name, a UTC timestamp and a random suffix. The content hash covers the ad
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from lema.core.promotion_record import content_hash
 
 
 @dataclass
@@ -36,14 +37,6 @@ class AdapterRecord:
 
 def default_root() -> Path:
     return Path(os.environ.get("LEMA_ADAPTERS", Path.home() / ".cache" / "lema" / "adapters"))
-
-
-def content_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        digest.update(name.encode())
-        digest.update((folder / name).read_bytes())
-    return digest.hexdigest()
 
 
 class AdapterRegistry:

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from lema.trainer.baseline import BaseMetrics, eval_settings_of
-from lema.trainer.promote import PromotionError, promote
+from lema.trainer.promote import PromotionError, promote, promote_fleet
 from lema.trainer.recipe import RecipeError, load_recipe
 from lema.trainer.registry import AdapterRecord, AdapterRegistry
 from lema.trainer.runs import TERMINAL, RunDir, RunManager, RunState, check_run_id
@@ -18,6 +18,7 @@ from lema.trainer.train import check_dataset
 
 from lema.core.config import TrainerConfig
 from lema.core.grpc_server import invalid_argument
+from lema.core.promotion_record import PromotionRecordError, record_path
 from lema.v1 import common_pb2 as pb
 from lema.v1 import trainer_pb2 as tpb
 from lema.v1 import trainer_pb2_grpc
@@ -179,8 +180,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return next((url for url in configured if url.rstrip("/") == requested.rstrip("/")), None)
 
     async def Promote(self, request: tpb.PromoteRequest, context) -> tpb.PromoteResponse:
-        url = self._promotion_target(request.endpoint_url)
-        if url is None:
+        # With a promotion record configured, a Promote that names no endpoint is fleet-wide: the record every
+        # endpoint replica follows. Naming an endpoint still pushes to that one endpoint's admin API.
+        fleet = bool(self.config.promotion_record) and not request.endpoint_url
+        url = None if fleet else self._promotion_target(request.endpoint_url)
+        if not fleet and url is None:
             await invalid_argument(context, f"endpoint_url: {request.endpoint_url[:200]!r} is not a configured "
                                             "endpoint (trainer.endpoint_url or trainer.promote_endpoints); Promote "
                                             "sends the admin token to configured endpoints only")
@@ -188,12 +192,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             record = self.registry.get(request.adapter_id)
         except KeyError:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no adapter {request.adapter_id[:200]!r} in the registry")
+        base = lambda: self.base_metrics.get(record.base_model, eval_settings_of(record))  # noqa: E731
         try:
-            outcome = await asyncio.to_thread(
-                promote, record, url, self.config.admin_token_env, self.config.gate_metric, request.force,
-                lambda: self.base_metrics.get(record.base_model, eval_settings_of(record)))
+            if fleet:
+                outcome = await asyncio.to_thread(
+                    promote_fleet, record, self.registry,
+                    record_path(self.config.adapters_root, self.config.promotion_record),
+                    self.config.gate_metric, request.force, base)
+            else:
+                outcome = await asyncio.to_thread(
+                    promote, record, url, self.config.admin_token_env, self.config.gate_metric, request.force, base)
         except PromotionError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE if exc.transient else grpc.StatusCode.FAILED_PRECONDITION,
                                 str(exc))
+        except (PromotionRecordError, OSError) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot write the promotion record: {exc}"[:500])
         return tpb.PromoteResponse(promoted=outcome.promoted, reason=outcome.reason, adapter=adapter_to_pb(record),
                                    previous_adapter_id=outcome.previous)

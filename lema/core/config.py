@@ -49,6 +49,12 @@ class ClientConfig(_Section):
     tls_cert: Path | None = Field(default=None, description="PEM client certificate chain (mutual TLS)")
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
     tls_server_name: str | None = Field(default=None, description="the name to expect in the server's certificate")
+    # A Kubernetes Service puts several replicas behind one name: with gRPC's default pick_first every call goes to
+    # one of them. round_robin over a `dns:///name:port` target (a headless Service) spreads calls over all.
+    load_balancing: Literal["round_robin", "pick_first"] = Field(
+        default="round_robin", description="gRPC load-balancing policy over the addresses a target resolves to")
+    retry_attempts: int = Field(default=3, ge=1, le=5,
+                                description="attempts per call on UNAVAILABLE (gRPC retry policy; 1 = no retry)")
 
 
 def _default_workers() -> int:
@@ -139,6 +145,10 @@ class EndpointConfig(_Section):
     default_max_tokens: int = Field(default=256, ge=1)
     max_tokens_limit: int = Field(default=2_048, ge=1)
     vllm_kv_cache_gib: int | None = Field(default=None, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    promotion_record: str | None = Field(
+        default=None, description="fleet-wide promotion: a file name in registry_dir naming the adapter every replica "
+                                  "serves; this replica follows it (None: the admin API alone decides)")
+    promotion_poll_s: float = Field(default=2.0, gt=0, le=3600, description="how often the promotion record is read")
 
 
 class TrainerConfig(GrpcServerConfig):
@@ -155,6 +165,9 @@ class TrainerConfig(GrpcServerConfig):
         description="further endpoints a Promote request may name in endpoint_url; the admin token is sent to "
                     "endpoint_url and these only, never to an address a client chose")
     admin_token_env: str = Field(default="LEMA_ADMIN_TOKEN", description="env var with the endpoint's admin token")
+    promotion_record: str | None = Field(
+        default=None, description="fleet-wide promotion: Promote writes this file in adapters_root (the record every "
+                                  "endpoint replica follows) instead of calling endpoint_url")
     gate_metric: str = Field(default="validation_accuracy",
                              description="Promote refuses adapters worse than the serving adapter or the base model on "
                                          "this metric (validation problems, never the reported test problems)")
@@ -167,6 +180,8 @@ class CollectorConfig(GrpcServerConfig):
     port: Port = DEFAULT_PORTS["collector"]
     store: str = Field(default="lema.db", description="an SQLite file path or a database URL (postgresql://...)")
     max_items_per_request: int = Field(default=10_000, ge=1, description="upper limit on problems per AddProblems")
+    lease_s: float = Field(default=300.0, gt=0, description="a problem claimed by a `lema collect --follow` worker "
+                                                             "returns to the queue when not done within this time")
 
 
 class LemaConfig(_Section):

@@ -6,6 +6,7 @@ token that could be right. Tokens are compared in constant time.
 
     GET    /admin/adapters              loaded adapters with metadata (base model, rank, created, eval metrics)
     GET    /admin/status                engine, readiness, promoted model, promotion history, cold start
+    GET    /admin/serving               open: the adapter served against the fleet's promotion record (503 behind)
     GET    /admin/registry              adapter folders present in the registry (loaded or not)
     POST   /admin/adapters              load: {"path": "<folder in the registry>", "name"?, "metadata"?, "promote"?}
     DELETE /admin/adapters/{name}       unload (waits for the adapter's in-flight requests)
@@ -121,6 +122,19 @@ def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TO
             return current_core().status()
         except RuntimeError as exc:
             raise AdminError(503, str(exc), "unavailable") from None
+
+    @app.get("/serving")
+    async def serving():
+        """Open (read-only, no secrets): which adapter this replica serves against the fleet's promotion record;
+        503 while it is not ready or behind the record, so it doubles as a readiness probe that says why."""
+        from fastapi.responses import JSONResponse
+        from lema.services.endpoint.core import current_core
+
+        try:
+            report = current_core().fleet_report()
+        except RuntimeError as exc:
+            raise AdminError(503, str(exc), "unavailable") from None
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     @app.get("/registry", dependencies=auth)
     async def registry() -> dict:

@@ -99,6 +99,7 @@ class EndpointCore:
         self.cold_start_s: float | None = None
         self._admin_lock: asyncio.Lock | None = None
         self._start_task: asyncio.Task | None = None
+        self.follower = None  # fleet.PromotionFollower when endpoint.promotion_record is set
 
     # -- life cycle --------------------------------------------------------------------------------
     def start_in_background(self) -> None:
@@ -141,6 +142,15 @@ class EndpointCore:
             await self.load(path, name or None)
         if self.config.promote:
             self.promote(self.config.promote)
+        if self.config.promotion_record:
+            from lema.services.endpoint.fleet import PromotionFollower
+
+            from lema.core.promotion_record import record_path
+
+            self.follower = PromotionFollower(self, record_path(self.registry.root, self.config.promotion_record),
+                                              self.config.promotion_poll_s)
+            await self.follower.catch_up()  # a new replica comes up serving the promoted adapter
+            self.follower.start()
         self.cold_start_s = time.perf_counter() - started
         self.ready = True
         logger.info(
@@ -150,6 +160,8 @@ class EndpointCore:
 
     async def close(self) -> None:
         self.ready = False
+        if self.follower is not None:
+            await self.follower.close()
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
         if self.engine is not None:
@@ -160,6 +172,17 @@ class EndpointCore:
         """One batch has held the engine longer than `stall_after_s`: readiness fails, so traffic goes elsewhere."""
         busy = getattr(self.engine, "busy_for_s", 0.0) if self.engine is not None else 0.0
         return busy > self.config.stall_after_s
+
+    @property
+    def behind(self) -> bool:
+        """The fleet's promotion record names an adapter this replica does not serve yet: not ready."""
+        return self.follower is not None and self.follower.behind
+
+    def fleet_report(self) -> dict[str, Any]:
+        """What this replica serves against the promotion record (GET /admin/serving)."""
+        serving = self.state.served_name(self.state.default) if self.ready and self.state else None
+        report = self.follower.report() if self.follower else {"state": "disabled", "record": None}
+        return {**report, "ready": self.ready and not self.wedged and not self.behind, "serving": serving}
 
     def require_ready(self) -> None:
         if not self.ready or self.engine is None or self.state is None:
@@ -379,6 +402,7 @@ class EndpointCore:
             "registry": str(self.registry.root),
             "cold_start_s": self.cold_start_s,
             "promoted": self.state.served_name(self.state.default) if ready else None,
+            "promotion_record": self.follower.report() if self.follower else None,
             "history": [
                 {"model": self.state.served_name(p.name), "action": p.action, "at": p.at} for p in self.state.history
             ] if ready else [],

@@ -15,6 +15,9 @@ _PREFIX = "lema_endpoint_"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
+FLEET_STATES = ("in_sync", "behind", "refused", "unavailable")
+
+
 class EndpointMetrics:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -55,7 +58,20 @@ class EndpointMetrics:
             "lema_endpoint_engine_info", "The engine serving (value 1)", ["engine", "model"],
             multiprocess_mode="livemostrecent", registry=r,
         )
+        self.fleet_generation = Gauge(
+            "lema_endpoint_promotion_generation", "The fleet promotion record's generation this replica serves",
+            multiprocess_mode="livemostrecent", registry=r,
+        )
+        self.fleet_state = Gauge(
+            "lema_endpoint_promotion_state", "1 for this replica's state against the promotion record",
+            ["state"], multiprocess_mode="livemostrecent", registry=r,
+        )
         self._promoted: str | None = None
+
+    def set_fleet(self, generation: int, state: str) -> None:
+        self.fleet_generation.set(generation)
+        for name in FLEET_STATES:
+            self.fleet_state.labels(name).set(1 if name == state else 0)
 
     def set_promoted(self, served_name: str) -> None:
         if self._promoted is not None and self._promoted != served_name:
