@@ -29,6 +29,8 @@ class GrpcServerConfig(_Section):
     host: str = "127.0.0.1"
     port: Port = 0
     grace_s: float = Field(default=10.0, ge=0, description="time in-flight calls get to finish on SIGTERM")
+    drain_delay_s: float = Field(default=1.0, ge=0, le=60, description="on SIGTERM, how long the server reports "
+                                 "NOT_SERVING before it stops accepting calls (clients move to other replicas)")
     metrics_port: Port | None = Field(default=None, description="Prometheus /metrics port")
     max_message_mb: int = Field(default=64, ge=1)
     # Security (lema.core.security): a token when its variable is set; TLS when a certificate is given.

@@ -72,6 +72,9 @@ async def run_grpc_server(
 
     log.info("shutting down: draining in-flight calls for up to %.1fs", config.grace_s)
     await health.enter_graceful_shutdown()
+    # Clients balancing over replicas watch health (lema.core.security.service_config): a moment of NOT_SERVING before
+    # the server stops accepting calls lets them move new calls elsewhere instead of racing the shutdown.
+    await asyncio.sleep(min(config.drain_delay_s, config.grace_s))
     await server.stop(config.grace_s)
     if on_shutdown is not None:
         await on_shutdown()

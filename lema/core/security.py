@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -213,8 +214,26 @@ def _channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials:
                                         certificate_chain=_read(config.tls_cert, "client.tls_cert"))
 
 
+def service_config(config: ClientConfig) -> str:
+    """gRPC's service config for every lema channel: the load-balancing policy over the addresses a target resolves
+    to (`dns:///lema-verifier.lema.svc.cluster.local:50061` lists a headless Service's pods; `ipv4:a:p,b:p` lists
+    addresses), and a retry policy for UNAVAILABLE, the status of a replica that stops or restarts. gRPC retries a
+    streaming call only until its first response arrives, so nothing is received twice."""
+    # healthCheckConfig: the client watches each address's grpc.health.v1 status and stops picking one that reports
+    # NOT_SERVING, which every lema server does first when it is told to stop (lema.core.grpc_server).
+    policy: dict[str, object] = {"loadBalancingConfig": [{config.load_balancing: {}}],
+                                 "healthCheckConfig": {"serviceName": ""}}
+    if config.retry_attempts > 1:
+        policy["methodConfig"] = [{
+            "name": [{}],  # every method of every service
+            "retryPolicy": {"maxAttempts": config.retry_attempts, "initialBackoff": "0.1s", "maxBackoff": "2s",
+                            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+        }]
+    return json.dumps(policy)
+
+
 def _options(config: ClientConfig, extra: list[tuple[str, object]] | None) -> list[tuple[str, object]]:
-    options = list(extra or [])
+    options = [("grpc.service_config", service_config(config)), ("grpc.enable_retries", 1), *(extra or [])]
     if config.tls and config.tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
     return options
