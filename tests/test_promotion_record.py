@@ -87,3 +87,34 @@ def test_fleet_promotion_gates_then_writes_the_record(tmp_path):
     assert forced.promoted and forced.previous == good.id and read_record(path).adapter == worse.id
     again = promote_fleet(worse, registry, path, force=True)
     assert "already promoted" in again.reason and read_record(path).generation == 2
+
+
+def test_the_promotion_commands_set_show_and_roll_back(tmp_path):
+    from typer.testing import CliRunner
+
+    from lema.cli import app
+
+    registry = AdapterRegistry(tmp_path / "store")
+    first = registry.register(_adapter(tmp_path / "one", b"1"), "lema-tiny", "one", {})
+    second = registry.register(_adapter(tmp_path / "two", b"2"), "lema-tiny", "two", {})
+    runner = CliRunner()
+
+    def lema(*args: str):
+        return runner.invoke(app, ["promotion", *args, "--store", str(registry.root)])
+
+    assert lema("show").exit_code == 1
+    assert lema("set", first.id).exit_code == 0
+    assert lema("set", second.id).exit_code == 0
+    shown = json.loads(lema("show").stdout)
+    assert (shown["adapter"], shown["previous"], shown["generation"]) == (second.id, first.id, 2)
+    assert json.loads(lema("rollback").stdout)["adapter"] == first.id
+    assert json.loads(lema("set", "--base").stdout)["adapter"] is None
+
+    refused = lema("set", "no-such-adapter")
+    assert refused.exit_code == 2 and "no registered adapter" in refused.stderr
+    (registry.root / first.id / "adapter_model.safetensors").write_bytes(b"tampered")
+    tampered = lema("set", first.id)
+    assert tampered.exit_code == 2 and "changed since it was registered" in tampered.stderr
+    assert read_record(registry.root / "promotion.json").adapter is None  # unchanged by the refusals
+    both = lema("set", first.id, "--base")
+    assert both.exit_code == 2 and "one of them" in both.stderr

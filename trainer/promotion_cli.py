@@ -1,0 +1,109 @@
+"""`lema promotion`: read and change the fleet's promotion record by hand (an operator's rollback or pin).
+
+    lema promotion show                     the record and the adapter it names
+    lema promotion set ADAPTER_ID           every replica serves this registered adapter
+    lema promotion set --base               every replica serves the base model
+    lema promotion rollback                 back to the adapter the record names as previous
+
+The store and the record's file name come from the config's `trainer` section (`adapters_root`,
+`promotion_record`), or `--store` and `--record`. These commands skip the trainer's evaluation gate (the trainer's
+Promote applies it): they are the operator's explicit choice. An adapter is written into the record only when its
+folder's content hash matches the hash the registry recorded when the adapter was registered.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+promotion_app = typer.Typer(help="The fleet's promotion record: show, set, rollback.", no_args_is_help=True)
+
+_STORE = typer.Option(None, help="the adapter store (default: trainer.adapters_root of the config)")
+_RECORD = typer.Option(None, help="the record's file name in the store (default: trainer.promotion_record)")
+_CONFIG = typer.Option(None, help="lema YAML config file")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _locate(store: Optional[Path], record: Optional[str], config: Optional[Path]) -> tuple[Path, Path]:
+    from lema.core.config import load_config
+    from lema.core.promotion_record import PromotionRecordError, record_path
+
+    section = load_config(config).trainer
+    root = Path(store or section.adapters_root)
+    name = record or section.promotion_record or "promotion.json"
+    if not root.is_dir():
+        _fail(f"--store: {root} is not a folder")
+    try:
+        return root, record_path(root, name)
+    except PromotionRecordError as exc:
+        _fail(str(exc))
+
+
+def _write(root: Path, path: Path, adapter_id: Optional[str], reason: str) -> None:
+    from lema.trainer.registry import AdapterRegistry
+
+    from lema.core.promotion_record import content_hash, write_record
+
+    adapter_hash = ""
+    if adapter_id is not None:
+        try:
+            registered = AdapterRegistry(root).get(adapter_id)
+        except (KeyError, ValueError, TypeError):
+            _fail(f"ADAPTER_ID: no registered adapter {adapter_id[:200]!r} in {root}")
+        adapter_hash = content_hash(root / adapter_id)
+        if adapter_hash != registered.content_hash:
+            _fail(f"{adapter_id}: its files changed since it was registered (content hash differs); not promoted")
+    record = write_record(path, adapter_id, adapter_hash, reason=reason)
+    typer.echo(json.dumps(asdict(record)))
+
+
+@promotion_app.command("show")
+def show(store: Optional[Path] = _STORE, record: Optional[str] = _RECORD, config: Optional[Path] = _CONFIG) -> None:
+    """Print the promotion record (JSON); exit 1 when none was written."""
+    from lema.core.promotion_record import PromotionRecordError, read_record
+
+    _, path = _locate(store, record, config)
+    try:
+        current = read_record(path)
+    except PromotionRecordError as exc:
+        _fail(str(exc))
+    if current is None:
+        typer.echo(f"no promotion record at {path}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(asdict(current)))
+
+
+@promotion_app.command("set")
+def set_command(
+    adapter_id: Optional[str] = typer.Argument(None, help="a registered adapter id"),
+    base: bool = typer.Option(False, "--base", help="serve the base model"),
+    store: Optional[Path] = _STORE, record: Optional[str] = _RECORD, config: Optional[Path] = _CONFIG,
+) -> None:
+    """Name the adapter every endpoint replica serves (or the base model)."""
+    if base == (adapter_id is not None):
+        _fail("give an ADAPTER_ID or --base (one of them)")
+    root, path = _locate(store, record, config)
+    _write(root, path, adapter_id, reason="set by hand")
+
+
+@promotion_app.command("rollback")
+def rollback(store: Optional[Path] = _STORE, record: Optional[str] = _RECORD, config: Optional[Path] = _CONFIG) -> None:
+    """Write the record's previous adapter back (the base model when there was none)."""
+    from lema.core.promotion_record import PromotionRecordError, read_record
+
+    root, path = _locate(store, record, config)
+    try:
+        current = read_record(path)
+    except PromotionRecordError as exc:
+        _fail(f"{exc}; use `lema promotion set` to write a new record")
+    if current is None:
+        _fail(f"no promotion record at {path}: nothing to roll back")
+    _write(root, path, current.previous, reason=f"rollback from generation {current.generation}")
