@@ -3,7 +3,7 @@
 The command validates the configuration (config file, then flags), passes it to the service in the
 LEMA_ENDPOINT_CONFIG environment variable and replaces itself with
 `bentoml serve lema.services.endpoint.service:Endpoint --host H --port P`.
-Flags left at their default values do not override the config file.
+Precedence (lowest first): EndpointConfig's defaults, the config file (`--config` or $LEMA_CONFIG), the flags given.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 import typer
 
 SERVICE = "lema.services.endpoint.service:Endpoint"
-_DEFAULTS = {"port": 3000, "host": "127.0.0.1", "model": "lema-tiny", "engine": "auto"}
 
 
 def bentoml_command(host: str, port: int) -> list[str]:
@@ -27,10 +26,11 @@ def bentoml_command(host: str, port: int) -> list[str]:
 
 
 def endpoint_command(
-    port: int = typer.Option(3000, help="HTTP port"),
-    host: str = typer.Option("127.0.0.1", help="bind address"),
-    model: str = typer.Option("lema-tiny", help="lema-tiny, smollm2, a local folder or a Hugging Face id"),
-    engine: str = typer.Option("auto", help="auto | vllm | transformers (auto: vLLM if it starts, else transformers)"),
+    port: int | None = typer.Option(None, help="HTTP port (default 3000)"),
+    host: str | None = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    model: str | None = typer.Option(None, help="lema-tiny (default), smollm2, a local folder or a Hugging Face id"),
+    engine: str | None = typer.Option(None, help="auto (default) | vllm | transformers (auto: vLLM if it starts, "
+                                                 "else transformers)"),
     config: Path | None = typer.Option(None, help="lema YAML config file (its `endpoint` section)"),
     registry: Path | None = typer.Option(None, help="adapter registry folder (every adapter path stays inside)"),
     adapter: list[str] = typer.Option([], help="preload an adapter: PATH or NAME=PATH inside the registry (repeatable)"),
@@ -48,7 +48,7 @@ def endpoint_command(
         section = load_config(config).endpoint  # the file (or $LEMA_CONFIG), else the defaults
         data = section.model_dump()
         flags = {"port": port, "host": host, "model": model, "engine": engine}
-        data.update({k: v for k, v in flags.items() if v != _DEFAULTS[k]})
+        data.update({k: v for k, v in flags.items() if v is not None})  # a flag given wins, even at a default
         if registry is not None:
             data["registry_dir"] = str(registry.expanduser().resolve())
         if adapter:
