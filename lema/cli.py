@@ -412,8 +412,17 @@ def collect(
     follow: bool = typer.Option(False, help="keep taking new problems from the intake table"),
     strict: bool = typer.Option(False, help="exit 1 when any correction was deferred or failed at the upstream "
                                             "(a later run asks again either way)"),
+    lease_s: Optional[float] = typer.Option(
+        None, min=1.0, help="--follow: a claimed problem returns to the queue when its worker has not renewed its "
+                            "lease for this long (it died); default collector.lease_s of $LEMA_CONFIG, 300"),
+    worker_id: Optional[str] = typer.Option(None, help="--follow: this worker's name in the intake's claims "
+                                                       "(default hostname-pid)"),
+    poll_s: float = typer.Option(2.0, min=0.05, max=3600.0, help="--follow: seconds between looks at an empty "
+                                                                 "intake"),
 ) -> None:
-    """Reason -> verify -> correct the mistakes -> verify the corrections -> store. Resumable, exactly-once."""
+    """Reason -> verify -> correct the mistakes -> verify the corrections -> store. Resumable, exactly-once.
+    Several `--follow` workers may share one store: each claims its own problems (PostgreSQL for workers on many
+    machines; SQLite for workers on one)."""
     from lema.core.store.db import StoreError
     from lema.services.collector.pipeline import CollectSettings
     from lema.services.collector.run import collect as run_collect
@@ -421,18 +430,36 @@ def collect(
 
     if not source and not follow:
         _fail("give at least one --source, or --follow to take problems from the intake table")
+    if not follow and (lease_s is not None or worker_id is not None):
+        _fail("--lease-s and --worker-id apply to --follow workers (claims on the intake table)")
+    if worker_id is not None and not (0 < len(worker_id.strip()) <= 200 and worker_id.isprintable()):
+        _fail("--worker-id: 1 to 200 printable characters")
+    if follow and lease_s is None:
+        import yaml
+
+        from lema.core.config import load_config
+
+        try:
+            lease_s = load_config().collector.lease_s
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # an unreadable or invalid $LEMA_CONFIG
+            _fail(f"config: {exc}")
     settings = CollectSettings(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed,
                                model=model, engine=engine, adapter=adapter, reasoner_address=reasoner,
                                corrector_address=corrector, batch_size=batch_size, correct_concurrency=concurrency)
+    if follow:
+        from lema.services.collector.run import default_worker_id
+
+        worker_id = worker_id.strip() if worker_id else default_worker_id()
     try:
-        stats = asyncio.run(run_collect(store, source, settings, follow=follow, limit=limit))
+        stats = asyncio.run(run_collect(store, source, settings, follow=follow, limit=limit, poll_interval_s=poll_s,
+                                        worker_id=worker_id, lease_s=lease_s or 300.0))
     except (SourceError, StoreError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130)
     typer.echo(json.dumps({"problems": stats.problems_done, "attempts": stats.attempts, "mistakes": stats.mistakes,
                            "corrections": stats.corrections, "accepted": stats.accepted, "deferred": stats.deferred,
-                           "failed": stats.failed}))
+                           "failed": stats.failed, **({"worker_id": worker_id} if follow else {})}))
     if stats.deferred or stats.failed:
         typer.echo(f"{stats.deferred} corrections deferred (upstream unavailable) and {stats.failed} failed at the "
                    "upstream; run again to retry them", err=True)

@@ -183,7 +183,8 @@ class CollectorConfig(GrpcServerConfig):
     store: str = Field(default="lema.db", description="an SQLite file path or a database URL (postgresql://...)")
     max_items_per_request: int = Field(default=10_000, ge=1, description="upper limit on problems per AddProblems")
     lease_s: float = Field(default=300.0, gt=0, description="a problem claimed by a `lema collect --follow` worker "
-                                                             "returns to the queue when not done within this time")
+                                                             "returns to the queue when its worker has not renewed "
+                                                             "the lease within this time (the worker died)")
 
 
 class LemaConfig(_Section):

@@ -311,13 +311,14 @@ class Collector:
                                  text=row["text"], verified=True))
         return rows
 
-    async def run(self, problem_ids: list[str]) -> Stats:
-        """Collect for these problems (already in the store); resumes whatever a previous run left undone."""
+    async def run(self, problem_ids: list[str], worker_id: str | None = None) -> Stats:
+        """Collect for these problems (already in the store); resumes whatever a previous run left undone. A
+        `--follow` worker passes its id: mistakes of problems another live worker holds are left to that one."""
         s = self.settings
         run_key = s.run_key(self.reasoner.model_id)
         with self.sessions() as session:
             todo = repo.problems_missing_attempts(session, problem_ids, run_key, s.samples)
-            leftover = repo.wrong_attempts_without_correction(session, self.corrector.tag)
+            leftover = repo.wrong_attempts_without_correction(session, self.corrector.tag, worker_id=worker_id)
         self.stats.problems_total += len(problem_ids)
         self.stats.problems_done += len(problem_ids) - len(todo)
         self.on_update(self.stats)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_MIGRATION_LOCK = 0x6C656D61  # "lema": the PostgreSQL advisory lock key that serialises migrations
 
 
 def normalize_url(url: str) -> str:
@@ -64,6 +65,11 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # A fleet of `lema collect --follow` workers started together would otherwise upgrade one schema at
+            # once (two ALTER TABLEs of one column, one fails). The lock lasts until this transaction ends; the
+            # next worker then finds the schema at head and does nothing. SQLite serialises writers itself.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -93,6 +93,12 @@ class IntakeItem(Base):
     problem_id: Mapped[str] = mapped_column(ForeignKey("problems.id"), unique=True)
     status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done | failed
     reason: Mapped[str] = mapped_column(Text, default="", server_default="")  # why a failed item failed
+    # Claims by `lema collect --follow` workers (repository.claim_intake): who holds or last held the item, until
+    # when (a pending item whose lease has passed is claimable again: its worker died), and how often it was
+    # claimed (more than once: a worker died or was too slow on it). Done/failed items keep worker_id: who did it.
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

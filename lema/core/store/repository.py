@@ -6,14 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import and_, func, inspect, select
+from sqlalchemy import and_, func, inspect, or_, select
 from sqlalchemy.orm import Session
 
 from lema.core.answers import DatasetKind
-from lema.core.store.models import Attempt, Augmentation, Correction, IntakeItem, Problem
+from lema.core.store.models import Attempt, Augmentation, Correction, IntakeItem, Problem, utcnow
 
 MAX_PROGRAM_CHARS = 100_000
 MAX_META_CHARS = 16_000
@@ -152,16 +153,96 @@ def pending_intake(session: Session, limit: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-def mark_intake_done(session: Session, problem_ids: Sequence[str]) -> None:
+def _now(session: Session):
+    """The clock leases are measured by. PostgreSQL: the server's (workers on several machines would otherwise
+    compare their own clocks, and a skewed one would take live leases or keep dead ones). SQLite is one machine's
+    file, so this machine's clock is the only one there is."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.now()
+    return utcnow()
+
+
+def _lease_end(session: Session, lease_s: float):
+    if not lease_s > 0:
+        raise ValueError(f"a lease must be longer than 0 seconds; got {lease_s}")
+    return _now(session) + timedelta(seconds=lease_s)
+
+
+def _claimable(session: Session):
+    """Pending, and either never claimed or with a lease that has passed (its worker died or stalled)."""
+    return and_(IntakeItem.status == "pending",
+                or_(IntakeItem.lease_until.is_(None), IntakeItem.lease_until < _now(session)))
+
+
+def claim_intake(session: Session, worker_id: str, limit: int, lease_s: float) -> list[str]:
+    """Claim up to `limit` intake problems for `worker_id` (oldest first) until now + lease_s, in the caller's
+    transaction, which should commit at once: the claim is what other workers see. Returns the problem ids.
+
+    PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, then stamp the rows. Concurrent claimers skip each other's
+    locked rows instead of waiting on them, and a row claimed by a transaction that committed meanwhile is re-checked
+    against the WHERE clause before it is locked (READ COMMITTED), so no row goes to two claimers.
+    SQLite has no SKIP LOCKED: one UPDATE ... WHERE seq IN (the claimable ones) ... RETURNING, a single statement,
+    which SQLite runs while holding its one writer lock; correct, but only for workers on the machine that holds
+    the file (SQLite over a network file system does not lock reliably)."""
+    if not worker_id:
+        raise ValueError("a claim needs a worker id")
+    if limit < 1:
+        return []
+    stamp = {"worker_id": worker_id, "lease_until": _lease_end(session, lease_s), "claims": IntakeItem.claims + 1}
+    candidates = select(IntakeItem.seq).where(_claimable(session)).order_by(IntakeItem.seq).limit(limit)
+    table = IntakeItem.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(candidates.add_columns(IntakeItem.problem_id).with_for_update(skip_locked=True)).all()
+        if rows:
+            session.execute(table.update().where(table.c.seq.in_([seq for seq, _ in rows])).values(stamp))
+    else:
+        rows = session.execute(table.update().where(table.c.seq.in_(candidates.scalar_subquery())).values(stamp)
+                               .returning(table.c.seq, table.c.problem_id)).all()
+    return [problem_id for _, problem_id in sorted(rows)]
+
+
+def renew_intake_leases(session: Session, worker_id: str, problem_ids: Sequence[str], lease_s: float) -> list[str]:
+    """Extend this worker's leases on these problems (a live worker's heartbeat); returns the ones it still holds.
+    A problem missing from the answer was finished, or taken over by another worker after this one's lease had
+    passed (it stalled longer than a lease): the store's keys keep the result once either way."""
+    if not problem_ids:
+        return []
+    table = IntakeItem.__table__
+    rows = session.execute(
+        table.update()
+        .where(table.c.problem_id.in_(list(problem_ids)), table.c.worker_id == worker_id, table.c.status == "pending")
+        .values(lease_until=_lease_end(session, lease_s)).returning(table.c.problem_id)).all()
+    return [r[0] for r in rows]
+
+
+def release_intake(session: Session, worker_id: str, problem_ids: Sequence[str]) -> int:
+    """Give back unfinished claims now (a worker stopping cleanly), so others need not wait for the lease."""
+    if not problem_ids:
+        return 0
+    table = IntakeItem.__table__
+    result = session.execute(
+        table.update()
+        .where(table.c.problem_id.in_(list(problem_ids)), table.c.worker_id == worker_id, table.c.status == "pending")
+        .values(lease_until=None).returning(table.c.problem_id))
+    return len(result.all())
+
+
+def mark_intake_done(session: Session, problem_ids: Sequence[str], worker_id: str | None = None) -> None:
+    """Done, and no longer leased; `worker_id` (when given) is stamped as the one that finished it."""
     if problem_ids:
+        values: dict = {IntakeItem.status: "done", IntakeItem.lease_until: None}
+        if worker_id:
+            values[IntakeItem.worker_id] = worker_id
         session.query(IntakeItem).filter(IntakeItem.problem_id.in_(problem_ids)).update(
-            {IntakeItem.status: "done"}, synchronize_session=False)
+            values, synchronize_session=False)
 
 
-def mark_intake_failed(session: Session, problem_id: str, reason: str) -> None:
+def mark_intake_failed(session: Session, problem_id: str, reason: str, worker_id: str | None = None) -> None:
     """Take a problem that cannot be processed off the queue, keeping why (it stays in the store)."""
-    session.query(IntakeItem).filter(IntakeItem.problem_id == problem_id).update(
-        {IntakeItem.status: "failed", IntakeItem.reason: reason[:1000]}, synchronize_session=False)
+    values: dict = {IntakeItem.status: "failed", IntakeItem.reason: reason[:1000], IntakeItem.lease_until: None}
+    if worker_id:
+        values[IntakeItem.worker_id] = worker_id
+    session.query(IntakeItem).filter(IntakeItem.problem_id == problem_id).update(values, synchronize_session=False)
 
 
 def add_attempts(session: Session, rows: Sequence[dict]) -> int:
@@ -206,15 +287,19 @@ def problems_missing_attempts(session: Session, problem_ids: Sequence[str], atte
     return [pid for pid in ids if pid not in done]
 
 
-def wrong_attempts_without_correction(session: Session, correction_suffix: str, limit: int | None = None) -> list[Attempt]:
-    """Wrong attempts that have no correction from this (upstream, prompt version) yet, or only an upstream failure."""
+def wrong_attempts_without_correction(session: Session, correction_suffix: str, limit: int | None = None,
+                                      worker_id: str | None = None) -> list[Attempt]:
+    """Wrong attempts that have no correction from this (upstream, prompt version) yet, or only an upstream failure.
+    With `worker_id`, leaves out the problems another worker holds a live lease on: their mistakes are being
+    corrected by that worker right now (asking twice would be stored once, but costs a corrector call)."""
     corrected = select(Correction.attempt_id).where(Correction.id.like(f"%|{correction_suffix}"),
                                                     Correction.status != RETRIED_STATUS)
-    query = (
-        select(Attempt)
-        .where(and_(Attempt.correct.is_(False), Attempt.id.not_in(corrected)))
-        .order_by(Attempt.created_at, Attempt.id)
-    )
+    conditions = [Attempt.correct.is_(False), Attempt.id.not_in(corrected)]
+    if worker_id:
+        held = select(IntakeItem.problem_id).where(IntakeItem.status == "pending", IntakeItem.worker_id != worker_id,
+                                                   IntakeItem.lease_until >= _now(session))
+        conditions.append(Attempt.problem_id.not_in(held))
+    query = select(Attempt).where(and_(*conditions)).order_by(Attempt.created_at, Attempt.id)
     if limit:
         query = query.limit(limit)
     return list(session.scalars(query))
