@@ -50,6 +50,23 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _load_config(path: Optional[Path]):
+    """The config file a command was given (`--config`), else $LEMA_CONFIG, else the defaults. A given file also
+    becomes $LEMA_CONFIG, so every part of the process (its clients' `client` section, the verifier factory) and
+    every process it starts read the same file: one configuration, however deep it is read."""
+    import yaml
+    from pydantic import ValidationError
+
+    from lema.core.config import load_config
+
+    if path is not None:
+        os.environ["LEMA_CONFIG"] = str(Path(path).expanduser().resolve())
+    try:
+        return load_config()
+    except (OSError, ValueError, ValidationError, yaml.YAMLError) as exc:
+        _fail(f"config {os.environ.get('LEMA_CONFIG', '')}: {exc}")
+
+
 def _with_overrides(section, overrides: dict):
     """A config section with the command-line flags that were given (not None) on top, validated again."""
     try:
@@ -91,10 +108,9 @@ def serve_verifier(
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
     """Serve the verifier over gRPC (health checking and reflection included)."""
-    from lema.core.config import load_config
     from lema.services.verifier.server import main
 
-    section = load_config(config).verifier
+    section = _load_config(config).verifier
     overrides = {
         "port": port,
         "host": host,
@@ -121,10 +137,9 @@ def serve_reasoner(
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
     """Serve the reasoner over gRPC: n step-by-step solutions per problem."""
-    from lema.core.config import load_config
     from lema.services.reasoner.server import main
 
-    section = load_config(config).reasoner
+    section = _load_config(config).reasoner
     overrides = {
         "model": model, "engine": engine, "port": port, "host": host, "base_url": base_url,
         "max_samples": max_samples, "metrics_port": metrics_port, "registry_dir": registry,
@@ -156,10 +171,9 @@ def serve_corrector(
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
     """Serve the corrector proxy over gRPC: correction-as-a-service in front of a trusted model."""
-    from lema.core.config import load_config
     from lema.services.corrector.server import main
 
-    section = load_config(config).corrector
+    section = _load_config(config).corrector
     overrides = {
         "upstream": upstream, "base_url": base_url, "model": model, "api_key_env": api_key_env,
         "max_candidates": max_candidates, "port": port, "host": host, "metrics_port": metrics_port,
@@ -261,10 +275,9 @@ def serve_trainer(
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
     """Serve the trainer over gRPC: QLoRA runs, the adapter registry, eval-gated promotion."""
-    from lema.core.config import load_config
     from lema.trainer.server import main
 
-    section = load_config(config).trainer
+    section = _load_config(config).trainer
     overrides = {"port": port, "host": host, "runs_root": runs_root, "adapters_root": adapters_root,
                  "exports_root": exports_root, "endpoint_url": endpoint_url, "metrics_port": metrics_port,
                  "admin_token_env": admin_token_env}
@@ -282,10 +295,9 @@ def serve_collector(
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
     """Serve the collector's intake over gRPC: AddProblems queues problems for `lema collect --follow`."""
-    from lema.core.config import load_config
     from lema.services.collector.intake_server import main
 
-    section = load_config(config).collector
+    section = _load_config(config).collector
     overrides = {"store": store, "port": port, "host": host, "max_items_per_request": max_items,
                  "metrics_port": metrics_port}
     section = _grpc_section(section, overrides)
@@ -407,6 +419,8 @@ def collect(
     adapter: str = typer.Option("", help="reason with this loaded adapter"),
     reasoner: Optional[str] = typer.Option(None, help="use a running reasoner at HOST:PORT"),
     corrector: Optional[str] = typer.Option(None, help="use a running corrector at HOST:PORT"),
+    verifier: Optional[str] = typer.Option(None, help="'local' or a running verifier's gRPC target (default: "
+                                                      "client.verifier of $LEMA_CONFIG, local)"),
     batch_size: int = typer.Option(16, min=1, help="problems per reasoner call"),
     concurrency: int = typer.Option(4, min=1, help="corrections in flight"),
     follow: bool = typer.Option(False, help="keep taking new problems from the intake table"),
@@ -427,6 +441,7 @@ def collect(
     from lema.services.collector.pipeline import CollectSettings
     from lema.services.collector.run import collect as run_collect
     from lema.services.collector.sources import SourceError
+    from lema.services.verifier import VerifierUnavailable
 
     if not source and not follow:
         _fail("give at least one --source, or --follow to take problems from the intake table")
@@ -445,7 +460,8 @@ def collect(
             _fail(f"config: {exc}")
     settings = CollectSettings(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed,
                                model=model, engine=engine, adapter=adapter, reasoner_address=reasoner,
-                               corrector_address=corrector, batch_size=batch_size, correct_concurrency=concurrency)
+                               corrector_address=corrector, verifier=verifier, batch_size=batch_size,
+                               correct_concurrency=concurrency)
     if follow:
         from lema.services.collector.run import default_worker_id
 
@@ -455,6 +471,8 @@ def collect(
                                         worker_id=worker_id, lease_s=lease_s or 300.0))
     except (SourceError, StoreError) as exc:
         _fail(str(exc))
+    except VerifierUnavailable as exc:  # the configured verifier service did not answer: retry when it is back
+        _fail(f"{exc}; nothing was lost: run again when it is back", code=1)
     except KeyboardInterrupt:
         raise typer.Exit(130)
     typer.echo(json.dumps({"problems": stats.problems_done, "attempts": stats.attempts, "mistakes": stats.mistakes,
@@ -589,41 +607,26 @@ def verify(
     if timeout <= 0:
         _fail("--timeout must be > 0")
 
-    if server:
-        verdict = _verify_remote(server, dataset_kind, gold, candidate, answer_only, timeout)
-    else:
-        verdict = asyncio.run(_verify_local(dataset_kind, gold, candidate, answer_only, timeout))
+    verdict = asyncio.run(_verify(server, dataset_kind, gold, candidate, answer_only, timeout))
     typer.echo(json.dumps(verdict.model_dump(mode="json"), ensure_ascii=False))
 
 
-async def _verify_local(kind, gold: str, candidate: str, answer_only: bool, timeout: float):
-    from lema.core.verifier_pool import VerifierPool, VerifyItem
+async def _verify(server: Optional[str], kind, gold: str, candidate: str, answer_only: bool, timeout: float):
+    """One verification by the verifier `--server` names, else in worker processes here (the one factory)."""
+    from lema.core.config import load_config
+    from lema.services.verifier import LOCAL, VerifierUnavailable, VerifyItem, open_verifier
 
-    pool = VerifierPool(workers=1, item_timeout_s=timeout)
-    await pool.start()
+    config = load_config()
+    config.verifier.item_timeout_s = timeout
+    config.verifier.workers = 1  # one item
+    verifier = open_verifier(config, target=server or LOCAL)
+    await verifier.start()
     try:
-        return await pool.verify(VerifyItem(kind, gold, candidate, answer_only))
+        return await verifier.verify(VerifyItem(kind, gold, candidate, answer_only))
+    except VerifierUnavailable as exc:
+        _fail(str(exc), code=1)
     finally:
-        await pool.close()
-
-
-def _verify_remote(address: str, kind, gold: str, candidate: str, answer_only: bool, timeout: float):
-    import grpc
-
-    from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
-    from lema.core.security import open_channel
-    from lema.v1 import verifier_pb2, verifier_pb2_grpc
-
-    with open_channel(address) as channel:
-        stub = verifier_pb2_grpc.VerifierStub(channel)
-        request = verifier_pb2.VerifyRequest(
-            kind=KIND_TO_PB[kind], gold_answer=gold, candidate=candidate, candidate_is_answer=answer_only
-        )
-        try:
-            response = stub.Verify(request, timeout=timeout + 5)
-        except grpc.RpcError as exc:
-            _fail(f"{exc.code().name}: {exc.details()}", code=1)
-    return verdict_from_pb(response.verdict)
+        await verifier.close()
 
 
 @app.command()

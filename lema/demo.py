@@ -145,7 +145,7 @@ def evaluate_through_endpoint(url: str, model: str, problems, max_tokens: int = 
     from openai import OpenAI
 
     from lema.core.formats import cot_prompt
-    from lema.core.verifier_pool import VerifierPool, VerifyItem
+    from lema.services.verifier import VerifyItem, open_verifier
 
     client = OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=120, max_retries=2)
 
@@ -158,7 +158,7 @@ def evaluate_through_endpoint(url: str, model: str, problems, max_tokens: int = 
         texts = list(pool.map(ask, problems))
 
     async def check() -> list[bool]:
-        verifier = VerifierPool(workers=1, item_timeout_s=5.0)
+        verifier = open_verifier()
         await verifier.start()
         try:
             return [bool((await verifier.verify(VerifyItem(DatasetKind.SYNTHETIC, p.answer, t))).correct)

@@ -22,7 +22,7 @@ import pytest
 from conftest import RunningServer, free_port, lema_command, wait_healthy
 
 from lema.core.answers import DatasetKind
-from lema.core.clients import VerifierClient, VerifyJob
+from lema.core.clients import VerifierClient, VerifyItem
 from lema.core.config import ClientConfig
 from lema.core.security import service_config
 
@@ -76,7 +76,7 @@ def test_the_service_config_names_the_policy_and_the_retry():
 def test_calls_spread_over_replicas_and_survive_one_stopping(replicas):
     port, servers, metrics = replicas
     target = "ipv4:" + ",".join(f"{host}:{port}" for host in HOSTS)
-    job = VerifyJob(kind=DatasetKind.GSM8K, gold="42", candidate="The answer is 42.", id="x")
+    job = VerifyItem(kind=DatasetKind.GSM8K, gold="42", candidate="The answer is 42.", id="x")
     failures: list[str] = []
     done = {"calls": 0}
     stop = threading.Event()
@@ -126,5 +126,5 @@ def test_calls_spread_over_replicas_and_survive_one_stopping(replicas):
 def test_a_dns_target_resolves_and_balances(replicas):
     port, _, _ = replicas
     with VerifierClient(f"dns:///localhost:{port}", timeout_s=30) as client:
-        job = VerifyJob(kind=DatasetKind.GSM8K, gold="7", candidate="The answer is 7.", id="y")
+        job = VerifyItem(kind=DatasetKind.GSM8K, gold="7", candidate="The answer is 7.", id="y")
         assert all(client.verify(job).correct for _ in range(5))

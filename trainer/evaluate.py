@@ -51,11 +51,12 @@ async def evaluate(model_path: str, settings: EvalSettings, adapter_dir: Path | 
                    split: str | None = None) -> EvalResult:
     """Evaluate a base model, optionally with a PEFT adapter, through the transformers engine + verifier pool, on
     the split's problems (default: `settings.split`)."""
+    from lema.services.verifier import VerifyItem, open_verifier
+
     from lema.core.answers import DatasetKind
     from lema.core.engines import SamplingParams
     from lema.core.engines.transformers_engine import TransformersEngine
     from lema.core.formats import cot_prompt
-    from lema.core.verifier_pool import VerifierPool, VerifyItem
 
     split = split or settings.split
     problems = eval_problems(settings, split)
@@ -68,7 +69,7 @@ async def evaluate(model_path: str, settings: EvalSettings, adapter_dir: Path | 
         await engine.load_adapter(adapter, str(adapter_dir))
     prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in problems]
     outputs = await engine.generate(prompts, SamplingParams(max_tokens=settings.max_tokens), adapter)
-    pool = VerifierPool(workers=1, item_timeout_s=5.0)
+    pool = open_verifier()  # client.verifier of $LEMA_CONFIG: local, or the verifier service
     await pool.start()
     try:
         totals, hits, outcomes = Counter(), Counter(), []

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lema.core.answers import DatasetKind
 from lema.core.config import ClientConfig
 from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
-from lema.core.records import Verdict
+from lema.core.records import Verdict, VerifyItem
 from lema.core.security import open_channel
 from lema.v1 import collector_pb2, collector_pb2_grpc, common_pb2, verifier_pb2, verifier_pb2_grpc
 
@@ -26,15 +25,6 @@ def health_status(address: str, service: str = "", timeout: float = 2.0, config:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.RpcError:
         return "UNREACHABLE"
-
-
-@dataclass(frozen=True)
-class VerifyJob:
-    kind: DatasetKind
-    gold: str
-    candidate: str
-    candidate_is_answer: bool = False
-    id: str = ""
 
 
 class VerifierClient:
@@ -54,7 +44,7 @@ class VerifierClient:
         self.close()
 
     @staticmethod
-    def _request(job: VerifyJob) -> verifier_pb2.VerifyRequest:
+    def _request(job: VerifyItem) -> verifier_pb2.VerifyRequest:
         return verifier_pb2.VerifyRequest(
             kind=KIND_TO_PB[job.kind],
             gold_answer=job.gold,
@@ -63,10 +53,10 @@ class VerifierClient:
             id=job.id,
         )
 
-    def verify(self, job: VerifyJob) -> Verdict:
+    def verify(self, job: VerifyItem) -> Verdict:
         return verdict_from_pb(self._stub.Verify(self._request(job), timeout=self.timeout_s).verdict)
 
-    def verify_batch(self, jobs: Iterable[VerifyJob], batch_timeout_s: float = 600.0) -> Iterator[Verdict]:
+    def verify_batch(self, jobs: Iterable[VerifyItem], batch_timeout_s: float = 600.0) -> Iterator[Verdict]:
         """Verdicts in job order (streamed as they are ready)."""
         request = verifier_pb2.VerifyBatchRequest(items=[self._request(j) for j in jobs])
         for response in self._stub.VerifyBatch(request, timeout=batch_timeout_s):

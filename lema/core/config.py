@@ -45,6 +45,12 @@ class GrpcServerConfig(_Section):
 class ClientConfig(_Section):
     """How every lema client reaches lema's gRPC services (lema.core.security.open_channel)."""
 
+    verifier: str = Field(default="local", min_length=1, max_length=1000,
+                          description="the verifier every consumer uses (the reasoner, the corrector, the collector, "
+                                      "training evaluation): 'local' (worker processes in the consumer, with the "
+                                      "verifier section's workers and item_timeout_s) or the verifier service's "
+                                      "gRPC target (host:port, dns:///name:port)")
+
     auth_token_env: str = Field(default="LEMA_API_TOKEN", description="env var whose token every call carries (when set)")
     tls: bool = Field(default=False, description="connect with TLS")
     tls_ca: Path | None = Field(default=None, description="PEM CA to trust (default: the system roots)")

@@ -202,7 +202,7 @@ def fetch_command(name: str) -> Path:
     if key in ("smollm2", "smollm2-135m-instruct", SMOLLM2_DIRNAME):
         return fetch_smollm2()
     if key == "lema-tiny":
-        from lema.tiny import default_model_path
+        from lema.core.model_resolve import default_model_path
 
         return default_model_path()  # ships inside the package: nothing to fetch
     raise ValueError(f"no fetch route for {name!r}; fetchable models: {', '.join(FETCHABLE)} (and lema-tiny)")

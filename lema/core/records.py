@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict
@@ -32,3 +33,14 @@ class Verdict(BaseModel):
     normalized_gold: str = ""
     detail: str = ""
     elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyItem:
+    """One answer to check against a gold answer: what every verifier (in-process or remote) takes."""
+
+    kind: DatasetKind
+    gold: str
+    candidate: str
+    candidate_is_answer: bool = False  # the candidate is a bare answer, not a solution to extract one from
+    id: str = ""  # echoed by the verifier service (batch calls)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+# Where the weights are is the core's knowledge (lema.core.model_resolve): the core never imports lema.tiny.
+from lema.core.model_resolve import default_model_path
 
-
-def default_model_path() -> Path:
-    """The folder of the committed lema-tiny weights and tokenizer (inside the installed package)."""
-    return Path(__file__).resolve().parent.parent / "assets" / "lema-tiny"
+__all__ = ["default_model_path"]

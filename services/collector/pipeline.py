@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+from lema.services.verifier import Verifier, open_verifier
 from prometheus_client import Counter
 
 from lema.core.answers import DatasetKind, extract_answer
@@ -26,10 +27,10 @@ from lema.core.engines import SamplingParams
 from lema.core.formats import cot_prompt
 from lema.core.prompts import PROMPTS
 from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
+from lema.core.records import VerifyItem
 from lema.core.security import open_aio_channel
 from lema.core.store import repository as repo
 from lema.core.store.models import Attempt, Problem
-from lema.core.verifier_pool import VerifierPool, VerifyItem
 
 PROBLEMS_DONE = Counter("lema_collector_problems_total", "Problems reasoned about")
 ATTEMPTS = Counter("lema_collector_attempts_total", "Reasoning paths stored", ["correct"])
@@ -54,6 +55,7 @@ class CollectSettings:
     corrector_address: str | None = None
     corrector_url: str | None = None  # in-process corrector with an OpenAI-compatible upstream (default: reference)
     corrector_model: str = "gpt-4"
+    verifier: str | None = None  # 'local' or the verifier service's target (default: client.verifier)
     call_timeout_s: float = 600.0
 
     def sampling(self) -> SamplingParams:
@@ -104,7 +106,7 @@ class PathResult:
 
 
 class LocalReasoner:
-    def __init__(self, settings: CollectSettings, verifier: VerifierPool):
+    def __init__(self, settings: CollectSettings, verifier: Verifier):
         from lema.core.engines import create_engine
         from lema.core.model_resolve import resolve_model
 
@@ -184,7 +186,7 @@ class CorrectionResult:
 
 
 class LocalCorrector:
-    def __init__(self, verifier: VerifierPool, url: str | None = None, model: str = "gpt-4"):
+    def __init__(self, verifier: Verifier, url: str | None = None, model: str = "gpt-4"):
         from lema.services.corrector.proxy import CorrectorProxy
         from lema.services.corrector.upstreams import OpenAIUpstream, ReferenceUpstream
 
@@ -268,7 +270,7 @@ class Collector:
         self.settings = settings
         self.stats = Stats()
         self.on_update = on_update or (lambda stats: None)
-        self.verifier = VerifierPool(workers=1, item_timeout_s=5.0)
+        self.verifier = open_verifier(target=settings.verifier)
         self.reasoner = None
         self.corrector = None
 

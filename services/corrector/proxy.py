@@ -14,15 +14,15 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from lema.services.corrector.upstreams import CorrectionInput, Upstream, UpstreamReply
+from lema.services.verifier import Verifier
 from prometheus_client import Counter, Histogram
 
 from lema.core.config import CorrectorConfig
 from lema.core.correction_parser import ParsedCorrection, ParseFailure, parse_correction
 from lema.core.formats import split_steps
 from lema.core.prompts import prompt_for
-from lema.core.records import Verdict
+from lema.core.records import Verdict, VerifyItem
 from lema.core.resilience import CircuitBreaker, RetryableError, RetryPolicy, call_with_retries
-from lema.core.verifier_pool import VerifierPool, VerifyItem
 
 CALLS = Counter("lema_corrector_upstream_calls_total", "Upstream calls", ["model", "outcome"])
 TOKENS = Counter("lema_corrector_tokens_total", "Upstream tokens", ["model", "type"])
@@ -63,7 +63,7 @@ class Outcome:
 
 
 class CorrectorProxy:
-    def __init__(self, upstream: Upstream, config: CorrectorConfig, verifier: VerifierPool):
+    def __init__(self, upstream: Upstream, config: CorrectorConfig, verifier: Verifier):
         self.upstream = upstream
         self.config = config
         self.verifier = verifier

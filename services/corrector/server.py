@@ -9,10 +9,10 @@ from collections.abc import Callable
 from lema.services.corrector.proxy import CorrectorProxy
 from lema.services.corrector.servicer import CorrectorServicer
 from lema.services.corrector.upstreams import OpenAIUpstream, ReferenceUpstream, Upstream
+from lema.services.verifier import open_verifier
 
 from lema.core.config import CorrectorConfig
 from lema.core.grpc_server import ServiceBinding, run_grpc_server
-from lema.core.verifier_pool import VerifierPool
 from lema.v1 import corrector_pb2, corrector_pb2_grpc
 
 SERVICE_NAME = corrector_pb2.DESCRIPTOR.services_by_name["Corrector"].full_name
@@ -27,7 +27,7 @@ def build_upstream(config: CorrectorConfig) -> Upstream:
 
 
 async def build_proxy(config: CorrectorConfig) -> CorrectorProxy:
-    verifier = VerifierPool(workers=1, item_timeout_s=5.0)
+    verifier = open_verifier()  # client.verifier: local worker processes, or the verifier service
     await verifier.start()
     return CorrectorProxy(build_upstream(config), config, verifier)
 

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from lema.services.endpoint.errors import documented
 from lema.services.endpoint.errors import error_response as _error
+from lema.services.endpoint.swap import UnknownModel
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from lema.core.engines import Completion, Engine, EngineError, SamplingParams, StreamDelta
@@ -97,7 +98,7 @@ def build_app(
     max_tokens_limit: int = MAX_TOKENS_LIMIT,
 ) -> FastAPI:
     """`resolve_adapter(model_name)` maps a requested model to an adapter name (None = base model) or raises
-    KeyError for an unknown model; the default accepts the base model's name and any loaded adapter name.
+    UnknownModel for an unknown model; the default accepts the base model's name and any loaded adapter name.
 
     `pin(model_name)` is a context manager doing the same and holding the adapter for the request's duration
     (default: `resolve_adapter` with nothing held). `list_models()` returns /models' data entries.
@@ -111,7 +112,7 @@ def build_app(
             return None
         if model in {a.name for a in engine.adapters()}:
             return model
-        raise KeyError(model)
+        raise UnknownModel(model)
 
     resolve = resolve_adapter or default_resolve
 
@@ -157,14 +158,14 @@ def build_app(
 
     def admit(body: _Common) -> tuple[contextlib.ExitStack, str | None] | JSONResponse:
         """The request's bounds, then its model resolved and its adapter pinned (held until the stack closes);
-        or the error response. Only resolving the model may say "unknown model": a KeyError inside an engine is
+        or the error response. Only resolving the model may say "unknown model": an error inside an engine is
         a bug, not a 404."""
         if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
             return _error(400, f"max_tokens: must be at most {max_tokens_limit}")
         pinned = contextlib.ExitStack()
         try:
             return pinned, pinned.enter_context(pin_adapter(body.model))
-        except KeyError:
+        except UnknownModel:
             return unknown_model(body)
 
     async def run(request: Request, body: _Common, prompts: list) -> tuple[str, list, JSONResponse | None]:

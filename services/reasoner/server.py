@@ -7,12 +7,12 @@ import logging
 from collections.abc import Callable
 
 from lema.services.reasoner.servicer import ReasonerServicer
+from lema.services.verifier import open_verifier
 
 from lema.core.config import ReasonerConfig
 from lema.core.engines import create_engine
 from lema.core.grpc_server import ServiceBinding, run_grpc_server
 from lema.core.model_resolve import resolve_model
-from lema.core.verifier_pool import VerifierPool
 from lema.v1 import reasoner_pb2, reasoner_pb2_grpc
 
 SERVICE_NAME = reasoner_pb2.DESCRIPTOR.services_by_name["Reasoner"].full_name
@@ -35,7 +35,7 @@ async def serve(
         await engine.start()
     for name, path in (adapters or {}).items():
         await engine.load_adapter(name, path)
-    verifier = VerifierPool(workers=1, item_timeout_s=5.0)
+    verifier = open_verifier()  # client.verifier: local worker processes, or the verifier service
     await verifier.start()
     servicer = ReasonerServicer(engine, config, verifier)
     binding = ServiceBinding(SERVICE_NAME, lambda server: reasoner_pb2_grpc.add_ReasonerServicer_to_server(servicer, server))

@@ -15,6 +15,7 @@ from lema.services.endpoint.registry import (
     Limits,
     check_name,
 )
+from lema.services.verifier import Verifier
 from prometheus_client import Counter, Histogram
 
 from lema.core.answers import extract_answer
@@ -23,7 +24,7 @@ from lema.core.engines import ContextLengthError, Engine, EngineError, SamplingP
 from lema.core.formats import cot_prompt, split_steps
 from lema.core.grpc_server import invalid_argument
 from lema.core.proto_convert import kind_from_pb, verdict_to_pb
-from lema.core.verifier_pool import VerifierPool, VerifyItem
+from lema.core.records import VerifyItem
 from lema.v1 import common_pb2 as pb
 from lema.v1 import reasoner_pb2 as rpb
 from lema.v1 import reasoner_pb2_grpc
@@ -34,7 +35,7 @@ CHUNK_SECONDS = Histogram("lema_reasoner_chunk_seconds", "Engine time per chunk 
 
 
 class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
-    def __init__(self, engine: Engine, config: ReasonerConfig, verifier: VerifierPool | None = None):
+    def __init__(self, engine: Engine, config: ReasonerConfig, verifier: Verifier | None = None):
         self.engine = engine
         self.config = config
         self.verifier = verifier

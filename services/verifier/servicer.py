@@ -8,13 +8,13 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
+from lema.services.verifier.pool import VerifierPool
 from prometheus_client import Counter, Histogram
 
 from lema.core.config import VerifierConfig
 from lema.core.grpc_server import invalid_argument
 from lema.core.proto_convert import kind_from_pb, verdict_to_pb
-from lema.core.records import VerdictReason
-from lema.core.verifier_pool import VerifierPool, VerifyItem
+from lema.core.records import VerdictReason, VerifyItem
 from lema.v1 import verifier_pb2 as vpb
 from lema.v1 import verifier_pb2_grpc
 

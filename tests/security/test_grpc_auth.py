@@ -19,7 +19,7 @@ from conftest import free_port, lema_command, requires_lema_tiny, start_server
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lema.core.clients import CollectorClient, VerifierClient, VerifyJob
+from lema.core.clients import CollectorClient, VerifierClient, VerifyItem
 from lema.core.config import ClientConfig
 from lema.core.security import open_aio_channel, open_channel
 from lema.v1 import collector_pb2, corrector_pb2, reasoner_pb2, trainer_pb2, verifier_pb2
@@ -109,8 +109,8 @@ def test_health_and_reflection_stay_open_and_lema_clients_send_the_token(guarded
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
     monkeypatch.setenv("LEMA_API_TOKEN", TOKEN)  # what a client process configured like the services has
     with VerifierClient(guarded_services["verifier"]) as verifier:
-        assert verifier.verify(VerifyJob("gsm8k", "42", "so the answer is 42")).correct
-        assert [v.correct for v in verifier.verify_batch([VerifyJob("gsm8k", "1", "1"), VerifyJob("gsm8k", "2", "3")])
+        assert verifier.verify(VerifyItem("gsm8k", "42", "so the answer is 42")).correct
+        assert [v.correct for v in verifier.verify_batch([VerifyItem("gsm8k", "1", "1"), VerifyItem("gsm8k", "2", "3")])
                 ] == [True, False]  # a streaming RPC through the token interceptor
     with CollectorClient(guarded_services["collector"]) as collector:
         assert collector.stats()["problems"] == 0
@@ -198,7 +198,7 @@ def test_tls_and_mutual_tls_from_the_config_file(tmp_path, monkeypatch):
     try:
         _wait_for(log, "listening", process, timeout=120)
         address = f"127.0.0.1:{port}"
-        job = VerifyJob("gsm8k", "7", "the answer is 7")
+        job = VerifyItem("gsm8k", "7", "the answer is 7")
         mutual = ClientConfig(tls=True, tls_ca=tmp_path / "ca.pem", tls_cert=tmp_path / "client.pem",
                               tls_key=tmp_path / "client.key")
         with VerifierClient(address, timeout_s=30, config=mutual) as client:

@@ -1,4 +1,4 @@
-"""Verification in worker processes with a hard per-item timeout (asyncio-native).
+"""The verifier's in-process implementation: worker processes with a hard per-item timeout (asyncio-native).
 
 Why processes: math-verify (sympy) can run for minutes on a pathological answer, gives wrong results
 inside threaded servers, and its own timeouts rely on signals. Each item here runs in a worker process;
@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from prometheus_client import Counter
 
 from lema.core.answers import DatasetKind
-from lema.core.records import Verdict, VerdictReason
+from lema.core.records import Verdict, VerdictReason, VerifyItem
 from lema.core.verification import clip, extraction_of, quick_verdict
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,6 @@ log = logging.getLogger(__name__)
 WORKER_RESTARTS = Counter(
     "lema_verifier_worker_restarts_total", "Verifier worker processes replaced", ["cause"]
 )
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyItem:
-    kind: DatasetKind
-    gold: str
-    candidate: str
-    candidate_is_answer: bool = False
 
 
 def _worker_main(conn: Connection) -> None:

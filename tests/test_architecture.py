@@ -1,0 +1,64 @@
+"""The floor plan (issue 16), read from the source with `ast`: the seams stay where they are meant to be."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("lema", "services", "trainer")
+
+
+def _modules():
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            if "/v1/" not in str(path) and "migrations" not in path.parts:
+                yield path, ast.parse(path.read_text(), filename=str(path))
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_only_the_verifier_builds_a_verifier_pool():
+    builders = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+                if name == "VerifierPool" and path.parent != REPO / "services" / "verifier":
+                    builders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not builders, f"consumers get a verifier from lema.services.verifier.open_verifier: {builders}"
+
+
+def test_the_core_imports_nothing_from_lema_tiny():
+    leaks = [str(path.relative_to(REPO)) for path, tree in _modules()
+             if path.is_relative_to(REPO / "lema" / "core") and any(m.startswith("lema.tiny") for m in _imports(tree))]
+    assert not leaks, leaks
+
+
+def test_only_the_verifier_package_face_is_imported_by_other_services():
+    """Other services use `lema.services.verifier` (the interface and factory), never its pool or servicer."""
+    leaks = []
+    for path, tree in _modules():
+        if not path.is_relative_to(REPO / "services") or path.is_relative_to(REPO / "services" / "verifier"):
+            continue  # the CLI starts services (lema serve verifier); other services use the package's face
+        leaks += [f"{path.relative_to(REPO)}: {m}" for m in _imports(tree)
+                  if m.startswith("lema.services.verifier.") and m.split(".")[3] in ("pool", "servicer", "server")]
+    assert not leaks, leaks
+
+
+def test_no_except_keyerror_wraps_generation_in_the_endpoint():
+    """A KeyError from inside an engine is a bug, not "model not served": only resolving the model answers 404."""
+    for name in ("openai_api.py", "service.py"):
+        tree = ast.parse((REPO / "services" / "endpoint" / name).read_text())
+        caught = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.ExceptHandler)
+                  and isinstance(node.type, ast.Name) and node.type.id == "KeyError"]
+        assert not caught, f"{name}: except KeyError at lines {caught}"
