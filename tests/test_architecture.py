@@ -55,6 +55,23 @@ def test_only_the_verifier_package_face_is_imported_by_other_services():
     assert not leaks, leaks
 
 
+def test_services_use_only_each_other_s_package_face():
+    """services/X imports lema.services.Y (the interface and factory in Y's __init__) and nothing deeper."""
+    leaks = []
+    for path, tree in _modules():
+        if not path.is_relative_to(REPO / "services"):
+            continue
+        own = path.relative_to(REPO / "services").parts[0]
+        for module in _imports(tree):
+            parts = module.split(".")
+            if parts[:2] != ["lema", "services"] or len(parts) < 4 or parts[2] == own:
+                continue
+            inner = REPO / "services" / parts[2] / parts[3]  # a module inside Y, not a name Y's face exports
+            if inner.with_suffix(".py").exists() or inner.is_dir():
+                leaks.append(f"{path.relative_to(REPO)}: {module}")
+    assert not leaks, leaks
+
+
 def test_no_except_keyerror_wraps_generation_in_the_endpoint():
     """A KeyError from inside an engine is a bug, not "model not served": only resolving the model answers 404."""
     for name in ("openai_api.py", "service.py"):

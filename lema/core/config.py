@@ -91,7 +91,7 @@ class ReasonerConfig(GrpcServerConfig):
     default_max_tokens: int = Field(default=256, ge=1)
     batch_size: int = Field(default=32, ge=1, description="problems per engine call (and per streamed chunk)")
     threads: int | None = Field(default=None, ge=1, description="CPU threads for local engines (default 1 on CPU)")
-    # LoadAdapter: the endpoint's confinement and validation (services/endpoint/registry.py), the same defaults.
+    # LoadAdapter: the endpoint's confinement and validation (lema/core/adapter_registry.py), the same defaults.
     registry_dir: str = Field(default=".lema/adapters", description="LoadAdapter paths are confined to this folder")
     max_lora_rank: int = Field(default=64, ge=1, le=512)
     max_adapter_mb: int = Field(default=1024, ge=1, description="upper limit on an adapter's safetensors size")

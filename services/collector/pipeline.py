@@ -19,16 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
-from lema.services.verifier import Verifier, open_verifier
+from lema.services.corrector import CorrectionResult, open_corrector
+from lema.services.reasoner import PathResult, open_reasoner
+from lema.services.verifier import open_verifier
 from prometheus_client import Counter
 
-from lema.core.answers import DatasetKind, extract_answer
 from lema.core.engines import SamplingParams
-from lema.core.formats import cot_prompt
-from lema.core.prompts import PROMPTS
-from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
-from lema.core.records import VerifyItem
-from lema.core.security import open_aio_channel
 from lema.core.store import repository as repo
 from lema.core.store.models import Attempt, Problem
 
@@ -92,175 +88,6 @@ class Stats:
         return self.problems_done / max(time.monotonic() - self.started, 1e-9)
 
 
-@dataclass(frozen=True)
-class PathResult:
-    text: str
-    extracted: str
-    correct: bool
-    verdict: dict
-    prompt_tokens: int
-    completion_tokens: int
-
-
-# --- the reasoner and corrector, in-process or remote ---------------------------------------------------
-
-
-class LocalReasoner:
-    def __init__(self, settings: CollectSettings, verifier: Verifier):
-        from lema.core.engines import create_engine
-        from lema.core.model_resolve import resolve_model
-
-        self.engine = create_engine(settings.engine, resolve_model(settings.model))
-        self.model_id = settings.model
-        self.verifier = verifier
-        self.adapter = (settings.adapter, settings.adapter_path) if settings.adapter_path else None
-
-    async def start(self) -> None:
-        if hasattr(self.engine, "start"):
-            await self.engine.start()
-        if self.adapter:
-            await self.engine.load_adapter(*self.adapter)
-
-    async def solve(self, problems: list[Problem], params: SamplingParams, adapter: str) -> list[list[PathResult]]:
-        prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in problems]
-        completions = await self.engine.generate(prompts, params, adapter or None)
-        results = []
-        for problem, samples in zip(problems, completions):
-            kind = DatasetKind(problem.kind)
-            row = []
-            for c in samples:
-                verdict = await self.verifier.verify(VerifyItem(kind, problem.gold_answer, c.text))
-                row.append(PathResult(c.text, verdict.extracted_answer or (extract_answer(c.text, kind).answer or ""),
-                                      verdict.correct, verdict.model_dump(mode="json"), c.prompt_tokens,
-                                      c.completion_tokens))
-            results.append(row)
-        return results
-
-    async def close(self) -> None:
-        await self.engine.close()
-
-
-class RemoteReasoner:
-    def __init__(self, address: str, timeout_s: float):
-        from lema.v1 import reasoner_pb2_grpc
-
-        self.channel = open_aio_channel(address)
-        self.stub = reasoner_pb2_grpc.ReasonerStub(self.channel)
-        self.timeout_s = timeout_s
-        self.model_id = address
-
-    async def start(self) -> None:
-        from lema.v1 import reasoner_pb2
-
-        models = await self.stub.ListModels(reasoner_pb2.ListModelsRequest(), timeout=30)
-        self.model_id = models.base_model
-
-    async def solve(self, problems: list[Problem], params: SamplingParams, adapter: str) -> list[list[PathResult]]:
-        from lema.v1 import common_pb2 as pb
-        from lema.v1 import reasoner_pb2
-
-        request = reasoner_pb2.SolveRequest(
-            problems=[pb.Problem(id=p.id, kind=KIND_TO_PB[DatasetKind(p.kind)], question=p.question,
-                                 gold_answer=p.gold_answer) for p in problems],
-            sampling=pb.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                                       max_tokens=params.max_tokens, seed=params.seed),
-            adapter=adapter, verify=True,
-        )
-        results: list[list[PathResult]] = [[] for _ in problems]
-        async for response in self.stub.Solve(request, timeout=self.timeout_s):
-            path = response.path
-            verdict = verdict_from_pb(path.verdict)
-            results[response.problem_index].append(PathResult(
-                path.text, path.extracted_answer, verdict.correct, verdict.model_dump(mode="json"),
-                path.usage.prompt_tokens, path.usage.completion_tokens))
-        return results
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-
-@dataclass(frozen=True)
-class CorrectionResult:
-    status: str
-    fields: dict
-
-
-class LocalCorrector:
-    def __init__(self, verifier: Verifier, url: str | None = None, model: str = "gpt-4"):
-        from lema.services.corrector.proxy import CorrectorProxy
-        from lema.services.corrector.upstreams import OpenAIUpstream, ReferenceUpstream
-
-        from lema.core.config import CorrectorConfig
-
-        config = CorrectorConfig(upstream="openai" if url else "reference", base_url=url, model=model)
-        upstream = OpenAIUpstream(url, model, config.api_key_env, config.max_tokens, config.temperature) if url \
-            else ReferenceUpstream()
-        self.proxy = CorrectorProxy(upstream, config, verifier)
-        versions = sorted(f"{p.id}:{p.version}" for p in PROMPTS.values())
-        self.tag = "c" + hashlib.sha256(json.dumps([self.proxy.upstream.model, versions]).encode()).hexdigest()[:10]
-
-    async def correct(self, problem: Problem, attempt: Attempt) -> CorrectionResult:
-        from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
-
-        from lema.core.resilience import CircuitOpenError, RetryableError
-
-        job = CorrectionInput(DatasetKind(problem.kind), problem.question, attempt.text, problem.gold_answer,
-                              problem.program_json or "")
-        try:
-            o = await self.proxy.correct(job)
-        except (UpstreamInputError, UpstreamFatalError) as exc:
-            return CorrectionResult("upstream_error", dict(failure_reason=str(exc), upstream_model=self.proxy.upstream.model))
-        except (CircuitOpenError, RetryableError, asyncio.TimeoutError):
-            return CorrectionResult("deferred", {})  # transient: not stored, a later run retries it
-        return CorrectionResult(o.status.value, dict(
-            upstream_model=o.upstream_model, prompt_id=o.prompt_id, prompt_version=o.prompt_version,
-            incorrect_step=o.incorrect_step, explanation=o.explanation, corrected_solution=o.corrected_solution,
-            final_answer=o.final_answer, verified=o.verified,
-            verdict=o.verdict.model_dump(mode="json") if o.verdict else None, failure_reason=o.failure_reason,
-            prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens, cost_usd=o.cost_usd))
-
-    async def close(self) -> None:
-        await self.proxy.upstream.close()
-
-
-class RemoteCorrector:
-    STATUS = {1: "accepted", 2: "unverified", 3: "rejected", 4: "unparseable", 5: "upstream_error"}
-
-    def __init__(self, address: str, timeout_s: float):
-        from lema.v1 import corrector_pb2_grpc
-
-        self.channel = open_aio_channel(address)
-        self.stub = corrector_pb2_grpc.CorrectorStub(self.channel)
-        self.timeout_s = timeout_s
-        self.tag = "c" + hashlib.sha256(address.encode()).hexdigest()[:10]
-
-    async def correct(self, problem: Problem, attempt: Attempt) -> CorrectionResult:
-        from lema.v1 import common_pb2 as pb
-        from lema.v1 import corrector_pb2
-
-        request = corrector_pb2.CorrectRequest(
-            problem=pb.Problem(id=problem.id, kind=KIND_TO_PB[DatasetKind(problem.kind)], question=problem.question,
-                               gold_answer=problem.gold_answer, program_json=problem.program_json or ""),
-            wrong_solution=attempt.text, id=attempt.id)
-        try:
-            r = await self.stub.Correct(request, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return CorrectionResult("deferred", {})  # transient: not stored, so a later run retries it
-            return CorrectionResult("upstream_error", dict(failure_reason=f"{exc.code().name}: {exc.details()}"))
-        c = r.correction
-        return CorrectionResult(self.STATUS.get(r.status, "upstream_error"), dict(
-            upstream_model=c.upstream_model, prompt_id=c.prompt_id, prompt_version=c.prompt_version,
-            incorrect_step=c.incorrect_step, explanation=c.explanation, corrected_solution=c.corrected_solution,
-            final_answer=c.final_answer, verified=c.verified,
-            verdict=verdict_from_pb(c.verdict).model_dump(mode="json") if c.HasField("verdict") else None,
-            failure_reason=r.failure_reason, prompt_tokens=c.usage.prompt_tokens,
-            completion_tokens=c.usage.completion_tokens, cost_usd=c.cost_usd))
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-
 # --- the pipeline ---------------------------------------------------------------------------------------
 
 
@@ -277,11 +104,12 @@ class Collector:
     async def start(self) -> None:
         s = self.settings
         await self.verifier.start()
-        self.reasoner = RemoteReasoner(s.reasoner_address, s.call_timeout_s) if s.reasoner_address \
-            else LocalReasoner(s, self.verifier)
+        adapter = (s.adapter, s.adapter_path) if s.adapter_path else None
+        self.reasoner = open_reasoner(s.reasoner_address, model=s.model, engine=s.engine, verifier=self.verifier,
+                                      adapter=adapter, timeout_s=s.call_timeout_s)
         await self.reasoner.start()
-        self.corrector = RemoteCorrector(s.corrector_address, s.call_timeout_s) if s.corrector_address \
-            else LocalCorrector(self.verifier, s.corrector_url, s.corrector_model)
+        self.corrector = open_corrector(s.corrector_address, verifier=self.verifier, url=s.corrector_url,
+                                        model=s.corrector_model, timeout_s=s.call_timeout_s)
 
     async def close(self) -> None:
         for part in (self.reasoner, self.corrector):

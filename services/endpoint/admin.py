@@ -31,9 +31,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from lema.services.endpoint.errors import documented
 from lema.services.endpoint.errors import error_response as _error
-from lema.services.endpoint.registry import AdapterRejected
 from lema.services.endpoint.swap import StateConflict, UnknownModel
 from pydantic import BaseModel, ConfigDict, Field
+
+from lema.core.adapter_registry import AdapterRejected
 
 
 class LoadRequest(BaseModel):

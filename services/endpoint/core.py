@@ -21,7 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lema.services.endpoint.registry import (
+from lema.services.endpoint.swap import Promotion, ServedAdapter, ServingState, StateConflict, UnknownModel
+
+from lema.core.adapter_registry import (
     AdapterManifest,
     AdapterRegistry,
     AdapterRejected,
@@ -30,8 +32,6 @@ from lema.services.endpoint.registry import (
     auto_name,
     check_name,
 )
-from lema.services.endpoint.swap import Promotion, ServedAdapter, ServingState, StateConflict, UnknownModel
-
 from lema.core.config import EndpointConfig, load_config
 from lema.core.engines import Engine, EngineError, SamplingParams
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lema.services.endpoint.registry import AdapterRejected
 from lema.services.endpoint.swap import StateConflict
 
+from lema.core.adapter_registry import AdapterRejected
 from lema.core.promotion_record import PromotionRecord, PromotionRecordError, content_hash, read_record
 
 if TYPE_CHECKING:

@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-from lema.services.endpoint.registry import (
+from lema.services.verifier import Verifier
+from prometheus_client import Counter, Histogram
+
+from lema.core.adapter_registry import (
     AdapterRegistry,
     AdapterRejected,
     BaseModelSpec,
     Limits,
     check_name,
 )
-from lema.services.verifier import Verifier
-from prometheus_client import Counter, Histogram
-
 from lema.core.answers import extract_answer
 from lema.core.config import ReasonerConfig
 from lema.core.engines import ContextLengthError, Engine, EngineError, SamplingParams

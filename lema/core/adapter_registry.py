@@ -9,7 +9,8 @@ it, no symlink escaping it). `inspect_adapter` validates a PEFT LoRA folder *bef
   LoRA A/B pair of a linear module of the base model with the shapes that module and the rank imply, and all
   values are finite (pickled `adapter_model.bin` files are refused: they can run code when loaded).
 
-The smoke generation (the last check) needs an engine, so `core.py` runs it after loading.
+The smoke generation (the last check) needs an engine, so the endpoint (services/endpoint/core.py) runs it after
+loading. The reasoner's LoadAdapter uses the same confinement and checks.
 Failures raise `AdapterRejected` with a message that says exactly what is wrong.
 """
 
