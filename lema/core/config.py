@@ -153,6 +153,8 @@ class EndpointConfig(_Section):
     default_max_tokens: int = Field(default=256, ge=1)
     max_tokens_limit: int = Field(default=2_048, ge=1)
     vllm_kv_cache_gib: int | None = Field(default=None, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM engine: GPUs one replica shards "
+                                                                        "the model over (needs that many GPUs)")
     promotion_record: str | None = Field(
         default=None, description="fleet-wide promotion: a file name in registry_dir naming the adapter every replica "
                                   "serves; this replica follows it (None: the admin API alone decides)")

@@ -126,6 +126,7 @@ class EndpointCore:
         choice = await choose_engine(
             self.config.engine, model_id, threads=self.config.threads, max_lora_rank=self.config.max_lora_rank,
             max_loras=self.config.max_loaded_adapters, kv_cache_gib=self.config.vllm_kv_cache_gib,
+            tensor_parallel_size=self.config.tensor_parallel_size,
         )
         self.engine, self.engine_kind, self.engine_fallback = choice.engine, choice.kind, choice.fallback_reason
         served = served_name(self.engine)

@@ -47,8 +47,9 @@ class EngineChoice:
     fallback_reason: str | None = None
 
 
-async def _start_vllm(model_id: str, max_lora_rank: int, max_loras: int, kv_cache_gib: int | None) -> Engine:
-    options = {"max_lora_rank": max_lora_rank, "max_loras": max_loras}
+async def _start_vllm(model_id: str, max_lora_rank: int, max_loras: int, kv_cache_gib: int | None,
+                      tensor_parallel_size: int = 1) -> Engine:
+    options = {"max_lora_rank": max_lora_rank, "max_loras": max_loras, "tensor_parallel_size": tensor_parallel_size}
     if kv_cache_gib is not None:
         options["kv_cache_space_gib"] = kv_cache_gib
     engine = await asyncio.to_thread(create_engine, "vllm", model_id, **options)
@@ -74,6 +75,7 @@ async def choose_engine(
     max_lora_rank: int = 64,
     max_loras: int = 8,
     kv_cache_gib: int | None = None,
+    tensor_parallel_size: int = 1,
 ) -> EngineChoice:
     reason = None
     if kind in ("auto", "vllm"):
@@ -83,7 +85,7 @@ async def choose_engine(
                 logger.warning("engine=vllm but %s; falling back to the transformers engine", reason)
         else:
             try:
-                engine = await _start_vllm(model_id, max_lora_rank, max_loras, kv_cache_gib)
+                engine = await _start_vllm(model_id, max_lora_rank, max_loras, kv_cache_gib, tensor_parallel_size)
                 return EngineChoice(engine, "vllm")
             except Exception as exc:  # noqa: BLE001 - any failure: serve with transformers instead
                 reason = f"vLLM failed to start: {type(exc).__name__}: {exc}"

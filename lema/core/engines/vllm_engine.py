@@ -74,6 +74,7 @@ class VLLMEngine:
         enable_lora: bool = True,
         log_stats: bool = False,
         shutdown_timeout_s: float = 30.0,
+        tensor_parallel_size: int = 1,
     ):
         """Configure the engine; the engine itself starts in `start()` (or on first use).
 
@@ -124,6 +125,8 @@ class VLLMEngine:
             )
         if max_num_seqs is not None:
             self._engine_kwargs["max_num_seqs"] = max_num_seqs
+        if tensor_parallel_size > 1:  # one model sharded over this many GPUs of the node
+            self._engine_kwargs["tensor_parallel_size"] = tensor_parallel_size
         if gpu_memory_utilization is not None and not self.on_cpu:
             self._engine_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self._engine = None  # vllm.v1.engine.async_llm.AsyncLLM once started
