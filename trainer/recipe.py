@@ -27,6 +27,11 @@ class QuantizationConfig(BaseModel):
     double_quant: bool = True
     # float32 on CPU: bf16 compute made a QLoRA step ~10x slower on this CPU (no native bf16; README, 'The CPU stack').
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # The dtype the packed 4-bit weights are stored in (bitsandbytes' bnb_4bit_quant_storage; its default is uint8).
+    # FSDP flattens each wrapped block's parameters into one tensor of one dtype and shards that, so FSDP-QLoRA
+    # (deploy/accelerate/fsdp_qlora.yaml) needs the quantised weights stored in the dtype of the unquantised ones:
+    # bfloat16, with compute_dtype bfloat16. A floating storage dtype also loads the unquantised weights in it.
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
 
 
 class LoraSettings(BaseModel):
@@ -94,6 +99,9 @@ class Recipe(BaseModel):
     save_steps: int = Field(default=50, ge=1, description="checkpoint interval (a killed run resumes from the last)")
     logging_steps: int = Field(default=5, ge=1)
     threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all)")
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations in the backward pass: "
+                                                                    "off on a CPU (it made QLoRA much slower), on "
+                                                                    "for a 70B base on GPUs")
     eval: EvalSettings = EvalSettings()
     preference: PreferenceSettings = PreferenceSettings()
 
