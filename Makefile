@@ -1,7 +1,7 @@
 # lema: two commands do all set-up on a fresh machine.
 #   make demo   - the main job on the embedded default (creates .venv on first use)
 #   make test   - the test suite (what .ci/run runs)
-# Other targets: setup, deploy-check, protos, bench, lint, clean.
+# Other targets: setup, test-unit (the fast tier), deploy-check, protos, bench, lint, clean.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup test-deps deploy-tools deploy-check demo test protos bench lint clean
+.PHONY: setup test-deps deploy-tools deploy-check demo test test-unit protos bench lint clean
 
 setup: $(STAMP)
 
@@ -67,6 +67,10 @@ deploy-check: setup
 
 test: setup test-deps deploy-check
 	$(BIN)/python -m pytest -q -ra
+
+# The fast tier alone (tests/unit: no servers, no subprocesses; seconds).
+test-unit: setup
+	$(BIN)/python -m pytest -q -ra tests/unit
 
 protos: setup
 	$(BIN)/python protos/generate.py

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import lema_command  # noqa: E402
-
 from lema.core.engines import SamplingParams, create_engine  # noqa: E402
 from lema.core.formats import cot_prompt  # noqa: E402
 from lema.core.model_resolve import resolve_model  # noqa: E402
 from lema.core.synthetic import generate  # noqa: E402
+from lema.devtools import lema_command  # noqa: E402
 
 
 def raw(n: int, k: int, max_tokens: int, batch: int) -> float:

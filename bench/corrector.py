@@ -1,6 +1,6 @@
 """Corrector proxy overhead: `lema serve corrector` vs calling the same upstream directly with the openai client.
 
-The upstream is the controllable OpenAI-compatible test server (tests/upstream_doubles.py), which answers
+The upstream is the controllable OpenAI-compatible test server (lema/devtools/upstream.py), which answers
 instantly with a fixed correction, so the figures isolate what the proxy adds: gRPC, prompt building, the
 upstream call through the official client, parsing, verification (gold answer given) and caching.
 
@@ -22,10 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import free_port, start_server  # noqa: E402
-
 from lema.core.prompts import GSM8K_PROMPT  # noqa: E402
+from lema.devtools import free_port, start_server  # noqa: E402
 from lema.v1 import common_pb2 as pb  # noqa: E402
 from lema.v1 import corrector_pb2 as cpb  # noqa: E402
 from lema.v1 import corrector_pb2_grpc  # noqa: E402
@@ -95,7 +93,7 @@ def main() -> None:
     console = Console(width=140)
     logs = Path("/tmp") if Path("/tmp").exists() else REPO
     upstream_port = free_port()
-    upstream = subprocess.Popen([sys.executable, str(REPO / "tests" / "upstream_doubles.py"), "--port", str(upstream_port)],
+    upstream = subprocess.Popen([sys.executable, "-m", "lema.devtools.upstream", "--port", str(upstream_port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port = free_port()
     corrector = None

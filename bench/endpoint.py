@@ -32,12 +32,10 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from endpoint_helpers import ADMIN_TOKEN, cli_args, free_port, make_adapters, start_endpoint
-
 from lema.core.engines import SamplingParams
 from lema.core.formats import cot_prompt
 from lema.core.model_resolve import resolve_model
+from lema.devtools import ADMIN_TOKEN, cli_args, free_port, make_adapters, start_endpoint
 
 
 def problems(n: int) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -28,10 +27,8 @@ import httpx
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from endpoint_helpers import ADMIN_TOKEN, base_model_dir, cli_args, free_port, make_adapters, start_endpoint
-
 from lema.core.promotion_record import content_hash, write_record
+from lema.devtools import ADMIN_TOKEN, base_model_dir, cli_args, free_port, make_adapters, start_endpoint
 
 
 def main() -> None:

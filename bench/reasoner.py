@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import sys
 import time
 from pathlib import Path
 
@@ -21,14 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import free_port, start_server  # noqa: E402
-
 from lema.core.engines import SamplingParams, create_engine  # noqa: E402
 from lema.core.formats import cot_prompt  # noqa: E402
 from lema.core.model_resolve import resolve_model  # noqa: E402
 from lema.core.proto_convert import synthetic_to_pb  # noqa: E402
 from lema.core.synthetic import generate  # noqa: E402
+from lema.devtools import free_port, start_server  # noqa: E402
 from lema.v1 import common_pb2 as pb  # noqa: E402
 from lema.v1 import reasoner_pb2 as rpb  # noqa: E402
 from lema.v1 import reasoner_pb2_grpc  # noqa: E402

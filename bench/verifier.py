@@ -14,7 +14,6 @@ import logging
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,9 +23,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import lema_command, wait_healthy  # noqa: E402
-
+from lema.devtools import lema_command, wait_healthy  # noqa: E402
 from lema.v1 import common_pb2 as pb  # noqa: E402
 from lema.v1 import verifier_pb2 as vpb  # noqa: E402
 from lema.v1 import verifier_pb2_grpc  # noqa: E402

@@ -1,79 +1,25 @@
-"""Shared fixtures: real servers on 127.0.0.1 started through the real `lema` command."""
+"""Shared fixtures: real servers on 127.0.0.1 started through the real `lema` command.
+
+Two tiers: `tests/unit/` mirrors the package and starts nothing (no servers, no subprocesses: seconds;
+`make test-unit`); every other test is marked `slow` here (real servers, real models, real PostgreSQL).
+`make test` runs both."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lema.devtools import RunningServer, free_port, lema_command, start_server, wait_healthy  # noqa: E402, F401
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+UNIT_TESTS = Path(__file__).resolve().parent / "unit"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-
-def lema_command() -> list[str]:
-    exe = shutil.which("lema", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "lema.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(address: str, timeout: float = 60.0, service: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            with grpc.insecure_channel(address) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError as exc:
-            last = exc
-        time.sleep(0.2)
-    raise TimeoutError(f"{address} not SERVING after {timeout}s: {last}")
-
-
-@dataclass
-class RunningServer:
-    process: subprocess.Popen
-    address: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-        return self.process.wait(timeout=timeout)
-
-
-def start_server(args: list[str], port: int, log_path: Path, timeout: float = 120.0) -> RunningServer:
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [*lema_command(), *args], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
-    server = RunningServer(process, f"127.0.0.1:{port}", log_path)
-    try:
-        wait_healthy(server.address, timeout=timeout)
-    except TimeoutError:
-        process.kill()
-        raise RuntimeError(f"server failed to start:\n{server.log()}")
-    return server
 
 
 @pytest.fixture(scope="session")
@@ -168,3 +114,10 @@ requires_lema_tiny = pytest.mark.skipif(
     not lema_tiny_available(),
     reason="lema-tiny's weights are not in lema/assets/lema-tiny yet (issue 3: its pretraining is still open)",
 )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test outside tests/unit/ is an integration test: marked `slow` (`pytest -m "not slow"` = the unit tier)."""
+    for item in items:
+        if not Path(str(item.fspath)).resolve().is_relative_to(UNIT_TESTS):
+            item.add_marker(pytest.mark.slow)

@@ -14,7 +14,7 @@ import time
 
 import grpc
 import pytest
-from conftest import REPO_ROOT, free_port, requires_lema_tiny, start_server
+from conftest import free_port, requires_lema_tiny, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lema.core.proto_convert import synthetic_to_pb
@@ -209,7 +209,7 @@ def double(tmp_path):
     """A controllable upstream and a corrector in front of it (retries 3, breaker 3 failures / 2 s)."""
     import httpx
 
-    process, port = http_server([str(REPO_ROOT / "tests" / "upstream_doubles.py")], "/stats", tmp_path / "double.log")
+    process, port = http_server(["-m", "lema.devtools.upstream"], "/stats", tmp_path / "double.log")
     corrector_port = free_port()
     import os
 

@@ -19,7 +19,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("bentoml")
 pytest.importorskip("peft")
 
-from endpoint_helpers import (
+from lema.devtools import (
     ADMIN_TOKEN,
     MODEL_ENV,
     base_model_dir,

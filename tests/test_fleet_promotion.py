@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from endpoint_helpers import (
+
+from lema.core.promotion_record import content_hash, read_record, write_record
+from lema.devtools import (
     base_model_dir,
     cli_args,
     free_port,
@@ -24,8 +26,6 @@ from endpoint_helpers import (
     make_broken_adapters,
     start_endpoint,
 )
-
-from lema.core.promotion_record import content_hash, read_record, write_record
 
 MODEL_DIR = base_model_dir()
 POLL_S = 0.3

@@ -23,8 +23,6 @@ from conftest import RunningServer, free_port, lema_command, wait_healthy
 
 from lema.core.answers import DatasetKind
 from lema.core.clients import VerifierClient, VerifyItem
-from lema.core.config import ClientConfig
-from lema.core.security import service_config
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 _ITEMS = re.compile(r"^lema_verifier_items_total\{[^}]*\} ([0-9.e+]+)$", re.M)
@@ -64,13 +62,6 @@ def replicas(tmp_path):
             if server.process.poll() is None:
                 server.process.kill()
                 server.process.wait(timeout=30)
-
-
-def test_the_service_config_names_the_policy_and_the_retry():
-    config = json.loads(service_config(ClientConfig()))
-    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
-    assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
-    assert "methodConfig" not in json.loads(service_config(ClientConfig(retry_attempts=1, load_balancing="pick_first")))
 
 
 def test_calls_spread_over_replicas_and_survive_one_stopping(replicas):

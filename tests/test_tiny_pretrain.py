@@ -79,14 +79,3 @@ def test_over_long_correction_sequences_are_left_out(pretrained) -> None:
     assert all(len(e.input_ids) <= 200 for e in kept)
     assert len(kept) < len(correction_examples(tokenizer, problems, random.Random(0), max_length=10_000))
 
-
-def test_the_recipe_code_defaults_are_the_shipped_yaml() -> None:
-    """A recipe that leaves a key out gets what lema-tiny was trained with (issue 16: they used to disagree)."""
-    import yaml
-
-    from lema.tiny.recipe import DEFAULT_RECIPE, Recipe, load_recipe
-
-    shipped = load_recipe()
-    raw = yaml.safe_load(DEFAULT_RECIPE.read_text())
-    from_defaults = Recipe(curriculum=raw["curriculum"])
-    assert from_defaults.model_dump() == shipped.model_dump()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import psutil
 from conftest import free_port, requires_lema_tiny
-from endpoint_helpers import start_endpoint
+
+from lema.devtools import start_endpoint
 
 pytestmark = requires_lema_tiny
 

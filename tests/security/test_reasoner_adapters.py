@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import pytest
 from conftest import free_port, requires_lema_tiny, start_server
-from endpoint_helpers import base_model_dir, make_adapters, make_broken_adapters
 
+from lema.devtools import base_model_dir, make_adapters, make_broken_adapters
 from lema.v1 import reasoner_pb2 as rpb
 from lema.v1 import reasoner_pb2_grpc
 

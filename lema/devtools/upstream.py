@@ -6,7 +6,7 @@ A real model cannot be told to answer 429, hang or go down, so this server plays
         the next N chat requests misbehave as `mode` (N = -1: until told otherwise), then it answers normally
     GET  /stats   {"count": chat requests received, "auth": the Authorization headers seen}
 
-A normal answer is a fixed, valid correction. `python tests/upstream_doubles.py --port 8123`
+A normal answer is a fixed, valid correction. `python -m lema.devtools.upstream --port 8123`
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("lema", "services", "trainer")
 
 
@@ -79,3 +79,13 @@ def test_no_except_keyerror_wraps_generation_in_the_endpoint():
         caught = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.ExceptHandler)
                   and isinstance(node.type, ast.Name) and node.type.id == "KeyError"]
         assert not caught, f"{name}: except KeyError at lines {caught}"
+
+
+def test_the_unit_tier_starts_nothing():
+    """tests/unit/ stays fast: no subprocesses, no servers (those tests live beside it and are marked slow)."""
+    starters = {"subprocess", "multiprocessing"}
+    offenders = []
+    for path in sorted((REPO / "tests" / "unit").rglob("*.py")):
+        used = {m.split(".")[0] for m in _imports(ast.parse(path.read_text()))}
+        offenders += [f"{path.relative_to(REPO)}: {m}" for m in sorted(used & starters)]
+    assert not offenders, offenders

@@ -1,5 +1,6 @@
-"""Helpers for the endpoint tests and bench/endpoint.py: LoRA adapters for a base model, broken variants of
-them, and a real `bentoml serve` process on 127.0.0.1."""
+"""Development helpers shared by the tests and bench/: LoRA adapters for a base model, broken variants of them, and
+a real `lema serve endpoint` / `bentoml serve` process on 127.0.0.1. They run from a checkout (an editable install):
+servers start at the repository root, where bentofile.yaml is."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "lema-test-admin-token-7f3a"
 MODEL_ENV = "LEMA_TEST_ENDPOINT_MODEL"  # development only: another base model folder than lema-tiny
 
@@ -30,10 +33,63 @@ def base_model_dir() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+# --- gRPC servers --------------------------------------------------------------------------------------
+
+
+def lema_command() -> list[str]:
+    exe = shutil.which("lema", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "lema.cli"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_healthy(address: str, timeout: float = 60.0, service: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with grpc.insecure_channel(address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"{address} not SERVING after {timeout}s: {last}")
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    address: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout=timeout)
+
+
+def start_server(args: list[str], port: int, log_path: Path, timeout: float = 120.0) -> RunningServer:
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [*lema_command(), *args], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    server = RunningServer(process, f"127.0.0.1:{port}", log_path)
+    try:
+        wait_healthy(server.address, timeout=timeout)
+    except TimeoutError:
+        process.kill()
+        raise RuntimeError(f"server failed to start:\n{server.log()}")
+    return server
 
 
 # --- adapters ------------------------------------------------------------------------------------------
