@@ -308,3 +308,14 @@ def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path):
         assert verdict.reason == pb.VERDICT_REASON_TIMEOUT
     assert server.process.wait(timeout=20) == 0, server.log()
     assert "stopped" in server.log()
+
+
+@pytest.mark.parametrize("method", ["/lema.v1.Verifier/Verify", "/lema.v1.Verifier/VerifyBatch"])
+def test_a_corrupt_request_is_invalid_argument_not_unknown(verifier_channel, method):
+    """Bytes that are not a protobuf message: the one error interceptor answers INVALID_ARGUMENT naming the method."""
+    call = verifier_channel.unary_unary(method) if method.endswith("/Verify") else verifier_channel.unary_stream(method)
+    with pytest.raises(grpc.RpcError) as error:
+        reply = call(b"\xff\xff\xff\xff\x0f", timeout=10)
+        list(reply) if not method.endswith("/Verify") else None
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value
+    assert method in error.value.details()

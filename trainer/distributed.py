@@ -27,6 +27,8 @@ from pathlib import Path
 from lema.trainer.runs import TERMINAL, RunDir, RunState, check_run_id, now
 from lema.trainer.worker import execute, install_sigterm
 
+from lema.core.errors import Conflict
+
 # After SIGTERM rank 0 stops at the next step boundary. A launcher that stops the job because another rank failed
 # sends SIGTERM and, 30 s later (torchrun's grace), SIGKILL; rank 0 may sit in a collective with the dead rank
 # until then (NCCL waits, gloo errors at once). If the run has not reached a final state this long after SIGTERM,
@@ -37,7 +39,7 @@ STALL_S = 20.0
 WAIT_TIMEOUT = timedelta(hours=48)
 
 
-class RunConflict(ValueError):
+class RunConflict(Conflict, ValueError):
     """The run id names a run with another recipe or export."""
 
 

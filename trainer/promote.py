@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 from lema.trainer.registry import AdapterRecord, AdapterRegistry
 
+from lema.core.errors import LemaError
 from lema.core.promotion_record import PromotionRecordError, read_record, write_record
 
 # The endpoint's admin API (services/endpoint): list, load, promote.
@@ -25,10 +27,14 @@ ADMIN_LOAD = "/admin/adapters/load"
 ADMIN_PROMOTE = "/admin/adapters/promote"
 
 
-class PromotionError(RuntimeError):
+class PromotionError(LemaError, RuntimeError):
+    """The endpoint refused or could not be reached: UNAVAILABLE when transient, else FAILED_PRECONDITION."""
+
     def __init__(self, message: str, transient: bool = False):
         super().__init__(message)
         self.transient = transient
+        self.grpc_status = grpc.StatusCode.UNAVAILABLE if transient else grpc.StatusCode.FAILED_PRECONDITION
+        self.http_status = 503 if transient else 409
 
 
 @dataclass

@@ -13,10 +13,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from lema.core.errors import InvalidInput
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-class RecipeError(ValueError):
+class RecipeError(InvalidInput):
     """A recipe that cannot run; the message names the offending field."""
 
 

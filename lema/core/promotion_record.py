@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lema.core.errors import InvalidInput
+
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MAX_RECORD_BYTES = 64 << 10
 # An adapter id names a folder directly inside the store: no separators, no dot-files, no "..".
@@ -34,7 +36,7 @@ _ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class PromotionRecordError(ValueError):
+class PromotionRecordError(InvalidInput):
     """A promotion record that cannot be used (unreadable, malformed, naming an invalid id)."""
 
 

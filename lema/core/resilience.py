@@ -9,14 +9,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from lema.core.errors import Unavailable
+
 T = TypeVar("T")
 
 
-class CircuitOpenError(RuntimeError):
+class CircuitOpenError(Unavailable, RuntimeError):
     """The upstream failed repeatedly; calls fail fast until the cool-down ends."""
 
 
-class RetryableError(RuntimeError):
+class RetryableError(Unavailable, RuntimeError):
     """A failure worth retrying (429, 5xx, timeout, connection), with the server's Retry-After if it sent one."""
 
     def __init__(self, message: str, retry_after_s: float | None = None):

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from lema.core.errors import InvalidInput
+
 if TYPE_CHECKING:
     from lema.core.config import ClientConfig, GrpcServerConfig
 
@@ -35,7 +37,7 @@ OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerRefl
                  "/grpc.reflection.v1.ServerReflection/")
 
 
-class InsecureBindError(ValueError):
+class InsecureBindError(InvalidInput):
     """A service asked to listen beyond loopback with nothing guarding it."""
 
 

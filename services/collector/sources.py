@@ -7,11 +7,12 @@ import re
 from pathlib import Path
 
 from lema.core.answers import DatasetKind
+from lema.core.errors import InvalidInput
 from lema.core.store.repository import ProblemIn
 
 
-class SourceError(ValueError):
-    pass
+class SourceError(InvalidInput):
+    """A source spec or dataset file that cannot be read; the message names it."""
 
 
 def gsm8k_solution_to_steps(answer: str) -> tuple[str, str]:

@@ -7,14 +7,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 
-import grpc
 from lema.services.corrector.proxy import CorrectorProxy, Outcome, Status
 from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
+from lema.services.corrector.validation import augmentation_job, batch_jobs, correction_job
 
 from lema.core.config import CorrectorConfig
+from lema.core.errors import Unavailable
 from lema.core.formats import split_steps
-from lema.core.grpc_server import invalid_argument
-from lema.core.proto_convert import kind_from_pb, verdict_to_pb
+from lema.core.proto_convert import verdict_to_pb
 from lema.core.resilience import CircuitOpenError, RetryableError
 from lema.v1 import common_pb2 as pb
 from lema.v1 import corrector_pb2 as cpb
@@ -58,28 +58,6 @@ class CorrectorServicer(corrector_pb2_grpc.CorrectorServicer):
         self.proxy = proxy
         self.config = config
 
-    def _job(self, request: cpb.CorrectRequest, where: str = "") -> tuple[CorrectionInput | None, str]:
-        c = self.config
-        problem = request.problem
-        kind = kind_from_pb(problem.kind)
-        if kind is None:
-            return None, f"{where}problem.kind must be gsm8k (1), math (2) or synthetic (3); got {problem.kind}"
-        if not problem.question.strip():
-            return None, f"{where}problem.question is empty"
-        if len(problem.question) > c.max_question_chars:
-            return None, f"{where}problem.question has {len(problem.question)} characters; the limit is {c.max_question_chars}"
-        if not request.wrong_solution.strip():
-            return None, f"{where}wrong_solution is empty"
-        if len(request.wrong_solution) > c.max_solution_chars:
-            return None, (f"{where}wrong_solution has {len(request.wrong_solution)} characters; the limit is "
-                          f"{c.max_solution_chars}")
-        if not split_steps(request.wrong_solution):
-            return None, f"{where}wrong_solution has no steps"
-        if request.max_candidates < 0 or request.max_candidates > 16:
-            return None, f"{where}max_candidates must be in 0..16 (got {request.max_candidates})"
-        return CorrectionInput(kind, problem.question, request.wrong_solution, problem.gold_answer,
-                               problem.program_json), ""
-
     @staticmethod
     def _deadline(context) -> float | None:
         remaining = context.time_remaining()
@@ -96,32 +74,16 @@ class CorrectorServicer(corrector_pb2_grpc.CorrectorServicer):
         return outcome_to_pb(outcome, request.problem.id, request.id, index)
 
     async def Correct(self, request: cpb.CorrectRequest, context) -> cpb.CorrectResponse:
-        job, error = self._job(request)
-        if job is None:
-            await invalid_argument(context, error)
+        job = correction_job(request, self.config)
         try:
             outcome = await self.proxy.correct(job, request.max_candidates or None, self._deadline(context))
-        except UpstreamInputError as exc:
-            await invalid_argument(context, str(exc))
-        except CircuitOpenError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except (RetryableError, asyncio.TimeoutError) as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"upstream failed after retries: {exc}")
-        except UpstreamFatalError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise Unavailable(f"upstream failed after retries: {str(exc) or type(exc).__name__}") from None
+        # Other errors carry their status (lema.core.errors): bad input, breaker open, a fatal upstream reply.
         return outcome_to_pb(outcome, request.problem.id, request.id, 0)
 
     async def CorrectBatch(self, request: cpb.CorrectBatchRequest, context) -> AsyncIterator[cpb.CorrectResponse]:
-        if not request.items:
-            await invalid_argument(context, "items is empty")
-        if len(request.items) > self.config.max_batch_items:
-            await invalid_argument(context, f"batch has {len(request.items)} items; the limit is {self.config.max_batch_items}")
-        jobs = []
-        for i, item in enumerate(request.items):
-            job, error = self._job(item, where=f"items[{i}]: ")
-            if job is None:
-                await invalid_argument(context, error)
-            jobs.append(job)
+        jobs = batch_jobs(request, self.config)
         deadline = self._deadline(context)
         window = 2 * self.config.max_concurrency
         pending: deque[asyncio.Task] = deque()
@@ -139,20 +101,11 @@ class CorrectorServicer(corrector_pb2_grpc.CorrectorServicer):
 
     async def Augment(self, request: cpb.AugmentRequest, context) -> AsyncIterator[cpb.AugmentResponse]:
         problem = request.problem
-        kind = kind_from_pb(problem.kind)
-        if kind is None:
-            await invalid_argument(context, "problem.kind must be gsm8k (1), math (2) or synthetic (3)")
-        if not problem.question.strip() or not problem.gold_answer.strip():
-            await invalid_argument(context, "problem.question and problem.gold_answer are required for augmentation")
-        if not 1 <= request.num_solutions <= 16:
-            await invalid_argument(context, f"num_solutions must be in 1..16 (got {request.num_solutions})")
-        job = CorrectionInput(kind, problem.question, "", problem.gold_answer, problem.program_json)
+        job, num_solutions = augmentation_job(request)
         try:
-            kept = await self.proxy.augment(job, request.num_solutions, self._deadline(context))
-        except UpstreamInputError as exc:
-            await invalid_argument(context, str(exc))
-        except (CircuitOpenError, RetryableError, asyncio.TimeoutError) as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            kept = await self.proxy.augment(job, num_solutions, self._deadline(context))
+        except asyncio.TimeoutError:
+            raise Unavailable("upstream timed out") from None
         for index, (text, verdict, reply) in enumerate(kept):
             yield cpb.AugmentResponse(path=pb.ReasoningPath(
                 problem_id=problem.id, sample_index=index, text=text, steps=split_steps(text),

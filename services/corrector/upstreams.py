@@ -7,18 +7,25 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
+
 from lema.core.answers import DatasetKind
+from lema.core.errors import InvalidInput, LemaError
 from lema.core.formats import cot_prompt
 from lema.core.prompts import CorrectionPrompt
 from lema.core.resilience import RetryableError
 
 
-class UpstreamInputError(ValueError):
+class UpstreamInputError(InvalidInput):
     """The request cannot be served by this upstream (e.g. the reference corrector without a program)."""
 
 
-class UpstreamFatalError(RuntimeError):
+class UpstreamFatalError(LemaError, RuntimeError):
     """A non-retryable upstream failure (bad credentials, unknown model, 4xx)."""
+
+    grpc_status = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 502
+    kind = "upstream_error"
 
 
 @dataclass(frozen=True)

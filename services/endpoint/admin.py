@@ -31,10 +31,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from lema.services.endpoint.errors import documented
 from lema.services.endpoint.errors import error_response as _error
-from lema.services.endpoint.swap import StateConflict, UnknownModel
 from pydantic import BaseModel, ConfigDict, Field
 
-from lema.core.adapter_registry import AdapterRejected
+from lema.core.errors import LemaError
 
 
 class LoadRequest(BaseModel):
@@ -84,18 +83,9 @@ def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TO
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return _error(exc.status, exc.message, exc.kind, headers)
 
-    @app.exception_handler(AdapterRejected)
-    async def rejected(_: Request, exc: AdapterRejected):
-        kind = {400: "invalid_request_error", 404: "not_found_error"}.get(exc.status, "adapter_rejected")
-        return _error(exc.status, str(exc), kind)
-
-    @app.exception_handler(StateConflict)
-    async def conflict(_: Request, exc: StateConflict):
-        return _error(409, str(exc), "conflict")
-
-    @app.exception_handler(UnknownModel)
-    async def unknown(_: Request, exc: UnknownModel):
-        return _error(404, f"adapter {exc.args[0]!r} is not loaded", "not_found_error")
+    @app.exception_handler(LemaError)  # adapter rejected, state conflict, unknown adapter, not ready: one mapping
+    async def lema_error(_: Request, exc: LemaError):
+        return _error(exc.http_status, exc.public_message(), exc.kind)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError):

@@ -34,6 +34,7 @@ from lema.core.adapter_registry import (
 )
 from lema.core.config import EndpointConfig, load_config
 from lema.core.engines import Engine, EngineError, SamplingParams
+from lema.core.errors import Unavailable
 
 logger = logging.getLogger("lema.endpoint")
 
@@ -72,8 +73,8 @@ def set_current_core(core: EndpointCore | None) -> None:
     _CURRENT = core
 
 
-class NotReady(RuntimeError):
-    pass
+class NotReady(Unavailable, RuntimeError):
+    """The model is loading (or failed to): 503."""
 
 
 class EndpointCore:

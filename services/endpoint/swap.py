@@ -18,14 +18,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from lema.core.errors import Conflict, NotFound
+
 DEFAULT_ALIASES = frozenset({"default", ""})
 
 
-class UnknownModel(KeyError):
-    pass
+class UnknownModel(NotFound, KeyError):
+    """A model name that is neither the base model nor a loaded adapter: 404."""
+
+    def public_message(self) -> str:
+        return f"{str(self.args[0])[:200]!r} is not a loaded adapter or the base model"
 
 
-class StateConflict(RuntimeError):
+class StateConflict(Conflict, RuntimeError):
     """A state change that is not allowed now (HTTP 409)."""
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
+from lema.core.errors import Unavailable
 from lema.core.records import Verdict, VerdictReason, VerifyItem
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ LOCAL = "local"
 TRANSPORT_SLACK_S = 5.0  # beyond the item's limit: the service answers a timeout verdict itself before this
 
 
-class VerifierUnavailable(ConnectionError):
+class VerifierUnavailable(Unavailable):
     """The verifier service could not answer (down, overloaded, past the deadline)."""
 
 

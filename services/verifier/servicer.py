@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 from lema.services.verifier.pool import VerifierPool
+from lema.services.verifier.validation import batch_items, verify_item
 from prometheus_client import Counter, Histogram
 
 from lema.core.config import VerifierConfig
-from lema.core.grpc_server import invalid_argument
-from lema.core.proto_convert import kind_from_pb, verdict_to_pb
+from lema.core.errors import InvalidInput
+from lema.core.proto_convert import verdict_to_pb
 from lema.core.records import VerdictReason, VerifyItem
 from lema.v1 import verifier_pb2 as vpb
 from lema.v1 import verifier_pb2_grpc
@@ -24,33 +25,11 @@ ITEM_SECONDS = Histogram(
 )
 REJECTED = Counter("lema_verifier_invalid_requests_total", "Requests rejected with INVALID_ARGUMENT")
 
-_KINDS = "gsm8k (1), math (2) or synthetic (3)"
-
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     def __init__(self, pool: VerifierPool, config: VerifierConfig):
         self.pool = pool
         self.config = config
-
-    def _validate(self, request: vpb.VerifyRequest, where: str = "") -> tuple[VerifyItem | None, str]:
-        kind = kind_from_pb(request.kind)
-        if kind is None:
-            return None, f"{where}kind must be {_KINDS}; got {request.kind}"
-        if not request.gold_answer.strip():
-            return None, f"{where}gold_answer is empty"
-        if not request.candidate.strip():
-            return None, f"{where}candidate is empty"
-        if len(request.gold_answer) > self.config.max_gold_chars:
-            return None, (
-                f"{where}gold_answer has {len(request.gold_answer)} characters; the limit is "
-                f"{self.config.max_gold_chars}"
-            )
-        if len(request.candidate) > self.config.max_candidate_chars:
-            return None, (
-                f"{where}candidate has {len(request.candidate)} characters; the limit is "
-                f"{self.config.max_candidate_chars}"
-            )
-        return VerifyItem(kind, request.gold_answer, request.candidate, request.candidate_is_answer), ""
 
     async def _verify(self, item: VerifyItem, context: grpc.aio.ServicerContext) -> vpb.VerifyResponse:
         remaining = context.time_remaining()
@@ -65,32 +44,21 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         return verdict_to_pb(verdict)
 
     async def Verify(self, request: vpb.VerifyRequest, context: grpc.aio.ServicerContext) -> vpb.VerifyResponse:
-        item, error = self._validate(request)
-        if item is None:
-            REJECTED.inc()
-            await invalid_argument(context, error)
+        item = self._checked(verify_item, request)
         verdict = await self._verify(item, context)
         return vpb.VerifyResponse(id=request.id, index=0, verdict=verdict)
+
+    def _checked(self, validate, request):
+        try:
+            return validate(request, self.config)
+        except InvalidInput:
+            REJECTED.inc()
+            raise  # the server's ErrorInterceptor answers INVALID_ARGUMENT with the message
 
     async def VerifyBatch(
         self, request: vpb.VerifyBatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[vpb.VerifyResponse]:
-        if not request.items:
-            REJECTED.inc()
-            await invalid_argument(context, "items is empty")
-        if len(request.items) > self.config.max_batch_items:
-            REJECTED.inc()
-            await invalid_argument(
-                context, f"batch has {len(request.items)} items; the limit is {self.config.max_batch_items}"
-            )
-        # Validate everything first: a bad item rejects the batch before any work starts.
-        items: list[VerifyItem] = []
-        for i, message in enumerate(request.items):
-            item, error = self._validate(message, where=f"items[{i}]: ")
-            if item is None:
-                REJECTED.inc()
-                await invalid_argument(context, error)
-            items.append(item)
+        items = self._checked(batch_items, request)
 
         # A sliding window keeps every worker busy while responses leave in request order; the window
         # bounds memory, and a slow client (backpressure on `yield`) pauses new work.

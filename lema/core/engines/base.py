@@ -14,15 +14,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol, Union, runtime_checkable
 
+from lema.core.errors import InvalidInput, LemaError
+
 ChatMessage = dict[str, str]  # {"role": ..., "content": ...}
 Prompt = Union[str, list[ChatMessage]]
 
 
-class EngineError(RuntimeError):
+class EngineError(LemaError, RuntimeError):
     """A generation request the engine cannot serve (unknown adapter, bad parameters, ...)."""
 
 
-class ContextLengthError(EngineError):
+class ContextLengthError(EngineError, InvalidInput):
     """A prompt plus max_tokens that does not fit the model's context; the message has the numbers."""
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from lema.core.errors import InvalidInput
+
 OPS = ("+", "-", "*", "/")
 
 
-class ProgramError(ValueError):
+class ProgramError(InvalidInput):
     """An operation that does not give an exact non-negative integer, or a dangling step reference."""
 
 
