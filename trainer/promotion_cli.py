@@ -47,6 +47,15 @@ def _locate(store: Optional[Path], record: Optional[str], config: Optional[Path]
         _fail(str(exc))
 
 
+def _read(path: Path):
+    from lema.core.promotion_record import PromotionRecordError, read_record
+
+    try:
+        return read_record(path)
+    except PromotionRecordError as exc:
+        _fail(f"{exc}; `lema promotion set` writes a new record")
+
+
 def _write(root: Path, path: Path, adapter_id: Optional[str], reason: str) -> None:
     from lema.trainer.registry import AdapterRegistry
 
@@ -68,13 +77,8 @@ def _write(root: Path, path: Path, adapter_id: Optional[str], reason: str) -> No
 @promotion_app.command("show")
 def show(store: Optional[Path] = _STORE, record: Optional[str] = _RECORD, config: Optional[Path] = _CONFIG) -> None:
     """Print the promotion record (JSON); exit 1 when none was written."""
-    from lema.core.promotion_record import PromotionRecordError, read_record
-
     _, path = _locate(store, record, config)
-    try:
-        current = read_record(path)
-    except PromotionRecordError as exc:
-        _fail(str(exc))
+    current = _read(path)
     if current is None:
         typer.echo(f"no promotion record at {path}", err=True)
         raise typer.Exit(1)
@@ -97,13 +101,8 @@ def set_command(
 @promotion_app.command("rollback")
 def rollback(store: Optional[Path] = _STORE, record: Optional[str] = _RECORD, config: Optional[Path] = _CONFIG) -> None:
     """Write the record's previous adapter back (the base model when there was none)."""
-    from lema.core.promotion_record import PromotionRecordError, read_record
-
     root, path = _locate(store, record, config)
-    try:
-        current = read_record(path)
-    except PromotionRecordError as exc:
-        _fail(f"{exc}; use `lema promotion set` to write a new record")
+    current = _read(path)
     if current is None:
         _fail(f"no promotion record at {path}: nothing to roll back")
     _write(root, path, current.previous, reason=f"rollback from generation {current.generation}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import signal
@@ -112,43 +113,33 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bad bytes
                 return _CorruptRequest(type(exc).__name__)
 
-        async def refuse(context, error: str) -> None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"the request is not a valid message for {method} ({error})")
-
-        if handler.response_streaming:
-            inner = handler.unary_stream
-            if inspect.isasyncgenfunction(inner):
-                async def behaviour(request, context):
-                    if isinstance(request, _CorruptRequest):
-                        await refuse(context, request.error)
-                    try:
-                        async for item in inner(request, context):
-                            yield item
-                    except LemaError as exc:
-                        await context.abort(exc.grpc_status, exc.public_message())
-            else:  # writes with context.write (grpc.health's Watch): same mapping, no generator
-                async def behaviour(request, context):
-                    if isinstance(request, _CorruptRequest):
-                        await refuse(context, request.error)
-                    try:
-                        return await inner(request, context)
-                    except LemaError as exc:
-                        await context.abort(exc.grpc_status, exc.public_message())
-            return grpc.unary_stream_rpc_method_handler(behaviour, request_deserializer=tolerant,
-                                                        response_serializer=handler.response_serializer)
-        inner = handler.unary_unary
-
-        async def unary(request, context):
+        async def guard(request, context) -> None:
             if isinstance(request, _CorruptRequest):
-                await refuse(context, request.error)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"the request is not a valid message for {method} ({request.error})")
+
+        async def called(inner, request, context):  # one request, one reply (or context.write, as grpc.health's Watch)
+            await guard(request, context)
             try:
                 return await inner(request, context)
             except LemaError as exc:
                 await context.abort(exc.grpc_status, exc.public_message())
 
-        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=tolerant,
-                                                   response_serializer=handler.response_serializer)
+        async def streamed(request, context):  # a servicer that yields its replies
+            await guard(request, context)
+            try:
+                async for item in handler.unary_stream(request, context):
+                    yield item
+            except LemaError as exc:
+                await context.abort(exc.grpc_status, exc.public_message())
+
+        options = dict(request_deserializer=tolerant, response_serializer=handler.response_serializer)
+        if not handler.response_streaming:
+            return grpc.unary_unary_rpc_method_handler(functools.partial(called, handler.unary_unary), **options)
+        if inspect.isasyncgenfunction(handler.unary_stream):
+            return grpc.unary_stream_rpc_method_handler(streamed, **options)
+        # A partial of a coroutine function is one to gRPC (inspect sees through it); a lambda is not.
+        return grpc.unary_stream_rpc_method_handler(functools.partial(called, handler.unary_stream), **options)
 
 
 def invalid_argument(context: grpc.aio.ServicerContext, message: str) -> Awaitable[None]:

@@ -9,6 +9,7 @@ from lema.core.config import CorrectorConfig
 from lema.core.errors import InvalidInput
 from lema.core.formats import split_steps
 from lema.core.proto_convert import kind_from_pb
+from lema.core.validation import check_batch
 from lema.v1 import corrector_pb2 as cpb
 
 _KINDS = "gsm8k (1), math (2) or synthetic (3)"
@@ -38,10 +39,7 @@ def correction_job(request: cpb.CorrectRequest, config: CorrectorConfig, where: 
 
 def batch_jobs(request: cpb.CorrectBatchRequest, config: CorrectorConfig) -> list[CorrectionInput]:
     """Every item, validated before any work starts: one bad item refuses the batch, naming its index."""
-    if not request.items:
-        raise InvalidInput("items is empty")
-    if len(request.items) > config.max_batch_items:
-        raise InvalidInput(f"batch has {len(request.items)} items; the limit is {config.max_batch_items}")
+    check_batch(request.items, config.max_batch_items)
     return [correction_job(item, config, where=f"items[{i}]: ") for i, item in enumerate(request.items)]
 
 

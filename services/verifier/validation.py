@@ -7,6 +7,7 @@ from lema.core.config import VerifierConfig
 from lema.core.errors import InvalidInput
 from lema.core.proto_convert import kind_from_pb
 from lema.core.records import VerifyItem
+from lema.core.validation import check_batch
 from lema.v1 import verifier_pb2 as vpb
 
 _KINDS = "gsm8k (1), math (2) or synthetic (3)"
@@ -27,8 +28,5 @@ def verify_item(request: vpb.VerifyRequest, config: VerifierConfig, where: str =
 
 def batch_items(request: vpb.VerifyBatchRequest, config: VerifierConfig) -> list[VerifyItem]:
     """Every item, validated before any work starts: one bad item refuses the batch, naming its index."""
-    if not request.items:
-        raise InvalidInput("items is empty")
-    if len(request.items) > config.max_batch_items:
-        raise InvalidInput(f"batch has {len(request.items)} items; the limit is {config.max_batch_items}")
+    check_batch(request.items, config.max_batch_items)
     return [verify_item(message, config, where=f"items[{i}]: ") for i, message in enumerate(request.items)]
