@@ -45,8 +45,10 @@ class AdapterRejected(Rejected):
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
         self.status = self.http_status = status
-        self.grpc_status = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}.get(
-            status, grpc.StatusCode.FAILED_PRECONDITION)
+        # Over gRPC (the reasoner's LoadAdapter) a refused adapter is the caller's bad argument; 412: this server
+        # cannot validate adapters at all.
+        self.grpc_status = {404: grpc.StatusCode.NOT_FOUND, 412: grpc.StatusCode.FAILED_PRECONDITION}.get(
+            status, grpc.StatusCode.INVALID_ARGUMENT)
         self.kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "adapter_rejected")
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+from lema.services.reasoner.validation import solve_request
 from lema.services.verifier import Verifier
 from prometheus_client import Counter, Histogram
 
@@ -20,9 +21,9 @@ from lema.core.adapter_registry import (
 )
 from lema.core.answers import extract_answer
 from lema.core.config import ReasonerConfig
-from lema.core.engines import ContextLengthError, Engine, EngineError, SamplingParams
+from lema.core.engines import ContextLengthError, Engine, EngineError
+from lema.core.errors import Conflict, InvalidInput, NotFound
 from lema.core.formats import cot_prompt, split_steps
-from lema.core.grpc_server import invalid_argument
 from lema.core.proto_convert import kind_from_pb, verdict_to_pb
 from lema.core.records import VerifyItem
 from lema.v1 import common_pb2 as pb
@@ -55,55 +56,16 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
                                       f"({type(exc).__name__}); it loads none", 412) from None
         return self._spec
 
-    def _sampling(self, message: pb.SamplingParams) -> tuple[SamplingParams | None, str]:
-        c = self.config
-        if message.n <= 0:
-            return None, f"sampling.n must be >= 1 (got {message.n})"
-        if message.n > c.max_samples:
-            return None, f"sampling.n is {message.n}; this server allows at most {c.max_samples} samples per problem"
-        if message.max_tokens < 0 or message.max_tokens > c.max_tokens_limit:
-            return None, f"sampling.max_tokens must be in 1..{c.max_tokens_limit} (got {message.max_tokens})"
-        try:
-            return SamplingParams(
-                n=message.n,
-                temperature=message.temperature,
-                top_p=message.top_p or 1.0,
-                max_tokens=message.max_tokens or c.default_max_tokens,
-                stop=tuple(message.stop),
-                seed=message.seed if message.HasField("seed") else None,
-            ), ""
-        except ValueError as exc:  # the engine-wide bounds (temperature, top_p, stop strings, ...)
-            return None, f"sampling.{exc}"
-
     async def Solve(self, request: rpb.SolveRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[rpb.SolveResponse]:
         c = self.config
-        if not request.problems:
-            await invalid_argument(context, "problems is empty")
-        if len(request.problems) > c.max_problems:
-            await invalid_argument(context, f"{len(request.problems)} problems; the limit is {c.max_problems}")
-        for i, problem in enumerate(request.problems):
-            if not problem.question.strip():
-                await invalid_argument(context, f"problems[{i}].question is empty")
-            if len(problem.question) > c.max_question_chars:
-                await invalid_argument(
-                    context,
-                    f"problems[{i}].question has {len(problem.question)} characters; the limit is {c.max_question_chars}",
-                )
-            if kind_from_pb(problem.kind) is None:
-                await invalid_argument(context, f"problems[{i}].kind must be gsm8k (1), math (2) or synthetic (3)")
-            if request.verify and not problem.gold_answer.strip():
-                await invalid_argument(context, f"problems[{i}].gold_answer is empty but verify was requested")
-        params, error = self._sampling(request.sampling)
-        if params is None:
-            await invalid_argument(context, error)
+        problems, params = solve_request(request, c)
         adapter = request.adapter or None
         if adapter and adapter not in {a.name for a in self.engine.adapters()}:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"adapter {adapter[:200]!r} is not loaded")
+            raise NotFound(f"adapter {adapter[:200]!r} is not loaded")
 
         sampling_echo = pb.SamplingParams()
         sampling_echo.CopyFrom(request.sampling)
         model = pb.ModelRef(model=self.engine.model_id, adapter=request.adapter)
-        problems = list(request.problems)
         # Chunks bound the work done after a client cancels or its deadline passes, and stream results early.
         for start in range(0, len(problems), c.batch_size):
             chunk = problems[start : start + c.batch_size]
@@ -112,9 +74,9 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
             try:
                 completions = await self.engine.generate(prompts, params, adapter)
             except ContextLengthError as exc:
-                await invalid_argument(context, f"problems[{start}..{start + len(chunk) - 1}]: {exc}")
-            except EngineError as exc:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc)[:1000])
+                raise InvalidInput(f"problems[{start}..{start + len(chunk) - 1}]: {exc}") from None
+            except EngineError as exc:  # the engine cannot serve it as asked (an adapter gone, ...)
+                raise Conflict(str(exc)) from None
             elapsed_ms = (time.perf_counter() - started) * 1000
             CHUNK_SECONDS.observe(elapsed_ms / 1000)
             for offset, (problem, samples) in enumerate(zip(chunk, completions)):
@@ -158,17 +120,12 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
         """The endpoint's rules: a path confined to the registry, a folder validated (config, shapes, finite
         weights, no pickles) before the engine sees it."""
         if not request.name.strip() or not request.path.strip():
-            await invalid_argument(context, "name and path are required")
-        try:
-            name = check_name(request.name, Path(self.engine.model_id).name)
-            manifest = await asyncio.to_thread(self.adapters.inspect, request.path, await self._base_spec(),
-                                               self.limits)
-        except AdapterRejected as exc:
-            code = {404: grpc.StatusCode.NOT_FOUND, 412: grpc.StatusCode.FAILED_PRECONDITION}.get(
-                exc.status, grpc.StatusCode.INVALID_ARGUMENT)
-            await context.abort(code, str(exc)[:500])
+            raise InvalidInput("name and path are required")
+        # AdapterRejected carries its status: 404 no such folder, 412 cannot validate here, else INVALID_ARGUMENT.
+        name = check_name(request.name, Path(self.engine.model_id).name)
+        manifest = await asyncio.to_thread(self.adapters.inspect, request.path, await self._base_spec(), self.limits)
         try:
             await self.engine.load_adapter(name, str(manifest.path))
         except EngineError as exc:
-            await invalid_argument(context, str(exc))
+            raise InvalidInput(str(exc)) from None
         return self._models()

@@ -23,7 +23,7 @@ from lema.core.resilience import CircuitOpenError
     (SourceError("no file"), grpc.StatusCode.INVALID_ARGUMENT, 400, ValueError),
     (UnknownModel("x"), grpc.StatusCode.NOT_FOUND, 404, KeyError),
     (StateConflict("used"), grpc.StatusCode.FAILED_PRECONDITION, 409, RuntimeError),
-    (AdapterRejected("NaN"), grpc.StatusCode.FAILED_PRECONDITION, 422, ValueError),
+    (AdapterRejected("NaN"), grpc.StatusCode.INVALID_ARGUMENT, 422, ValueError),
     (AdapterRejected("..", 400), grpc.StatusCode.INVALID_ARGUMENT, 400, ValueError),
     (AdapterRejected("gone", 404), grpc.StatusCode.NOT_FOUND, 404, ValueError),
     (CircuitOpenError("open"), grpc.StatusCode.UNAVAILABLE, 503, RuntimeError),
