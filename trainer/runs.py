@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lema.core.errors import InvalidInput
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -52,7 +54,7 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 def check_run_id(run_id: str) -> str:
     if not RUN_ID.fullmatch(run_id) or ".." in run_id:
-        raise ValueError(f"run_id: {run_id[:80]!r} is not a run name (1-128 letters, digits, '.', '_', '-'; "
+        raise InvalidInput(f"run_id: {run_id[:80]!r} is not a run name (1-128 letters, digits, '.', '_', '-'; "
                          "starting with a letter or digit; no '..')")
     return run_id
 

@@ -7,18 +7,17 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from lema.trainer.baseline import BaseMetrics, eval_settings_of
-from lema.trainer.promote import PromotionError, promote, promote_fleet
+from lema.trainer.promote import promote, promote_fleet
 from lema.trainer.recipe import RecipeError, load_recipe
 from lema.trainer.registry import AdapterRecord, AdapterRegistry
 from lema.trainer.runs import TERMINAL, RunDir, RunManager, RunState, check_run_id
 from lema.trainer.train import check_dataset
 
 from lema.core.config import TrainerConfig
-from lema.core.grpc_server import invalid_argument
-from lema.core.promotion_record import PromotionRecordError, record_path
+from lema.core.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from lema.core.promotion_record import record_path
 from lema.v1 import common_pb2 as pb
 from lema.v1 import trainer_pb2 as tpb
 from lema.v1 import trainer_pb2_grpc
@@ -93,18 +92,24 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         except KeyError:
             return None
 
+    def _existing_run(self, run_id: str) -> RunDir:
+        run = self._run(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id[:200]!r}")
+        return run
+
     def _export_file(self, export_path: str) -> Path:
-        """The client's export_path as a file confined to exports_root (symbolic links resolved); ValueError names
-        the field and never the file's content."""
+        """The client's export_path as a file confined to exports_root (symbolic links resolved); InvalidInput
+        names the field and never the file's content."""
         if not export_path:
-            raise ValueError("export_path: required (a training JSONL under the trainer's exports root)")
+            raise InvalidInput("export_path: required (a training JSONL under the trainer's exports root)")
         root = self.config.exports_root.resolve()
         path = Path(export_path)
         path = (path if path.is_absolute() else root / path).resolve()
         if not path.is_relative_to(root):
-            raise ValueError(f"export_path: {export_path[:200]!r} is outside the trainer's exports root")
+            raise InvalidInput(f"export_path: {export_path[:200]!r} is outside the trainer's exports root")
         if not path.is_file():
-            raise ValueError(f"export_path: {export_path[:200]!r} is not a file (a training JSONL)")
+            raise InvalidInput(f"export_path: {export_path[:200]!r} is not a file (a training JSONL)")
         return path
 
     async def StartRun(self, request: tpb.StartRunRequest, context) -> tpb.TrainingRun:
@@ -115,32 +120,27 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             export = self._export_file(request.export_path)
             await asyncio.to_thread(check_dataset, export)  # a bad line is refused now, with its number
         except RecipeError as exc:
-            await invalid_argument(context, f"config_yaml: {exc}")
-        except (ValueError, OSError) as exc:  # DatasetError is a ValueError
-            await invalid_argument(context, str(exc) if isinstance(exc, ValueError) else
-                                   f"export_path: cannot read it ({exc.strerror})")
+            raise InvalidInput(f"config_yaml: {exc}") from None
+        except OSError as exc:  # run id, export path and dataset errors are InvalidInput already
+            raise InvalidInput(f"export_path: cannot read it ({exc.strerror})") from None
         existing = self._run(request.run_id) if request.run_id else None
         if existing is not None:
             state = existing.state()
             if state.state in ("running", "evaluating") and self.runs.active() is not None:
                 return run_to_pb(existing, state)  # idempotent start
             if not request.resume:
-                await context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                                    f"run {request.run_id} exists ({state.state}); pass resume=true to continue it")
+                raise AlreadyExists(f"run {request.run_id} exists ({state.state}); pass resume=true to continue it")
             if state.state == "succeeded":
                 return run_to_pb(existing, state)
         active = self.runs.active()
         if active is not None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"run {active.id} is training; this trainer runs one at a time")
+            raise Conflict(f"run {active.id} is training; this trainer runs one at a time")
         run = existing or self.runs.create(request.config_yaml, str(export), recipe.base_model, request.run_id)
         self.runs.launch(run)
         return run_to_pb(run)
 
     async def WatchRun(self, request: tpb.WatchRunRequest, context) -> AsyncIterator[tpb.RunEvent]:
-        run = self._run(request.run_id)
-        if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id[:200]!r}")
+        run = self._existing_run(request.run_id)
         offset = 0
         while True:
             self.runs.reap()  # a dead worker's run turns failed here, with its state event
@@ -155,17 +155,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             await asyncio.sleep(0.5)
 
     async def CancelRun(self, request: tpb.CancelRunRequest, context) -> tpb.TrainingRun:
-        run = self._run(request.run_id)
-        if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id[:200]!r}")
+        run = self._existing_run(request.run_id)
         state = await asyncio.to_thread(self.runs.cancel, run)
         return run_to_pb(run, state)
 
     async def GetRun(self, request: tpb.GetRunRequest, context) -> tpb.TrainingRun:
         self.runs.reap()
-        run = self._run(request.run_id)
-        if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id[:200]!r}")
+        run = self._existing_run(request.run_id)
         return run_to_pb(run)
 
     async def ListAdapters(self, request: tpb.ListAdaptersRequest, context) -> tpb.ListAdaptersResponse:
@@ -185,13 +181,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         fleet = bool(self.config.promotion_record) and not request.endpoint_url
         url = None if fleet else self._promotion_target(request.endpoint_url)
         if not fleet and url is None:
-            await invalid_argument(context, f"endpoint_url: {request.endpoint_url[:200]!r} is not a configured "
-                                            "endpoint (trainer.endpoint_url or trainer.promote_endpoints); Promote "
-                                            "sends the admin token to configured endpoints only")
+            raise InvalidInput(f"endpoint_url: {request.endpoint_url[:200]!r} is not a configured endpoint "
+                               "(trainer.endpoint_url or trainer.promote_endpoints); Promote sends the admin token "
+                               "to configured endpoints only")
         try:
             record = self.registry.get(request.adapter_id)
         except KeyError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no adapter {request.adapter_id[:200]!r} in the registry")
+            raise NotFound(f"no adapter {request.adapter_id[:200]!r} in the registry") from None
         base = lambda: self.base_metrics.get(record.base_model, eval_settings_of(record))  # noqa: E731
         try:
             if fleet:
@@ -202,10 +198,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             else:
                 outcome = await asyncio.to_thread(
                     promote, record, url, self.config.admin_token_env, self.config.gate_metric, request.force, base)
-        except PromotionError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE if exc.transient else grpc.StatusCode.FAILED_PRECONDITION,
-                                str(exc))
-        except (PromotionRecordError, OSError) as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot write the promotion record: {exc}"[:500])
+        except OSError as exc:  # PromotionError carries its own status (UNAVAILABLE when transient)
+            raise Conflict(f"cannot write the promotion record: {exc}") from None
         return tpb.PromoteResponse(promoted=outcome.promoted, reason=outcome.reason, adapter=adapter_to_pb(record),
                                    previous_adapter_id=outcome.previous)

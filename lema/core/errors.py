@@ -8,6 +8,7 @@ truncated by the transport (they may quote input).
     ├── InvalidInput     INVALID_ARGUMENT     400   a request (or file, or config) that can never succeed as it is
     ├── NotFound         NOT_FOUND            404
     ├── Conflict         FAILED_PRECONDITION  409   the state forbids it now (a name used before, a run running)
+    │   └── AlreadyExists ALREADY_EXISTS     409   a create that names something that exists
     ├── Rejected         FAILED_PRECONDITION  422   well-formed but refused on inspection (an adapter)
     └── Unavailable      UNAVAILABLE          503   a dependency is down or busy: retry later
 """
@@ -47,6 +48,10 @@ class Conflict(LemaError):
     grpc_status = grpc.StatusCode.FAILED_PRECONDITION
     http_status = 409
     kind = "conflict"
+
+
+class AlreadyExists(Conflict):
+    grpc_status = grpc.StatusCode.ALREADY_EXISTS
 
 
 class Rejected(LemaError, ValueError):

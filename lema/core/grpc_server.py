@@ -16,7 +16,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from lema.core.config import GrpcServerConfig
-from lema.core.errors import MAX_MESSAGE_CHARS, LemaError
+from lema.core.errors import LemaError
 from lema.core.security import add_port, server_interceptors
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,6 @@ async def run_grpc_server(
     log.info("stopped")
 
 
-MAX_ERROR_CHARS = MAX_MESSAGE_CHARS
-
-
 class _CorruptRequest:
     """What a request that does not parse as its message type arrives as (the handler then answers INVALID_ARGUMENT;
     left to gRPC, a corrupt request is an unexplained INTERNAL/UNKNOWN)."""
@@ -140,10 +137,3 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(streamed, **options)
         # A partial of a coroutine function is one to gRPC (inspect sees through it); a lambda is not.
         return grpc.unary_stream_rpc_method_handler(functools.partial(called, handler.unary_stream), **options)
-
-
-def invalid_argument(context: grpc.aio.ServicerContext, message: str) -> Awaitable[None]:
-    """Abort the call with INVALID_ARGUMENT and a message a person can act on (truncated: it may quote input)."""
-    if len(message) > MAX_ERROR_CHARS:
-        message = message[:MAX_ERROR_CHARS] + f"... ({len(message)} characters)"
-    return context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)

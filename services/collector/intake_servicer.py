@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from lema.core.config import CollectorConfig
-from lema.core.grpc_server import invalid_argument
+from lema.core.errors import InvalidInput, Unavailable
 from lema.core.proto_convert import kind_from_pb
 from lema.core.store import repository as repo
 from lema.core.store.repository import ProblemIn
@@ -93,30 +93,27 @@ class CollectorServicer(collector_pb2_grpc.CollectorServicer):
         fields = cpb.CollectorStats.DESCRIPTOR.fields_by_name
         return cpb.CollectorStats(**{name: value for name, value in counts.items() if name in fields})
 
-    async def _store_unavailable(self, context: grpc.aio.ServicerContext, exc: SQLAlchemyError) -> None:
+    @staticmethod
+    def _store_unavailable(exc: SQLAlchemyError) -> Unavailable:
         log.exception("store error")
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the store is unavailable: {type(exc).__name__}")
+        return Unavailable(f"the store is unavailable: {type(exc).__name__}")  # no URL, no password
 
     async def AddProblems(
         self, request: cpb.AddProblemsRequest, context: grpc.aio.ServicerContext
     ) -> cpb.AddProblemsResponse:
         count = len(request.problems)
-        if count == 0:
+        if count == 0 or count > self.config.max_items_per_request:
             REJECTED.inc()
-            await invalid_argument(context, "problems is empty: send at least one problem")
-        if count > self.config.max_items_per_request:
-            REJECTED.inc()
-            await invalid_argument(
-                context, f"request has {count} problems; the limit is {self.config.max_items_per_request} "
-                         "per request (split it into several requests)"
-            )
+            raise InvalidInput("problems is empty: send at least one problem" if count == 0 else
+                               f"request has {count} problems; the limit is {self.config.max_items_per_request} "
+                               "per request (split it into several requests)")
         try:
             return await asyncio.to_thread(self._add, list(request.problems))
         except SQLAlchemyError as exc:
-            await self._store_unavailable(context, exc)
+            raise self._store_unavailable(exc) from None
 
     async def GetStats(self, request: cpb.GetStatsRequest, context: grpc.aio.ServicerContext) -> cpb.CollectorStats:
         try:
             return await asyncio.to_thread(self._counts)
         except SQLAlchemyError as exc:
-            await self._store_unavailable(context, exc)
+            raise self._store_unavailable(exc) from None
