@@ -312,3 +312,15 @@ def test_api_key_is_sent_but_never_logged(double):
         assert SECRET not in err.value.details()
     assert upstream.stats()["auth"] == [f"Bearer {SECRET}"]
     assert SECRET not in corrector.log()
+
+
+def test_a_rejected_correction_is_not_cached(double):
+    """A correction that did not verify was one draw of a sampling upstream: asking again asks the upstream again."""
+    upstream, stub, _ = double
+    request = fault_request("rejected?")
+    request.problem.gold_answer = "96"  # the double's correction says 95: it does not verify
+    first = stub.Correct(request, timeout=60)
+    count = upstream.stats()["count"]
+    second = stub.Correct(request, timeout=60)
+    assert first.status == second.status == cpb.CORRECTION_STATUS_REJECTED
+    assert upstream.stats()["count"] > count and not second.correction.cached

@@ -9,10 +9,10 @@ import asyncio
 import hashlib
 import json
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from cachetools import TTLCache
 from lema.services.corrector.upstreams import CorrectionInput, Upstream, UpstreamReply
 from lema.services.verifier import Verifier
 from prometheus_client import Counter, Histogram
@@ -38,6 +38,9 @@ class Status(str, Enum):
     REJECTED = "rejected"
     UNPARSEABLE = "unparseable"
     UPSTREAM_ERROR = "upstream_error"
+
+
+CACHED_STATUSES = frozenset({Status.ACCEPTED, Status.UNVERIFIED})
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,10 @@ class CorrectorProxy:
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
         self.retry = RetryPolicy(max_attempts=config.max_retries + 1)
         self._slots = asyncio.Semaphore(config.max_concurrency)
-        self._cache: OrderedDict[str, Outcome] = OrderedDict()
+        # A TTL-bounded LRU (cachetools): entries expire, so a corrector that improved (or a prompt fixed without a
+        # version bump) is asked again within cache_ttl_s.
+        self._cache: TTLCache | None = TTLCache(config.cache_entries, config.cache_ttl_s) if config.cache_entries \
+            else None
 
     # -- cache -------------------------------------------------------------------------------------
     def cache_key(self, job: CorrectionInput, max_candidates: int) -> str:
@@ -80,18 +86,15 @@ class CorrectorProxy:
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
     def _cache_get(self, key: str) -> Outcome | None:
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
+        hit = self._cache.get(key) if self._cache is not None else None
         CACHE.labels(result="hit" if hit else "miss").inc()
         return hit
 
     def _cache_put(self, key: str, outcome: Outcome) -> None:
-        if self.config.cache_entries <= 0 or outcome.status is Status.UPSTREAM_ERROR:
-            return
-        self._cache[key] = outcome
-        while len(self._cache) > self.config.cache_entries:
-            self._cache.popitem(last=False)
+        # Only answers worth repeating: a rejected or unparseable correction was a draw from a sampling upstream,
+        # and asking again may give an accepted one (an upstream error is never final either).
+        if self._cache is not None and outcome.status in CACHED_STATUSES:
+            self._cache[key] = outcome
 
     # -- one upstream call -------------------------------------------------------------------------
     async def _call(self, job: CorrectionInput, sample_index: int, deadline: float | None) -> UpstreamReply:
