@@ -163,9 +163,9 @@ def main() -> None:
                 engine = create_engine("vllm", str(model_dir))
                 runner.run(engine.start())
             else:
-                from lema.services.endpoint.engines import EndpointTransformersEngine
+                from lema.core.engines.transformers_engine import TransformersEngine
 
-                engine = EndpointTransformersEngine(str(model_dir), threads=1)
+                engine = TransformersEngine(str(model_dir), threads=1)
             runner.run(engine.load_adapter("bench-a", str(registry / "bench-a")))
 
             # warm-up both sides

@@ -117,3 +117,41 @@ def test_an_unreachable_store_is_a_clear_error_not_a_traceback(tmp_path):
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and expected in out.stderr, out.stderr
         assert "Traceback" not in out.stderr and "hunter2" not in out.stderr
+
+
+def test_migration_0004_backfills_run_keys_and_corrector_tags(tmp_path):
+    """A store written before 0004 (run key and corrector tag only inside the ids) upgrades with both columns filled,
+    and the queries that used leading-wildcard LIKE scans find the same rows by column."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from lema.core.store.db import MIGRATIONS
+
+    url = str(tmp_path / "old.db")
+    engine = make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0003")
+    pid = problem(1).key()
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO problems (id, kind, question, gold_answer, source, program_json, meta, "
+                                "created_at) VALUES (:id, 'gsm8k', 'q', '2', 's', '', '{}', '2026-01-01')"), {"id": pid})
+        for k in range(2):
+            connection.execute(text(
+                "INSERT INTO attempts (id, problem_id, model, adapter, sampling, sample_index, text, extracted_answer, "
+                "correct, verdict, prompt_tokens, completion_tokens, created_at) VALUES (:id, :p, 'm', '', '{}', :k, "
+                "'t', '1', 0, '{}', 1, 1, '2026-01-01')"), {"id": f"{pid}|runA|{k}", "p": pid, "k": k})
+        connection.execute(text(
+            "INSERT INTO corrections (id, attempt_id, problem_id, upstream_model, prompt_id, prompt_version, status, "
+            "incorrect_step, explanation, corrected_solution, final_answer, verified, failure_reason, prompt_tokens, "
+            "completion_tokens, cost_usd, created_at) VALUES (:id, :a, :p, 'u', 'p', 'v', 'accepted', 1, '', '', '', "
+            "1, '', 0, 0, 0, '2026-01-01')"), {"id": f"{pid}|runA|0|cTag", "a": f"{pid}|runA|0", "p": pid})
+    sessions = open_store(url)  # upgrades to head
+    with sessions() as s:
+        assert s.execute(text("SELECT DISTINCT run_key FROM attempts")).scalars().all() == ["runA"]
+        assert s.execute(text("SELECT corrector FROM corrections")).scalars().all() == ["cTag"]
+        assert repo.problems_missing_attempts(s, [pid], "runA", 2) == []
+        assert [a.id for a in repo.wrong_attempts_without_correction(s, "cTag")] == [f"{pid}|runA|1"]

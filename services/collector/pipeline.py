@@ -121,7 +121,8 @@ class Collector:
         s = self.settings
         sampling = dict(n=s.samples, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
         return [
-            dict(id=f"{problem.id}|{run_key}|{i}", problem_id=problem.id, model=self.reasoner.model_id,
+            dict(id=repo.attempt_id(problem.id, run_key, i), problem_id=problem.id, run_key=run_key,
+                 model=self.reasoner.model_id,
                  adapter=s.adapter, sampling=sampling, sample_index=i, text=p.text, extracted_answer=p.extracted,
                  correct=p.correct, verdict=p.verdict, prompt_tokens=p.prompt_tokens,
                  completion_tokens=p.completion_tokens)
@@ -203,7 +204,8 @@ class Collector:
                     self.stats.deferred += 1
                     self.on_update(self.stats)
                     continue
-                row = dict(id=f"{attempt.id}|{self.corrector.tag}", attempt_id=attempt.id, problem_id=problem.id,
+                row = dict(id=repo.correction_id(attempt.id, self.corrector.tag), attempt_id=attempt.id,
+                           corrector=self.corrector.tag, problem_id=problem.id,
                            status=result.status, **{"upstream_model": "", "prompt_id": "", "prompt_version": "",
                                                      **result.fields})
                 with self.sessions.begin() as session:

@@ -317,11 +317,11 @@ class EndpointCore:
         return info
 
     async def _discard(self, name: str) -> None:
+        """Unload an adapter that loaded but failed its smoke test (a failed load leaves nothing: the engines
+        clean up after themselves)."""
         try:
             if any(a.name == name for a in self.engine.adapters()):
                 await self.engine.unload_adapter(name)
-            elif hasattr(self.engine, "discard_partial"):
-                await self.engine.discard_partial(name)
         except Exception:
             logger.exception("could not discard the half-loaded adapter %s", name)
 

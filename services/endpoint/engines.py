@@ -2,10 +2,6 @@
 
 `engine: auto` picks vLLM when `vllm` is importable and the engine starts and generates; any failure falls back
 to the transformers engine with a logged warning, so the same API is always served.
-
-`EndpointTransformersEngine` adds what the hot-swap path needs to the shared transformers engine: cleanup of a
-failed, half-registered load, in a worker thread (the engine lock can be held by a generation in progress, and
-waiting for it on the event loop would stall every request).
 """
 
 from __future__ import annotations
@@ -19,25 +15,6 @@ from lema.core.engines import Engine, SamplingParams, create_engine
 from lema.core.engines.transformers_engine import TransformersEngine
 
 logger = logging.getLogger("lema.endpoint")
-
-
-class EndpointTransformersEngine(TransformersEngine):
-    async def discard_partial(self, name: str) -> None:
-        """Forget an adapter whose load failed half way (peft may have registered its config already)."""
-        await asyncio.to_thread(self._discard_partial, name)
-
-    def _discard_partial(self, name: str) -> None:
-        from peft import PeftModel
-
-        with self._lock:
-            self._adapters.pop(name, None)
-            if isinstance(self.model, PeftModel) and name in getattr(self.model, "peft_config", {}):
-                try:
-                    self.model.delete_adapter(name)
-                except Exception:  # noqa: BLE001 - half-registered: drop the config entry by hand
-                    self.model.peft_config.pop(name, None)
-                if not self.model.peft_config:
-                    self.model = self.model.unload()
 
 
 @dataclass
@@ -92,5 +69,5 @@ async def choose_engine(
                 logger.warning("%s; falling back to the transformers engine", reason)
     elif kind != "transformers":
         raise ValueError(f"unknown engine {kind!r}; choose auto, vllm or transformers")
-    engine = await asyncio.to_thread(EndpointTransformersEngine, model_id, threads=threads)
+    engine = await asyncio.to_thread(TransformersEngine, model_id, threads=threads)
     return EngineChoice(engine, "transformers", reason)

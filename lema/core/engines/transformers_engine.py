@@ -112,14 +112,30 @@ class TransformersEngine:
         if not config_file.exists():
             raise EngineError(f"{path} is not a PEFT adapter folder (no adapter_config.json)")
         with self._lock:
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(path, adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(path, adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
+            except Exception as exc:
+                self._forget_partial(name)  # peft may have registered the config before the weights failed
+                raise EngineError(f"could not load adapter {name!r}: {type(exc).__name__}: {exc}") from exc
         rank = int(json.loads(config_file.read_text()).get("r", 0))
         info = AdapterInfo(name=name, path=str(path), rank=rank)
         self._adapters[name] = info
         return info
+
+    def _forget_partial(self, name: str) -> None:
+        """A load that failed half way leaves no trace (called with the lock held)."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel) and name in getattr(self.model, "peft_config", {}):
+            try:
+                self.model.delete_adapter(name)
+            except Exception:  # noqa: BLE001 - half-registered: drop the config entry by hand
+                self.model.peft_config.pop(name, None)
+            if not self.model.peft_config:
+                self.model = self.model.unload()
 
     async def unload_adapter(self, name: str) -> None:
         if name not in self._adapters:

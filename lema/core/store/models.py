@@ -34,8 +34,10 @@ class Attempt(Base):
     """One reasoning path of the reasoner, with its verdict."""
 
     __tablename__ = "attempts"
-    id: Mapped[str] = mapped_column(String(300), primary_key=True)  # problem:model:adapter:sampling:index
+    __table_args__ = (Index("ix_attempts_problem_id_run_key", "problem_id", "run_key"),)
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)  # problem|run key|sample index
     problem_id: Mapped[str] = mapped_column(ForeignKey("problems.id"), index=True)
+    run_key: Mapped[str] = mapped_column(String(40), default="", server_default="")  # model, adapter, sampling
     model: Mapped[str] = mapped_column(String(300))
     adapter: Mapped[str] = mapped_column(String(200), default="")
     sampling: Mapped[dict] = mapped_column(JSON)
@@ -53,8 +55,10 @@ class Correction(Base):
     """The corrector's answer for one wrong attempt (accepted or not: failures are data too)."""
 
     __tablename__ = "corrections"
-    id: Mapped[str] = mapped_column(String(400), primary_key=True)  # attempt:upstream:prompt_version
+    __table_args__ = (Index("ix_corrections_attempt_id_corrector", "attempt_id", "corrector"),)
+    id: Mapped[str] = mapped_column(String(400), primary_key=True)  # attempt|corrector tag
     attempt_id: Mapped[str] = mapped_column(ForeignKey("attempts.id"), index=True)
+    corrector: Mapped[str] = mapped_column(String(40), default="", server_default="")  # upstream + prompt versions
     problem_id: Mapped[str] = mapped_column(ForeignKey("problems.id"), index=True)
     upstream_model: Mapped[str] = mapped_column(String(200))
     prompt_id: Mapped[str] = mapped_column(String(100))

@@ -245,7 +245,19 @@ def mark_intake_failed(session: Session, problem_id: str, reason: str, worker_id
     session.query(IntakeItem).filter(IntakeItem.problem_id == problem_id).update(values, synchronize_session=False)
 
 
+def attempt_id(problem_id: str, run_key: str, sample_index: int) -> str:
+    """An attempt's key: one per (problem, run, sample). The run key also has a column of its own (indexed)."""
+    return f"{problem_id}|{run_key}|{sample_index}"
+
+
+def correction_id(attempt: str, corrector: str) -> str:
+    """A correction's key: one per (attempt, corrector). The corrector tag also has a column of its own."""
+    return f"{attempt}|{corrector}"
+
+
 def add_attempts(session: Session, rows: Sequence[dict]) -> int:
+    # The run key is the id's middle part (attempt_id); rows that do not carry the column get it from the id.
+    rows = [row if row.get("run_key") else {**row, "run_key": row["id"].rsplit("|", 2)[-2]} for row in rows]
     return _insert_ignore(session, Attempt, rows)
 
 
@@ -256,6 +268,8 @@ RETRIED_STATUS = "upstream_error"
 
 def add_correction(session: Session, row: dict) -> int:
     """Store a correction once; a new answer replaces an earlier `upstream_error` for the same attempt."""
+    if not row.get("corrector"):
+        row = {**row, "corrector": row["id"].rsplit("|", 1)[-1]}
     earlier = session.get(Correction, row["id"])
     if earlier is not None and earlier.status == RETRIED_STATUS and row.get("status") != RETRIED_STATUS:
         session.delete(earlier)
@@ -280,7 +294,7 @@ def problems_missing_attempts(session: Session, problem_ids: Sequence[str], atte
         chunk = ids[start : start + 500]
         rows = session.execute(
             select(Attempt.problem_id, func.count())
-            .where(Attempt.problem_id.in_(chunk), Attempt.id.like(f"%|{attempt_prefix}|%"))
+            .where(Attempt.problem_id.in_(chunk), Attempt.run_key == attempt_prefix)
             .group_by(Attempt.problem_id)
         )
         done |= {pid for pid, count in rows if count >= k}
@@ -292,7 +306,7 @@ def wrong_attempts_without_correction(session: Session, correction_suffix: str, 
     """Wrong attempts that have no correction from this (upstream, prompt version) yet, or only an upstream failure.
     With `worker_id`, leaves out the problems another worker holds a live lease on: their mistakes are being
     corrected by that worker right now (asking twice would be stored once, but costs a corrector call)."""
-    corrected = select(Correction.attempt_id).where(Correction.id.like(f"%|{correction_suffix}"),
+    corrected = select(Correction.attempt_id).where(Correction.corrector == correction_suffix,
                                                     Correction.status != RETRIED_STATUS)
     conditions = [Attempt.correct.is_(False), Attempt.id.not_in(corrected)]
     if worker_id:
