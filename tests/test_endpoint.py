@@ -19,6 +19,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("bentoml")
 pytest.importorskip("peft")
 
+from lema.core.config import section_env
 from lema.devtools import (
     ADMIN_TOKEN,
     MODEL_ENV,
@@ -128,7 +129,7 @@ def model_ids(client) -> list[str]:
 
 
 def test_endpoint_command_builds_the_bentoml_serve_command(tmp_path):
-    """`lema serve endpoint` = `bentoml serve <service> --host --port` with the config in LEMA_ENDPOINT_CONFIG;
+    """`lema serve endpoint` = `bentoml serve <service> --host --port` with the config in LEMA_ENDPOINT__* variables;
     the config file decides unless a flag differs from its default."""
     import subprocess
     import sys
@@ -281,7 +282,7 @@ def test_readiness_reflects_a_wedged_engine_and_sigterm_drains(registry, tmp_pat
     port = free_port()
     config = {"model": MODEL_ARG, "engine": "transformers", "registry_dir": str(registry), "stall_after_s": 0.5}
     server = start_endpoint(bentoml_serve_args(port), tmp_path / "wedged.log", port,
-                            env={"LEMA_ENDPOINT_CONFIG": json.dumps(config)})
+                            env=section_env("endpoint", config))
     body = {"model": BASE, "prompt": "Step 1:", "max_tokens": 400, "temperature": 1.0, "n": 16, "seed": 5}
     outcome: dict = {}
 
@@ -383,7 +384,7 @@ def test_outputs_after_a_swap_equal_a_fresh_load(loaded, client, admin, registry
     config = {"model": MODEL_ARG, "engine": "transformers", "registry_dir": str(registry),
               "preload": ["fresh-a2=a2"], "promote": "fresh-a2"}
     second = start_endpoint(bentoml_serve_args(port), tmp_path / "second.log", port,
-                            env={"LEMA_ENDPOINT_CONFIG": json.dumps(config)})
+                            env=section_env("endpoint", config))
     try:
         with openai.OpenAI(base_url=f"{second.url}/v1", api_key="x", max_retries=0, timeout=60) as other:
             again = [complete(other, "default", p, 16) for p in PROMPTS] + [chat(other, "default", m, 16) for m in CHAT]

@@ -1,17 +1,25 @@
-"""All of lema's configuration in one typed place.
+"""All of lema's configuration in one typed place, from one mechanism with one precedence rule (lowest first):
 
-A YAML file (`deploy/lema.yaml` is the reference) maps onto `LemaConfig`; command-line flags override
-single fields. Unknown keys are errors, so a typo never silently falls back to a default.
+1. the defaults declared here;
+2. the YAML file (`--config`, or $LEMA_CONFIG; `deploy/lema.yaml` is the reference);
+3. the environment: `LEMA_<SECTION>__<FIELD>` (e.g. `LEMA_ENDPOINT__PORT=4000`, `LEMA_CLIENT__VERIFIER=host:port`;
+   lists and objects as JSON), read by pydantic-settings;
+4. the flags a command was given (single fields, applied by the command).
+
+Unknown keys are errors at every layer, so a typo never silently falls back to a default. Secrets are never
+values here: a field names the environment variable that holds one (`auth_token_env`, `api_key_env`, ...).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORTS = {"verifier": 50061, "reasoner": 50062, "corrector": 50063, "trainer": 50064, "collector": 50065,
                  "endpoint": 3000}
@@ -196,7 +204,16 @@ class CollectorConfig(GrpcServerConfig):
                                                              "the lease within this time (the worker died)")
 
 
-class LemaConfig(_Section):
+class LemaConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEMA_", env_nested_delimiter="__", extra="forbid",
+                                      nested_model_default_partial_update=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # The environment above the file (passed as init values by load_config); no .env files, no secret dirs.
+        return env_settings, init_settings
+
     client: ClientConfig = ClientConfig()
     verifier: VerifierConfig = VerifierConfig()
     reasoner: ReasonerConfig = ReasonerConfig()
@@ -207,9 +224,22 @@ class LemaConfig(_Section):
 
 
 def load_config(path: str | Path | None = None) -> LemaConfig:
-    """Load a config file (or $LEMA_CONFIG, or the defaults)."""
+    """The defaults, the config file (`path`, or $LEMA_CONFIG) and the `LEMA_<SECTION>__<FIELD>` environment."""
     path = path or os.environ.get("LEMA_CONFIG")
-    if not path:
-        return LemaConfig()
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    return LemaConfig.model_validate(data)
+    data = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a lema config file is a mapping of sections (client, verifier, ...)")
+    return LemaConfig(**data)
+
+
+def section_env(section: str, values: dict) -> dict[str, str]:
+    """The environment variables that set these fields of one section (layer 3): what a command hands a process
+    it starts (`lema serve endpoint` -> `bentoml serve`). None values are left out (the field keeps its default)."""
+    env = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        env[f"LEMA_{section.upper()}__{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env

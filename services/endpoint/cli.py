@@ -1,8 +1,8 @@
 """`lema serve endpoint`: start the BentoML endpoint exactly as `bentoml serve` does, with lema's config.
 
-The command validates the configuration (config file, then flags), passes it to the service in the
-LEMA_ENDPOINT_CONFIG environment variable and replaces itself with
-`bentoml serve lema.services.endpoint.service:Endpoint --host H --port P`.
+The command validates the configuration (config file, environment, then flags), hands the resolved `endpoint`
+section to the service as `LEMA_ENDPOINT__<FIELD>` variables (lema.core.config's environment layer) and replaces
+itself with `bentoml serve lema.services.endpoint.service:Endpoint --host H --port P`.
 Precedence (lowest first): EndpointConfig's defaults, the config file (`--config` or $LEMA_CONFIG), the flags given.
 """
 
@@ -42,7 +42,7 @@ def endpoint_command(
     """Serve the OpenAI-compatible endpoint with LoRA hot-swap (BentoML); same as `bentoml serve` at the root."""
     from pydantic import ValidationError
 
-    from lema.core.config import EndpointConfig, load_config
+    from lema.core.config import EndpointConfig, load_config, section_env
 
     try:
         section = load_config(config).endpoint  # the file (or $LEMA_CONFIG), else the defaults
@@ -63,11 +63,12 @@ def endpoint_command(
     except (ValidationError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
-    payload = section.model_dump(exclude={"host", "port"})
+    payload = section.model_dump(mode="json", exclude={"host", "port"})
     payload["registry_dir"] = str(Path(section.registry_dir).expanduser().resolve())
-    env = {**os.environ, "LEMA_ENDPOINT_CONFIG": json.dumps(payload), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    for single in ("LEMA_ENDPOINT_MODEL", "LEMA_ENDPOINT_ENGINE", "LEMA_ENDPOINT_REGISTRY"):
-        env.pop(single, None)  # the flags and the file decide; stray single-field overrides would win otherwise
+    env = {**{k: v for k, v in os.environ.items() if not k.upper().startswith("LEMA_ENDPOINT__")},
+           **section_env("endpoint", payload), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if config is not None:  # the service reads the other sections (client: tokens, TLS) from the same file
+        env["LEMA_CONFIG"] = str(Path(config).expanduser().resolve())
     command = bentoml_command(section.host, section.port)
     if dry_run:
         typer.echo(" ".join(command))

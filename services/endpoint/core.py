@@ -12,9 +12,7 @@ exactly as it was (the engine forgets the half-loaded adapter) and answers 4xx w
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,25 +36,10 @@ from lema.core.errors import Unavailable
 
 logger = logging.getLogger("lema.endpoint")
 
-CONFIG_ENV = "LEMA_ENDPOINT_CONFIG"  # JSON object of EndpointConfig fields (set by `lema serve endpoint`)
-_ENV_FIELDS = {  # single-field overrides, handy with a plain `bentoml serve`
-    "LEMA_ENDPOINT_MODEL": "model",
-    "LEMA_ENDPOINT_ENGINE": "engine",
-    "LEMA_ENDPOINT_REGISTRY": "registry_dir",
-}
-
-
 def load_endpoint_config() -> EndpointConfig:
-    """$LEMA_CONFIG's `endpoint` section (or the defaults), then $LEMA_ENDPOINT_CONFIG, then single env vars."""
-    section = load_config().endpoint
-    data = section.model_dump()
-    raw = os.environ.get(CONFIG_ENV)
-    if raw:
-        data.update(json.loads(raw))
-    for env, field in _ENV_FIELDS.items():
-        if os.environ.get(env):
-            data[field] = os.environ[env]
-    return EndpointConfig.model_validate(data)
+    """The `endpoint` section: defaults, $LEMA_CONFIG's file, then `LEMA_ENDPOINT__<FIELD>` variables (what
+    `lema serve endpoint` sets for its flags; lema.core.config has the one precedence rule)."""
+    return load_config().endpoint
 
 
 _CURRENT: EndpointCore | None = None

@@ -9,8 +9,8 @@ One worker holds the one engine and the hot-swap state (several workers would ea
 promotions). The engine starts in the background after the server is up: /livez answers at once, /readyz turns
 200 when the model (and any preloaded adapter) is loaded, and the APIs answer 503 until then.
 
-Configuration: $LEMA_CONFIG (a lema YAML file, its `endpoint` section), $LEMA_ENDPOINT_CONFIG (JSON of
-EndpointConfig fields, what `lema serve endpoint` sets), $LEMA_ENDPOINT_MODEL / _ENGINE / _REGISTRY.
+Configuration (lema.core.config, one precedence rule): the defaults, $LEMA_CONFIG (a lema YAML file, its `endpoint`
+section), then `LEMA_ENDPOINT__<FIELD>` variables (`LEMA_ENDPOINT__MODEL=smollm2`; what `lema serve endpoint` sets).
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@ endpoint`) listens on loopback only, like `lema serve endpoint`, instead of Bent
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import psutil
 from conftest import free_port, requires_lema_tiny
 
+from lema.core.config import section_env
 from lema.devtools import start_endpoint
 
 pytestmark = requires_lema_tiny
@@ -33,7 +33,7 @@ def test_plain_bentoml_serve_binds_loopback_by_default(tmp_path):
     registry.mkdir()
     config = {"model": "lema-tiny", "engine": "transformers", "registry_dir": str(registry)}
     server = start_endpoint([exe, "serve", "--port", str(port)], tmp_path / "endpoint.log", port,
-                            env={"LEMA_ENDPOINT_CONFIG": json.dumps(config)})
+                            env=section_env("endpoint", config))
     try:
         assert _listening_addresses(server.process.pid, port) == {"127.0.0.1"}
     finally:

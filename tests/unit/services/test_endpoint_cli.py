@@ -31,3 +31,11 @@ def test_flags_override_the_config_file_even_at_default_values(tmp_path):
 def test_an_invalid_flag_value_names_the_field(tmp_path):
     result = CliRunner().invoke(app, ["serve", "endpoint", "--dry-run", "--engine", "tpu"])
     assert result.exit_code == 2 and "engine" in result.output
+
+
+def test_the_environment_sits_between_the_file_and_the_flags(tmp_path, monkeypatch):
+    config = tmp_path / "lema.yaml"
+    config.write_text("endpoint:\n  port: 4000\n")
+    monkeypatch.setenv("LEMA_ENDPOINT__PORT", "4100")
+    assert _dry_run("--config", str(config))[0].endswith("--port 4100")
+    assert _dry_run("--config", str(config), "--port", "3000")[0].endswith("--port 3000")
