@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 
 from lema.services.corrector.proxy import CorrectorProxy, Outcome, Status
 from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
 from lema.services.corrector.validation import augmentation_job, batch_jobs, correction_job
 
+from lema.core.concurrency import ordered_window
 from lema.core.config import CorrectorConfig
 from lema.core.errors import Unavailable
 from lema.core.formats import split_steps
@@ -85,19 +85,12 @@ class CorrectorServicer(corrector_pb2_grpc.CorrectorServicer):
     async def CorrectBatch(self, request: cpb.CorrectBatchRequest, context) -> AsyncIterator[cpb.CorrectResponse]:
         jobs = batch_jobs(request, self.config)
         deadline = self._deadline(context)
-        window = 2 * self.config.max_concurrency
-        pending: deque[asyncio.Task] = deque()
-        next_index = 0
-        try:
-            for _ in range(len(jobs)):
-                while next_index < len(jobs) and len(pending) < window:
-                    pending.append(asyncio.ensure_future(
-                        self._correct_one(request.items[next_index], jobs[next_index], next_index, deadline)))
-                    next_index += 1
-                yield await pending.popleft()
-        finally:
-            for task in pending:
-                task.cancel()
+
+        async def correct(index: int, job: CorrectionInput) -> cpb.CorrectResponse:
+            return await self._correct_one(request.items[index], job, index, deadline)
+
+        async for response in ordered_window(jobs, correct, window=2 * self.config.max_concurrency):
+            yield response
 
     async def Augment(self, request: cpb.AugmentRequest, context) -> AsyncIterator[cpb.AugmentResponse]:
         problem = request.problem

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,6 +10,7 @@ from lema.services.verifier.pool import VerifierPool
 from lema.services.verifier.validation import batch_items, verify_item
 from prometheus_client import Counter, Histogram
 
+from lema.core.concurrency import ordered_window
 from lema.core.config import VerifierConfig
 from lema.core.errors import InvalidInput
 from lema.core.proto_convert import verdict_to_pb
@@ -60,18 +59,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     ) -> AsyncIterator[vpb.VerifyResponse]:
         items = self._checked(batch_items, request)
 
-        # A sliding window keeps every worker busy while responses leave in request order; the window
-        # bounds memory, and a slow client (backpressure on `yield`) pauses new work.
-        window = 2 * self.pool.size
-        pending: deque[asyncio.Task[vpb.Verdict]] = deque()
-        next_index = 0
-        try:
-            for index in range(len(items)):
-                while next_index < len(items) and len(pending) < window:
-                    pending.append(asyncio.ensure_future(self._verify(items[next_index], context)))
-                    next_index += 1
-                verdict = await pending.popleft()
-                yield vpb.VerifyResponse(id=request.items[index].id, index=index, verdict=verdict)
-        finally:
-            for task in pending:  # client cancelled or deadline passed: stop the rest
-                task.cancel()
+        async def verify(index: int, item: VerifyItem) -> vpb.VerifyResponse:
+            return vpb.VerifyResponse(id=request.items[index].id, index=index, verdict=await self._verify(item, context))
+
+        async for response in ordered_window(items, verify, window=2 * self.pool.size):
+            yield response
