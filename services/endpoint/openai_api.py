@@ -32,9 +32,11 @@ from lema.services.endpoint.errors import error_response as _error
 from lema.services.endpoint.swap import UnknownModel
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
+from lema.core.config import EndpointConfig
 from lema.core.engines import Completion, Engine, EngineError, SamplingParams, StreamDelta
 
-MAX_TOKENS_LIMIT = 4096
+# The one bound on max_tokens is the configured `endpoint.max_tokens_limit` (checked in `admit`); this is its default.
+MAX_TOKENS_LIMIT = EndpointConfig.model_fields["max_tokens_limit"].default
 MAX_N = 16
 ADAPTER_HEADER = "x-lema-adapter"
 
@@ -61,7 +63,7 @@ class _Common(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_N)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: int | None = Field(default=None, ge=1)
     stop: Text | list[Text] | None = None
     seed: int | None = None
     stream: bool = False
