@@ -104,6 +104,16 @@ def extract_answer_is(text: str) -> str | None:
     return answer or None
 
 
+_ANSWER_IS_INTEGER_RE = re.compile(r"answer is\s*\$?\s*(-?\d+)", re.IGNORECASE)
+
+
+def answer_is_integer(text: str) -> int | None:
+    """The integer N of the last "The answer is N" (thousands separators dropped): a synthetic problem's answer, as
+    the reference corrector and lema-tiny's pretraining read it (exact integers, no verifier needed)."""
+    found = _ANSWER_IS_INTEGER_RE.findall(text.replace(",", ""))
+    return int(found[-1]) if found else None
+
+
 def extract_hashes(text: str) -> str | None:
     matches = list(_HASHES_RE.finditer(text))
     if not matches:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lema.core.answers import answer_is_integer
 from lema.core.synthetic import SyntheticProblem
 from lema.tiny.data import prompt_text
-
-_ANSWER_RE = re.compile(r"The answer is\s*(-?\d+)")
 
 
 @dataclass
@@ -24,8 +22,9 @@ class EvalResult:
 
 
 def extract_answer(text: str) -> str | None:
-    found = _ANSWER_RE.findall(text.replace(",", ""))
-    return found[-1] if found else None
+    """The integer after the last "The answer is" (lema.core.answers' one reading of it), as text."""
+    answer = answer_is_integer(text)
+    return None if answer is None else str(answer)
 
 
 def load_model(model_dir: str | Path):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 
+from lema.core.answers import answer_is_integer
 from lema.core.formats import split_steps
 from lema.core.synthetic.generate import SyntheticProblem
 from lema.core.synthetic.program import ProgramError, apply_op
 
 _OP_ALIASES = {"+": "+", "-": "-", "−": "-", "*": "*", "x": "*", "×": "*", "/": "/", "÷": "/"}
 _EQUATION_RE = re.compile(r"(\d+)\s*([+\-−*x×/÷])\s*(\d+)\s*=\s*(\d+)")
-_ANSWER_RE = re.compile(r"answer is\s*\$?\s*(-?\d+)", re.IGNORECASE)
 
 
 def parse_equation(step_text: str) -> tuple[int, str, int, int] | None:
@@ -29,8 +29,7 @@ def parse_equation(step_text: str) -> tuple[int, str, int, int] | None:
 
 def final_answer(solution_text: str) -> int | None:
     """The integer N of the last "The answer is N" line."""
-    found = _ANSWER_RE.findall(solution_text.replace(",", ""))
-    return int(found[-1]) if found else None
+    return answer_is_integer(solution_text)
 
 
 def check_solution_steps(problem: SyntheticProblem, solution_text: str) -> int | None:

@@ -79,3 +79,19 @@ def test_gold_answer_accepts_full_solutions():
     assert gold_answer("blah\n#### 1,234", G) == "1,234"
     assert gold_answer(r"so $\boxed{\frac{3}{4}}$.", M) == r"\frac{3}{4}"
     assert gold_answer("  17 ", G) == "17"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Step 1: 2 + 3 = 5.\nThe answer is 5.", 5),
+    ("the answer is $1,250", 1250),
+    ("The answer is -3. Wait, the answer is 4", 4),
+    ("The answer is five", None),
+    ("no answer here 42", None),
+])
+def test_answer_is_integer_is_the_one_reading_of_synthetic_answers(text, expected):
+    from lema.core.answers import answer_is_integer
+    from lema.core.synthetic import final_answer
+    from lema.tiny.evaluate import extract_answer
+
+    assert answer_is_integer(text) == expected == final_answer(text)
+    assert extract_answer(text) == (None if expected is None else str(expected))
