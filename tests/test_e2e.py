@@ -152,11 +152,11 @@ def _registered_adapter(registry_root, accuracy: float, config_yaml: str = "") -
     import tempfile
     from pathlib import Path
 
-    from lema.trainer.registry import AdapterRegistry
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from lema.core.model_resolve import resolve_model
+    from lema.trainer.registry import AdapterRegistry
 
     with tempfile.TemporaryDirectory() as tmp:
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_model(MODEL)),

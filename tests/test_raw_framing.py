@@ -50,13 +50,12 @@ def test_raw_rows_are_bos_prompt_then_completion_eos_with_loss_on_the_completion
 
 
 def test_a_model_without_chat_template_trains_and_serves_raw_text(raw_model, tmp_path):
-    from lema.trainer.recipe import load_recipe
-    from lema.trainer.train import train
-
     from lema.core.engines import SamplingParams
     from lema.core.engines.transformers_engine import TransformersEngine
     from lema.core.formats import cot_prompt
     from lema.core.synthetic import generate
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.train import train
 
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"type": "cot", "prompt": cot_prompt(p.question), "completion": p.gold_solution})

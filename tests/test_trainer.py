@@ -72,10 +72,10 @@ def watch(stub, run_id, until=None, timeout=900):
 
 def test_quantized_base_uses_linear4bit():
     import bitsandbytes as bnb
-    from lema.trainer.recipe import load_recipe
-    from lema.trainer.train import load_quantized_base
 
     from lema.core.model_resolve import resolve_model
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.train import load_quantized_base
 
     model = load_quantized_base(load_recipe("tiny"), resolve_model(MODEL))
     quantized = [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
@@ -181,11 +181,10 @@ def test_cancel_stops_a_run(trainer, export_file):
 def test_trainer_refuses_a_row_whose_completion_would_be_cut(tmp_path):
     """A row longer than max_seq_len would lose the end of its completion (TRL keeps the start): the trainer
     refuses the file before loading the model, naming the row."""
-    from lema.trainer.recipe import load_recipe
-    from lema.trainer.train import DatasetError, train
-
     from lema.core.formats import cot_prompt
     from lema.core.synthetic import generate
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.train import DatasetError, train
 
     problems = generate(3, seed=4, split="train", steps=2)
     rows = [{"type": "cot", "prompt": cot_prompt(p.question), "completion": p.gold_solution} for p in problems]

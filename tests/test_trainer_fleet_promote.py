@@ -7,9 +7,9 @@ import json
 
 import grpc
 from conftest import free_port, start_server
-from lema.trainer.registry import AdapterRegistry
 
 from lema.core.promotion_record import read_record
+from lema.trainer.registry import AdapterRegistry
 from lema.v1 import trainer_pb2 as tpb
 from lema.v1 import trainer_pb2_grpc
 

@@ -129,11 +129,10 @@ def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, setting: str 
     `validation`: also measure every kept adapter (and the base model) on the validation split, as promotion
     needs; `select_checkpoint: best_validation` implies it. `preference`: a third arm per seed, the CoT-only
     adapter trained further with DPO on the step-level pairs of the seed's LEMA corrections (`preference.jsonl`)."""
+    from lema.core.model_resolve import resolve_model
     from lema.trainer.evaluate import evaluate
     from lema.trainer.preference import train_preference
     from lema.trainer.train import train
-
-    from lema.core.model_resolve import resolve_model
 
     say = on_event or (lambda message: None)
     seeds = list(dict.fromkeys(seeds))

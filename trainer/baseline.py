@@ -36,9 +36,8 @@ class BaseMetrics:
 
     def get(self, base_model: str, settings: EvalSettings) -> dict[str, float]:
         """Cached or measured now (blocking: call it from a worker thread)."""
-        from lema.trainer.evaluate import evaluate
-
         from lema.core.model_resolve import resolve_model
+        from lema.trainer.evaluate import evaluate
 
         key = self.key(base_model, settings)
         with self._lock:  # one measurement at a time; the second caller finds the first one's result

@@ -24,10 +24,9 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+from lema.core.errors import Conflict
 from lema.trainer.runs import TERMINAL, RunDir, RunState, check_run_id, now
 from lema.trainer.worker import execute, install_sigterm
-
-from lema.core.errors import Conflict
 
 # After SIGTERM rank 0 stops at the next step boundary. A launcher that stops the job because another rank failed
 # sends SIGTERM and, 30 s later (torchrun's grace), SIGKILL; rank 0 may sit in a collective with the dead rank
@@ -69,6 +68,7 @@ def prepare_run(runs_root: Path, run_id: str, recipe_source: str, export: Path) 
     Everything that can refuse the run (recipe, export rows, a conflicting run) is checked here, before any rank
     loads a model."""
     import yaml
+
     from lema.trainer.recipe import load_recipe
     from lema.trainer.train import check_dataset
 

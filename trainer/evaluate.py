@@ -51,12 +51,11 @@ async def evaluate(model_path: str, settings: EvalSettings, adapter_dir: Path | 
                    split: str | None = None) -> EvalResult:
     """Evaluate a base model, optionally with a PEFT adapter, through the transformers engine + verifier pool, on
     the split's problems (default: `settings.split`)."""
-    from lema.services.verifier import VerifyItem, open_verifier
-
     from lema.core.answers import DatasetKind
     from lema.core.engines import SamplingParams
     from lema.core.engines.transformers_engine import TransformersEngine
     from lema.core.formats import cot_prompt
+    from lema.services.verifier import VerifyItem, open_verifier
 
     split = split or settings.split
     problems = eval_problems(settings, split)

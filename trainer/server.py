@@ -6,10 +6,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from lema.trainer.servicer import TrainerServicer
-
 from lema.core.config import TrainerConfig
 from lema.core.grpc_server import ServiceBinding, run_grpc_server
+from lema.trainer.servicer import TrainerServicer
 from lema.v1 import trainer_pb2, trainer_pb2_grpc
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name

@@ -27,9 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lema.trainer.recipe import Recipe
-
 from lema.core.errors import InvalidInput
+from lema.trainer.recipe import Recipe
 
 ProgressFn = Callable[[dict], None]
 

@@ -40,13 +40,12 @@ def execute(run: RunDir, should_stop: Callable[[], bool], registry_root: Path | 
     `registry_root`: the adapter registry (default: $LEMA_ADAPTERS, see `registry.default_root`)."""
     spec = run.spec()
     try:
+        from lema.core.model_resolve import resolve_model
         from lema.trainer.ablation import best_checkpoint
         from lema.trainer.evaluate import evaluate
         from lema.trainer.recipe import load_recipe
         from lema.trainer.registry import AdapterRegistry
         from lema.trainer.train import latest_checkpoint, train, world
-
-        from lema.core.model_resolve import resolve_model
 
         recipe = load_recipe(spec["config_yaml"] or None, allow_paths=False)  # a client's text: name or YAML
         resume = latest_checkpoint(run.path / "checkpoints")

@@ -10,11 +10,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from lema.services.collector.intake_servicer import CollectorServicer
-
 from lema.core.config import CollectorConfig
 from lema.core.grpc_server import ServiceBinding, run_grpc_server
 from lema.core.store.db import open_store
+from lema.services.collector.intake_servicer import CollectorServicer
 from lema.v1 import collector_pb2, collector_pb2_grpc
 
 SERVICE_NAME = collector_pb2.DESCRIPTOR.services_by_name["Collector"].full_name

@@ -16,13 +16,13 @@ import os
 import signal
 import socket
 
-from lema.services.collector.pipeline import Collector, CollectSettings, Stats, transient_failure
-from lema.services.collector.sources import load_source
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lema.core.store import repository as repo
 from lema.core.store.db import open_store
+from lema.services.collector.pipeline import Collector, CollectSettings, Stats, transient_failure
+from lema.services.collector.sources import load_source
 
 log = logging.getLogger(__name__)
 

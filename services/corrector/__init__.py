@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-from lema.services.verifier import Verifier
 
 from lema.core.answers import DatasetKind
 from lema.core.prompts import PROMPTS
 from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
 from lema.core.security import open_aio_channel
+from lema.services.verifier import Verifier
 
 LOCAL = "local"
 
@@ -46,10 +46,9 @@ class LocalCorrector:
     """The corrector proxy in this process: the reference corrector, or an OpenAI-compatible upstream at `url`."""
 
     def __init__(self, verifier: Verifier, url: str | None = None, model: str = "gpt-4"):
+        from lema.core.config import load_config
         from lema.services.corrector.proxy import CorrectorProxy
         from lema.services.corrector.upstreams import OpenAIUpstream, ReferenceUpstream
-
-        from lema.core.config import load_config
 
         # The corrector section's bounds (timeouts, retries, concurrency, cache, limits); the upstream as asked.
         config = load_config().corrector.model_copy(
@@ -61,9 +60,8 @@ class LocalCorrector:
         self.tag = "c" + hashlib.sha256(json.dumps([self.proxy.upstream.model, versions]).encode()).hexdigest()[:10]
 
     async def correct(self, problem: Any, attempt: Any) -> CorrectionResult:
-        from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
-
         from lema.core.resilience import CircuitOpenError, RetryableError
+        from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
 
         job = CorrectionInput(DatasetKind(problem.kind), problem.question, attempt.text, problem.gold_answer,
                               problem.program_json or "")

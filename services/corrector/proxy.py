@@ -13,8 +13,6 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from cachetools import TTLCache
-from lema.services.corrector.upstreams import CorrectionInput, Upstream, UpstreamReply
-from lema.services.verifier import Verifier
 from prometheus_client import Counter, Histogram
 
 from lema.core.config import CorrectorConfig
@@ -23,6 +21,8 @@ from lema.core.formats import split_steps
 from lema.core.prompts import prompt_for
 from lema.core.records import Verdict, VerifyItem
 from lema.core.resilience import CircuitBreaker, RetryableError, RetryPolicy, call_with_retries
+from lema.services.corrector.upstreams import CorrectionInput, Upstream, UpstreamReply
+from lema.services.verifier import Verifier
 
 CALLS = Counter("lema_corrector_upstream_calls_total", "Upstream calls", ["model", "outcome"])
 TOKENS = Counter("lema_corrector_tokens_total", "Upstream tokens", ["model", "type"])

@@ -6,16 +6,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from lema.services.corrector.proxy import CorrectorProxy, Outcome, Status
-from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
-from lema.services.corrector.validation import augmentation_job, batch_jobs, correction_job
-
 from lema.core.concurrency import ordered_window
 from lema.core.config import CorrectorConfig
 from lema.core.errors import Unavailable
 from lema.core.formats import split_steps
 from lema.core.proto_convert import verdict_to_pb
 from lema.core.resilience import CircuitOpenError, RetryableError
+from lema.services.corrector.proxy import CorrectorProxy, Outcome, Status
+from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
+from lema.services.corrector.validation import augmentation_job, batch_jobs, correction_job
 from lema.v1 import common_pb2 as pb
 from lema.v1 import corrector_pb2 as cpb
 from lema.v1 import corrector_pb2_grpc

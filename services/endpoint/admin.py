@@ -29,11 +29,11 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from lema.services.endpoint.errors import documented
-from lema.services.endpoint.errors import error_response as _error
 from pydantic import BaseModel, ConfigDict, Field
 
 from lema.core.errors import LemaError
+from lema.services.endpoint.errors import documented
+from lema.services.endpoint.errors import error_response as _error
 
 
 class LoadRequest(BaseModel):
@@ -119,6 +119,7 @@ def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TO
         """Open (read-only, no secrets): which adapter this replica serves against the fleet's promotion record;
         503 while it is not ready or behind the record, so it doubles as a readiness probe that says why."""
         from fastapi.responses import JSONResponse
+
         from lema.services.endpoint.core import current_core
 
         try:

@@ -19,8 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lema.services.endpoint.swap import Promotion, ServedAdapter, ServingState, StateConflict, UnknownModel
-
 from lema.core.adapter_registry import (
     AdapterManifest,
     AdapterRegistry,
@@ -33,6 +31,7 @@ from lema.core.adapter_registry import (
 from lema.core.config import EndpointConfig, load_config
 from lema.core.engines import Engine, EngineError, SamplingParams
 from lema.core.errors import Unavailable
+from lema.services.endpoint.swap import Promotion, ServedAdapter, ServingState, StateConflict, UnknownModel
 
 logger = logging.getLogger("lema.endpoint")
 
@@ -97,10 +96,9 @@ class EndpointCore:
             logger.exception("the endpoint failed to start")
 
     async def start(self) -> None:
+        from lema.core.model_resolve import resolve_model
         from lema.services.endpoint.engines import choose_engine
         from lema.services.endpoint.openai_api import served_name
-
-        from lema.core.model_resolve import resolve_model
 
         started = time.perf_counter()
         self._admin_lock = asyncio.Lock()
@@ -128,9 +126,8 @@ class EndpointCore:
         if self.config.promote:
             self.promote(self.config.promote)
         if self.config.promotion_record:
-            from lema.services.endpoint.fleet import PromotionFollower
-
             from lema.core.promotion_record import record_path
+            from lema.services.endpoint.fleet import PromotionFollower
 
             self.follower = PromotionFollower(self, record_path(self.registry.root, self.config.promotion_record),
                                               self.config.promotion_poll_s)

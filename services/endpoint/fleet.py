@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lema.services.endpoint.swap import StateConflict
-
 from lema.core.adapter_registry import AdapterRejected
 from lema.core.promotion_record import PromotionRecord, PromotionRecordError, content_hash, read_record
+from lema.services.endpoint.swap import StateConflict
 
 if TYPE_CHECKING:
     from lema.services.endpoint.core import EndpointCore

@@ -27,13 +27,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from lema.services.endpoint.errors import documented
-from lema.services.endpoint.errors import error_response as _error
-from lema.services.endpoint.swap import UnknownModel
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from lema.core.config import EndpointConfig
 from lema.core.engines import Completion, Engine, EngineError, SamplingParams, StreamDelta
+from lema.services.endpoint.errors import documented
+from lema.services.endpoint.errors import error_response as _error
+from lema.services.endpoint.swap import UnknownModel
 
 # The one bound on max_tokens is the configured `endpoint.max_tokens_limit` (checked in `admit`); this is its default.
 MAX_TOKENS_LIMIT = EndpointConfig.model_fields["max_tokens_limit"].default

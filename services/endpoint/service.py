@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - inside a built bento: lema/ and servic
     lema.services = sys.modules["lema.services"]
 
 import bentoml
+
 from lema.services.endpoint.admin import build_admin_app
 from lema.services.endpoint.core import (
     EndpointCore,

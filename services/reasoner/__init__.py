@@ -13,14 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lema.services.verifier import Verifier
-
 from lema.core.answers import DatasetKind, extract_answer
 from lema.core.engines import SamplingParams
 from lema.core.formats import cot_prompt
 from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
 from lema.core.records import VerifyItem
 from lema.core.security import open_aio_channel
+from lema.services.verifier import Verifier
 
 LOCAL = "local"
 

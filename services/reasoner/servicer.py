@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-from lema.services.reasoner.validation import solve_request
-from lema.services.verifier import Verifier
 from prometheus_client import Counter, Histogram
 
 from lema.core.adapter_registry import (
@@ -26,6 +24,8 @@ from lema.core.errors import Conflict, InvalidInput, NotFound
 from lema.core.formats import cot_prompt, split_steps
 from lema.core.proto_convert import kind_from_pb, verdict_to_pb
 from lema.core.records import VerifyItem
+from lema.services.reasoner.validation import solve_request
+from lema.services.verifier import Verifier
 from lema.v1 import common_pb2 as pb
 from lema.v1 import reasoner_pb2 as rpb
 from lema.v1 import reasoner_pb2_grpc

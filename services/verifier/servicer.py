@@ -6,8 +6,6 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-from lema.services.verifier.pool import VerifierPool
-from lema.services.verifier.validation import batch_items, verify_item
 from prometheus_client import Counter, Histogram
 
 from lema.core.concurrency import ordered_window
@@ -15,6 +13,8 @@ from lema.core.config import VerifierConfig
 from lema.core.errors import InvalidInput
 from lema.core.proto_convert import verdict_to_pb
 from lema.core.records import VerdictReason, VerifyItem
+from lema.services.verifier.pool import VerifierPool
+from lema.services.verifier.validation import batch_items, verify_item
 from lema.v1 import verifier_pb2 as vpb
 from lema.v1 import verifier_pb2_grpc
 

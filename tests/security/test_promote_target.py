@@ -13,8 +13,8 @@ import threading
 import grpc
 import pytest
 from conftest import free_port, start_server
-from lema.trainer.registry import AdapterRegistry
 
+from lema.trainer.registry import AdapterRegistry
 from lema.v1 import trainer_pb2 as tpb
 from lema.v1 import trainer_pb2_grpc
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from lema.services.collector.sources import SourceError
-from lema.services.endpoint.swap import StateConflict, UnknownModel
-from lema.services.verifier import VerifierUnavailable
-from lema.trainer.promote import PromotionError
-from lema.trainer.recipe import RecipeError
 
 from lema.core.adapter_registry import AdapterRejected
 from lema.core.engines.base import ContextLengthError, EngineError
 from lema.core.errors import Conflict, InvalidInput, LemaError, NotFound, Unavailable
 from lema.core.resilience import CircuitOpenError
+from lema.services.collector.sources import SourceError
+from lema.services.endpoint.swap import StateConflict, UnknownModel
+from lema.services.verifier import VerifierUnavailable
+from lema.trainer.promote import PromotionError
+from lema.trainer.recipe import RecipeError
 
 
 @pytest.mark.parametrize("error, grpc_status, http_status, builtin", [

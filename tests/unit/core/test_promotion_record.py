@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from lema.trainer.promote import promote_fleet
-from lema.trainer.registry import AdapterRegistry
 
 from lema.core.promotion_record import (
     PromotionRecordError,
@@ -17,6 +15,8 @@ from lema.core.promotion_record import (
     record_path,
     write_record,
 )
+from lema.trainer.promote import promote_fleet
+from lema.trainer.registry import AdapterRegistry
 
 
 def _adapter(folder: Path, payload: bytes) -> Path:

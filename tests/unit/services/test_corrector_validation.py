@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from lema.services.corrector.validation import augmentation_job, batch_jobs, correction_job
 
 from lema.core.config import CorrectorConfig
 from lema.core.errors import InvalidInput
+from lema.services.corrector.validation import augmentation_job, batch_jobs, correction_job
 from lema.v1 import common_pb2 as pb
 from lema.v1 import corrector_pb2 as cpb
 

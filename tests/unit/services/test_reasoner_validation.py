@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from lema.services.reasoner.validation import sampling, solve_request
 
 from lema.core.config import ReasonerConfig
 from lema.core.errors import InvalidInput
+from lema.services.reasoner.validation import sampling, solve_request
 from lema.v1 import common_pb2 as pb
 from lema.v1 import reasoner_pb2 as rpb
 

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from conftest import requires_lema_tiny
+
 from lema.trainer.recipe import RecipeError, load_recipe
 
 
@@ -79,10 +80,9 @@ def test_the_demo_picks_a_recipe_that_fits_its_base_model():
 def test_micro_batches_give_the_same_step_as_one_batch(tmp_path):
     """One optimizer step on the same 8 rows, in one forward pass or in four micro-batches of two: the same loss and
     gradient norm (so no 1/accumulation scaling error), on lema-tiny with dropout off."""
-    from lema.trainer.train import train
-
     from lema.core.formats import cot_prompt
     from lema.core.synthetic import generate
+    from lema.trainer.train import train
 
     data = tmp_path / "rows.jsonl"
     with data.open("w") as f:
