@@ -234,29 +234,38 @@ def correct(
     typer.echo(json.dumps(MessageToDict(response, preserving_proto_field_name=True), ensure_ascii=False))
 
 
-async def _correct_in_process(request, base_url: Optional[str], model: str, timeout: float):
-    """Run the same servicer code in-process, against a throwaway gRPC server on a free loopback port."""
-    import grpc
+class _InProcessCall:
+    """What a lema servicer reads of its gRPC context (the time left), for calling it without a server: servicers
+    only convert and delegate, and raise lema's errors instead of aborting the call."""
 
-    from lema.core.config import CorrectorConfig
+    def __init__(self, timeout: float):
+        import time
+
+        self._clock = time.monotonic
+        self._deadline = self._clock() + timeout
+
+    def time_remaining(self) -> float:
+        return max(0.0, self._deadline - self._clock())
+
+
+async def _correct_in_process(request, base_url: Optional[str], model: str, timeout: float):
+    """The corrector service's own code (validation, proxy, verification, the response message), in this process."""
+    from lema.core.errors import LemaError
     from lema.services.corrector.server import build_proxy
     from lema.services.corrector.servicer import CorrectorServicer
-    from lema.v1 import corrector_pb2_grpc
 
-    config = CorrectorConfig(upstream="openai" if base_url else "reference", base_url=base_url, model=model)
+    section = _load_config(None).corrector
+    config = section.model_copy(update={"upstream": "openai", "base_url": base_url, "model": model} if base_url
+                                else {"upstream": "reference"})
     proxy = await build_proxy(config)
-    server = grpc.aio.server()
-    corrector_pb2_grpc.add_CorrectorServicer_to_server(CorrectorServicer(proxy, config), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            try:
-                return await corrector_pb2_grpc.CorrectorStub(channel).Correct(request, timeout=timeout)
-            except grpc.RpcError as exc:
-                _fail(f"{exc.code().name}: {exc.details()}", code=1)
+        return await asyncio.wait_for(CorrectorServicer(proxy, config).Correct(request, _InProcessCall(timeout)),
+                                      timeout)
+    except LemaError as exc:
+        _fail(f"{exc.grpc_status.name}: {exc.public_message()}", code=1)
+    except asyncio.TimeoutError:
+        _fail(f"DEADLINE_EXCEEDED: no correction within {timeout} s", code=1)
     finally:
-        await server.stop(0)
         await proxy.upstream.close()
         await proxy.verifier.close()
 
