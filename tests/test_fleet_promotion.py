@@ -168,6 +168,10 @@ def test_promotion_converges_on_three_replicas_under_load(store, tmp_path):
         time.sleep(1.0)
         assert load.served_since(mark) == {"fleet-a-0001"}
         assert read_record(record_file).generation == 5
+        for replica in replicas:  # the same story in Prometheus' words
+            metrics = httpx.get(f"{replica.url}/metrics", timeout=10).text
+            assert "lema_endpoint_promotion_generation 5.0" in metrics
+            assert 'lema_endpoint_promotion_state{state="in_sync"} 1.0' in metrics
     finally:
         load.stop.set()
         if worker.is_alive():

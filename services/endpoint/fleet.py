@@ -89,22 +89,30 @@ class PromotionFollower:
 
     # -- reconciling ---------------------------------------------------------------------------------
     async def sync(self) -> str:
-        """One reconcile step: read the record, apply it when it changed. Returns the state."""
+        """One reconcile step: read the record, apply it when it changed. Returns the state (also published as
+        metrics, whatever the path)."""
+        try:
+            await self._step()
+        finally:
+            self._publish()
+        return self.state
+
+    async def _step(self) -> None:
         try:
             record = await asyncio.to_thread(read_record, self.path)
         except PromotionRecordError as exc:
             if self.error != str(exc):
                 logger.warning("promotion record %s: %s; serving what is served", self.path, exc)
             self.error = str(exc)
-            return self.state
+            return
         self.error = None
         self.seen = record
         if record is None or self._matches(record):
             if record is not None:
                 self.applied = record  # the same adapter under a newer generation (e.g. re-promoted)
-            return self.state
+            return
         if self.refusal is not None and self.refusal.key == _key(record) and not self.refusal.retry:
-            return self.state
+            return
         try:
             await self._apply(record)
         except (AdapterRejected, PromotionRecordError, StateConflict, FileNotFoundError) as exc:
@@ -118,8 +126,6 @@ class PromotionFollower:
                 self.core.metrics.swaps.labels("follow", "rejected").inc()
                 logger.error("refused promotion generation %d (%s): %s; still serving %s", record.generation,
                              record.target, reason, self.core.state.served_name(self.core.state.default))
-        self._publish()
-        return self.state
 
     async def _apply(self, record: PromotionRecord) -> None:
         started = time.perf_counter()
