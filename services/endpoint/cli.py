@@ -3,7 +3,8 @@
 The command validates the configuration (config file, environment, then flags), hands the resolved `endpoint`
 section to the service as `LEMA_ENDPOINT__<FIELD>` variables (lema.core.config's environment layer) and replaces
 itself with `bentoml serve lema.services.endpoint.service:Endpoint --host H --port P`.
-Precedence (lowest first): EndpointConfig's defaults, the config file (`--config` or $LEMA_CONFIG), the flags given.
+Precedence (lowest first): EndpointConfig's defaults, the config file (`--config` or $LEMA_CONFIG),
+`LEMA_ENDPOINT__<FIELD>` variables, the flags given.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -207,7 +206,3 @@ class VerifierPool:
         self._idle.put_nowait(worker)
         assert isinstance(verdict, Verdict)
         return verdict
-
-
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
