@@ -376,7 +376,7 @@ def check_lema_container(c: dict, args: list[str], env: dict[str, str], volumes:
             check_path(c, volumes, str(getattr(tr, field)), f"trainer.{field}", cw, problems, pvc=True, writable=True)
     if args[:1] == ["collect"]:
         check_collect(args, env, config, cw, catalog, namespace, problems)
-    if c.get("command") == ["accelerate"] and any(a.startswith("lema.trainer.") for a in args):
+    if c.get("command") == ["accelerate"] and any(a.startswith("trainer.") for a in args):
         # A training Job: the run folder and the adapter come from the config's trainer section, the rows from
         # --export; all must be on the shared volumes the trainer Deployment uses.
         for field in ("adapters_root", "runs_root"):

@@ -2,7 +2,7 @@
 
     baseline (lema-tiny through the endpoint, validation problems) -> collect mistakes on synthetic training
     problems -> correct them (reference corrector, or any OpenAI-compatible upstream) -> verify -> export (every row
-    measured against the recipe's context) -> the harness (`lema.trainer.ablation`): CoT-only and LEMA adapters for
+    measured against the recipe's context) -> the harness (`trainer.ablation`): CoT-only and LEMA adapters for
     each seed, the same steps, evaluated on the same held-out test problems -> promote the adapter with the best
     *validation* accuracy into the running endpoint (gated against the base model) -> evaluate through the endpoint
     -> tables + ablation.json/png.  `--rounds R` repeats collect..evaluate with the promoted adapter as the next
@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lema.core.answers import DatasetKind
-from lema.trainer.stats import wilson
+from trainer.stats import wilson
 
 
 @dataclass
@@ -145,7 +145,7 @@ def evaluate_through_endpoint(url: str, model: str, problems, max_tokens: int = 
     from openai import OpenAI
 
     from lema.core.formats import cot_prompt
-    from lema.services.verifier import VerifyItem, open_verifier
+    from services.verifier import VerifyItem, open_verifier
 
     client = OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=120, max_retries=2)
 
@@ -170,8 +170,8 @@ def evaluate_through_endpoint(url: str, model: str, problems, max_tokens: int = 
 
 
 def _collect(options: DemoOptions, store: str, round_index: int, adapter: tuple[str, str] | None, console: Console):
-    from lema.services.collector.pipeline import CollectSettings
-    from lema.services.collector.run import collect
+    from services.collector.pipeline import CollectSettings
+    from services.collector.run import collect
 
     settings = CollectSettings(samples=options.samples, temperature=0.8, max_tokens=200, seed=options.seed + round_index,
                                model=options.model, batch_size=16, correct_concurrency=2,
@@ -200,11 +200,11 @@ def _export(store: str, out: Path, recipe) -> dict:
 def run_demo(options: DemoOptions) -> DemoResult:
     from lema.core.model_resolve import resolve_model
     from lema.core.quiet import quiet_libraries
-    from lema.trainer.ablation import ARM_LABELS, print_report, run_ablation
-    from lema.trainer.evaluate import eval_problems
-    from lema.trainer.promote import promote
-    from lema.trainer.recipe import load_recipe
-    from lema.trainer.registry import AdapterRegistry
+    from trainer.ablation import ARM_LABELS, print_report, run_ablation
+    from trainer.evaluate import eval_problems
+    from trainer.promote import promote
+    from trainer.recipe import load_recipe
+    from trainer.registry import AdapterRegistry
 
     console = Console() if sys.stdout.isatty() else Console(width=130)
     quiet_libraries()  # our own progress lines say what is happening
@@ -343,7 +343,7 @@ def rounds_report(result: DemoResult) -> dict:
 def _difference(before: tuple[str, list[bool]], now: tuple[str, list[bool]]) -> dict:
     """`now` - `before` (named outcome lists) on the problems both answered: the difference, its paired bootstrap
     interval, the exact McNemar p."""
-    from lema.trainer.stats import mcnemar_exact, paired_bootstrap
+    from trainer.stats import mcnemar_exact, paired_bootstrap
 
     n = min(len(before[1]), len(now[1]))
     paired = paired_bootstrap([now[1][:n]], [before[1][:n]])

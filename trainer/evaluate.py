@@ -10,8 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lema.trainer.recipe import EvalSettings
-from lema.trainer.stats import wilson
+from trainer.recipe import EvalSettings
+from trainer.stats import wilson
 
 __all__ = ["EvalResult", "evaluate", "eval_problems", "wilson"]
 
@@ -55,7 +55,7 @@ async def evaluate(model_path: str, settings: EvalSettings, adapter_dir: Path | 
     from lema.core.engines import SamplingParams
     from lema.core.engines.transformers_engine import TransformersEngine
     from lema.core.formats import cot_prompt
-    from lema.services.verifier import VerifyItem, open_verifier
+    from services.verifier import VerifyItem, open_verifier
 
     split = split or settings.split
     problems = eval_problems(settings, split)

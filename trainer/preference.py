@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lema.trainer.recipe import Recipe
-from lema.trainer.train import DatasetError, TrainResult
+from trainer.recipe import Recipe
+from trainer.train import DatasetError, TrainResult
 
 
 def load_pairs(tokenizer, path: Path, max_seq_len: int, keep: set[str] | None = None) -> list[dict]:

@@ -32,8 +32,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from lema.core.errors import LemaError
-from lema.services.endpoint.errors import documented
-from lema.services.endpoint.errors import error_response as _error
+from services.endpoint.errors import documented
+from services.endpoint.errors import error_response as _error
 
 
 class LoadRequest(BaseModel):
@@ -69,7 +69,7 @@ def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TO
             raise AdminError(401, "missing or wrong admin bearer token", "authentication_error")
 
     def core():
-        from lema.services.endpoint.core import NotReady
+        from services.endpoint.core import NotReady
 
         try:
             instance = get_core()
@@ -107,7 +107,7 @@ def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TO
 
     @app.get("/status", dependencies=auth)
     async def status() -> dict:
-        from lema.services.endpoint.core import current_core
+        from services.endpoint.core import current_core
 
         try:
             return current_core().status()
@@ -120,7 +120,7 @@ def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TO
         503 while it is not ready or behind the record, so it doubles as a readiness probe that says why."""
         from fastapi.responses import JSONResponse
 
-        from lema.services.endpoint.core import current_core
+        from services.endpoint.core import current_core
 
         try:
             report = current_core().fleet_report()

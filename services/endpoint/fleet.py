@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from lema.core.adapter_registry import AdapterRejected
 from lema.core.promotion_record import PromotionRecord, PromotionRecordError, content_hash, read_record
-from lema.services.endpoint.swap import StateConflict
+from services.endpoint.swap import StateConflict
 
 if TYPE_CHECKING:
-    from lema.services.endpoint.core import EndpointCore
+    from services.endpoint.core import EndpointCore
 
 logger = logging.getLogger("lema.endpoint.fleet")
 

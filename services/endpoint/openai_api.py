@@ -1,7 +1,7 @@
 """OpenAI-compatible HTTP API over any lema engine: /v1/models, /v1/completions, /v1/chat/completions.
 
 The BentoML endpoint mounts this app; it also runs standalone under uvicorn
-(`python -m lema.services.endpoint.openai_api --model lema-tiny --port 8000`), which is how tests get a real
+(`python -m services.endpoint.openai_api --model lema-tiny --port 8000`), which is how tests get a real
 OpenAI-compatible server on 127.0.0.1 for the corrector and the reasoner's `openai` engine.
 
 Requests name the base model or a loaded adapter in `model`; bad requests get HTTP 400 with an OpenAI-style
@@ -31,9 +31,9 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from lema.core.config import EndpointConfig
 from lema.core.engines import Completion, Engine, EngineError, SamplingParams, StreamDelta
-from lema.services.endpoint.errors import documented
-from lema.services.endpoint.errors import error_response as _error
-from lema.services.endpoint.swap import UnknownModel
+from services.endpoint.errors import documented
+from services.endpoint.errors import error_response as _error
+from services.endpoint.swap import UnknownModel
 
 # The one bound on max_tokens is the configured `endpoint.max_tokens_limit` (checked in `admit`); this is its default.
 MAX_TOKENS_LIMIT = EndpointConfig.model_fields["max_tokens_limit"].default

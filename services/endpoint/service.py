@@ -15,23 +15,10 @@ section), then `LEMA_ENDPOINT__<FIELD>` variables (`LEMA_ENDPOINT__MODEL=smollm2
 
 from __future__ import annotations
 
-import importlib
-import sys
-
-try:
-    import lema.services
-except ImportError:  # pragma: no cover - inside a built bento: lema/ and services/ sit side by side in src/
-    import lema
-
-    # the packages `services` and `services.endpoint` double as `lema.services` and `lema.services.endpoint`
-    sys.modules["lema.services"] = importlib.import_module("services")
-    sys.modules["lema.services.endpoint"] = importlib.import_module("services.endpoint")
-    lema.services = sys.modules["lema.services"]
-
 import bentoml
 
-from lema.services.endpoint.admin import build_admin_app
-from lema.services.endpoint.core import (
+from services.endpoint.admin import build_admin_app
+from services.endpoint.core import (
     EndpointCore,
     NotReady,
     current_core,
@@ -39,8 +26,8 @@ from lema.services.endpoint.core import (
     set_current_core,
     v1_app,
 )
-from lema.services.endpoint.openai_api import ADAPTER_HEADER
-from lema.services.endpoint.swap import UnknownModel
+from services.endpoint.openai_api import ADAPTER_HEADER
+from services.endpoint.swap import UnknownModel
 
 _CONFIG = load_endpoint_config()
 V1_APP = v1_app(_CONFIG)

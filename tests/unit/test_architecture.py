@@ -35,7 +35,7 @@ def test_only_the_verifier_builds_a_verifier_pool():
                 name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
                 if name == "VerifierPool" and path.parent != REPO / "services" / "verifier":
                     builders.append(f"{path.relative_to(REPO)}:{node.lineno}")
-    assert not builders, f"consumers get a verifier from lema.services.verifier.open_verifier: {builders}"
+    assert not builders, f"consumers get a verifier from services.verifier.open_verifier: {builders}"
 
 
 def test_the_core_imports_nothing_from_lema_tiny():
@@ -45,18 +45,18 @@ def test_the_core_imports_nothing_from_lema_tiny():
 
 
 def test_only_the_verifier_package_face_is_imported_by_other_services():
-    """Other services use `lema.services.verifier` (the interface and factory), never its pool or servicer."""
+    """Other services use `services.verifier` (the interface and factory), never its pool or servicer."""
     leaks = []
     for path, tree in _modules():
         if not path.is_relative_to(REPO / "services") or path.is_relative_to(REPO / "services" / "verifier"):
             continue  # the CLI starts services (lema serve verifier); other services use the package's face
         leaks += [f"{path.relative_to(REPO)}: {m}" for m in _imports(tree)
-                  if m.startswith("lema.services.verifier.") and m.split(".")[3] in ("pool", "servicer", "server")]
+                  if m.startswith("services.verifier.") and m.split(".")[2] in ("pool", "servicer", "server")]
     assert not leaks, leaks
 
 
 def test_services_use_only_each_other_s_package_face():
-    """services/X imports lema.services.Y (the interface and factory in Y's __init__) and nothing deeper."""
+    """services/X imports services.Y (the interface and factory in Y's __init__) and nothing deeper."""
     leaks = []
     for path, tree in _modules():
         if not path.is_relative_to(REPO / "services"):
@@ -64,12 +64,31 @@ def test_services_use_only_each_other_s_package_face():
         own = path.relative_to(REPO / "services").parts[0]
         for module in _imports(tree):
             parts = module.split(".")
-            if parts[:2] != ["lema", "services"] or len(parts) < 4 or parts[2] == own:
+            if parts[0] != "services" or len(parts) < 3 or parts[1] == own:
                 continue
-            inner = REPO / "services" / parts[2] / parts[3]  # a module inside Y, not a name Y's face exports
+            inner = REPO / "services" / parts[1] / parts[2]  # a module inside Y, not a name Y's face exports
             if inner.with_suffix(".py").exists() or inner.is_dir():
                 leaks.append(f"{path.relative_to(REPO)}: {module}")
     assert not leaks, leaks
+
+
+def test_the_source_tree_is_the_import_tree():
+    """lema/, services/ and trainer/ install under their own names: no package_dir remap, no sys.modules alias."""
+    import importlib.util
+
+    for package in PACKAGES:
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and Path(spec.origin) == REPO / package / "__init__.py", (package, spec)
+    aliases = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
+                target = node.value
+                if isinstance(target, ast.Attribute) and target.attr == "modules" and \
+                        isinstance(target.value, ast.Name) and target.value.id == "sys":
+                    aliases.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not aliases, f"sys.modules assignments: {aliases}"
+    assert not (REPO / "setup.py").exists()
 
 
 def test_no_except_keyerror_wraps_generation_in_the_endpoint():

@@ -15,8 +15,8 @@ from lema.core.promotion_record import (
     record_path,
     write_record,
 )
-from lema.trainer.promote import promote_fleet
-from lema.trainer.registry import AdapterRegistry
+from trainer.promote import promote_fleet
+from trainer.registry import AdapterRegistry
 
 
 def _adapter(folder: Path, payload: bytes) -> Path:
