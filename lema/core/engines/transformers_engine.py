@@ -28,6 +28,7 @@ from lema.core.engines.base import (
     SamplingParams,
     StreamDelta,
 )
+from lema.core.engines.stopping import cut_at_stop, end_token_ids, first_stop
 
 
 class TransformersEngine:
@@ -59,15 +60,32 @@ class TransformersEngine:
         torch_dtype = torch.float32 if (dtype == "auto" and self.device == "cpu") else (
             "auto" if dtype == "auto" else getattr(torch, dtype)
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        loaded = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         if merge_adapter:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, merge_adapter).merge_and_unload().eval()
+            loaded = PeftModel.from_pretrained(loaded, merge_adapter).merge_and_unload().eval()
+        self._attach(loaded, tokenizer, batch_size, batch_wait_s)
+
+    @classmethod
+    def from_loaded(cls, model, tokenizer, model_id: str = "in-memory", batch_size: int = 32,
+                    batch_wait_s: float = 0.0) -> TransformersEngine:
+        """An engine over a model already in memory (lema-tiny's pretraining evaluates its live weights): nothing
+        is loaded, moved or converted, and torch's thread count stays the caller's. The model is put in eval mode
+        and the tokenizer pads on the left; a caller that goes on training sets `model.train()` again."""
+        engine = cls.__new__(cls)
+        engine.model_id = model_id
+        engine.device = str(next(model.parameters()).device)
+        engine._attach(model.eval(), tokenizer, batch_size, batch_wait_s)
+        return engine
+
+    def _attach(self, model, tokenizer, batch_size: int, batch_wait_s: float) -> None:
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"  # batched generation continues every prompt from its last token
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = model
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s  # how long a short batch waits for more requests before it starts
         # The longest sequence the model was built for: prompt + max_tokens beyond it is refused, not generated
@@ -343,12 +361,7 @@ class TransformersEngine:
                                    completion_tokens=len(ids))
 
     def _decode(self, ids, finish: str, stop: tuple[str, ...]) -> tuple[str, str]:
-        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
-        for string in stop:  # OpenAI semantics: the stop string is not part of the output
-            cut = text.find(string)
-            if cut != -1:
-                text, finish = text[:cut], "stop"
-        return text, finish
+        return cut_at_stop(self.tokenizer.decode(list(ids), skip_special_tokens=True), stop, finish)
 
     def _generate_batch(self, texts: list[str], params: SamplingParams,
                         owners: list[tuple[_Work, int]]) -> list[list[Completion]]:
@@ -400,17 +413,7 @@ class TransformersEngine:
         return completions
 
     def _eos_ids(self) -> set[int]:
-        ids = set()
-        config_eos = self.model.generation_config.eos_token_id
-        if isinstance(config_eos, int):
-            ids.add(config_eos)
-        elif config_eos:
-            ids.update(config_eos)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        if self.tokenizer.pad_token_id is not None and self.tokenizer.pad_token_id != self.tokenizer.eos_token_id:
-            ids.add(self.tokenizer.pad_token_id)  # generate() pads finished rows with pad_token_id
-        return ids
+        return end_token_ids(self.model.generation_config.eos_token_id, self.tokenizer)
 
     async def close(self) -> None:
         """Refuse new requests, stop the ones waiting or generating (at the next decoding step), end the worker."""
@@ -510,9 +513,9 @@ class _TokenStream:
         ids = self.ids[row]
         ids.append(token)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        cuts = [i for i in (text.find(s) for s in self.params.stop) if i != -1]
-        if cuts:
-            ready = min(cuts)
+        cut = first_stop(text, self.params.stop)
+        if cut != -1:
+            ready = cut
             self.done.add(row)
         else:
             ready = len(text) - self.hold

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 from lema.core.engines.base import AdapterInfo, Completion, EngineError, Prompt, SamplingParams
+from lema.core.engines.stopping import cut_at_stop, end_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -338,11 +339,7 @@ class VLLMEngine:
             # Decode like the transformers engine (vLLM's incremental detokenizer can differ on partial UTF-8),
             # then cut at the first stop string; vLLM already stopped generating there.
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            finish = "length" if out.finish_reason == "length" else "stop"
-            for stop in stops:
-                cut = text.find(stop)
-                if cut != -1:
-                    text, finish = text[:cut], "stop"
+            text, finish = cut_at_stop(text, stops, "length" if out.finish_reason == "length" else "stop")
             completions.append(
                 Completion(
                     text=text,
@@ -356,7 +353,6 @@ class VLLMEngine:
 
     def _eos_ids(self) -> set[int]:
         """The ids that end a completion: generation_config's eos ids, the tokenizer's eos and pad."""
-        ids: set[int] = set()
         try:
             from transformers import GenerationConfig
 
@@ -368,13 +364,4 @@ class VLLMEngine:
                 config_eos = getattr(AutoConfig.from_pretrained(self.model_id), "eos_token_id", None)
             except Exception:  # noqa: BLE001 - no eos known: the tokenizer's eos below
                 config_eos = None
-        if isinstance(config_eos, int):
-            ids.add(config_eos)
-        elif config_eos:
-            ids.update(config_eos)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        # The transformers engine ends a completion at a pad token too (generate() pads finished rows with it).
-        if self.tokenizer.pad_token_id is not None:
-            ids.add(self.tokenizer.pad_token_id)
-        return ids
+        return end_token_ids(config_eos, self.tokenizer)
