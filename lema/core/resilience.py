@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from lema.core.errors import Unavailable
 
@@ -95,25 +96,19 @@ async def call_with_retries(
     deadline: float | None = None,
     on_retry: Callable[[int, RetryableError], None] | None = None,
 ) -> T:
-    """Run `call`, retrying RetryableError with backoff, never past `deadline` (a time.monotonic() value)."""
-    attempt = 0
-    while True:
-        attempt += 1
+    """Run `call`, retrying RetryableError with backoff (tenacity's loop), never past `deadline` (a
+    time.monotonic() value). A retry that would sleep past the deadline, or that the breaker refuses, is not made:
+    the last failure is raised as is."""
+
+    async def attempt() -> T:
         if breaker is not None:
-            breaker.before_call()
+            breaker.before_call()  # CircuitOpenError is not retryable: it ends the loop at once
         try:
             result = await call()
-        except RetryableError as exc:
+        except RetryableError:
             if breaker is not None:
                 breaker.record_failure()
-            delay = policy.delay(attempt, exc.retry_after_s)
-            out_of_time = deadline is not None and time.monotonic() + delay >= deadline
-            if attempt >= policy.max_attempts or out_of_time or (breaker is not None and breaker.state == "open"):
-                raise
-            if on_retry is not None:
-                on_retry(attempt, exc)
-            await asyncio.sleep(delay)
-            continue
+            raise
         except BaseException:  # cancelled, past the caller's deadline, or not an upstream fault
             if breaker is not None:
                 breaker.record_abandoned()
@@ -121,3 +116,19 @@ async def call_with_retries(
         if breaker is not None:
             breaker.record_success()
         return result
+
+    def wait(state: RetryCallState) -> float:
+        return policy.delay(state.attempt_number, state.outcome.exception().retry_after_s)
+
+    def stop(state: RetryCallState) -> bool:  # tenacity computes the wait first: upcoming_sleep is this retry's
+        out_of_time = deadline is not None and time.monotonic() + state.upcoming_sleep >= deadline
+        circuit_open = breaker is not None and breaker.state == "open"
+        return state.attempt_number >= policy.max_attempts or out_of_time or circuit_open
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None:
+            on_retry(state.attempt_number, state.outcome.exception())
+
+    retrying = AsyncRetrying(retry=retry_if_exception_type(RetryableError), wait=wait, stop=stop,
+                             before_sleep=before_sleep, reraise=True)
+    return await retrying(attempt)
