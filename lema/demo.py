@@ -23,14 +23,12 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from lema.core.answers import DatasetKind
 from trainer.stats import wilson
 
 
@@ -140,33 +138,23 @@ class Endpoint:
 
 def evaluate_through_endpoint(url: str, model: str, problems, max_tokens: int = 200,
                               concurrency: int = 4) -> list[bool]:
-    """Greedy answers from the endpoint with the official openai client, checked by the verifier: one outcome per
-    problem, in order."""
-    from openai import OpenAI
+    """Greedy answers from the endpoint (the OpenAI engine: /v1/chat/completions, `concurrency` requests in flight),
+    checked by the verifier through lema's one evaluator: one outcome per problem, in order."""
+    from lema.core.engines.openai_engine import OpenAIEngine
+    from trainer.evaluate import evaluate_engine
 
-    from lema.core.formats import cot_prompt
-    from services.verifier import VerifyItem, open_verifier
-
-    client = OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=120, max_retries=2)
-
-    def ask(problem) -> str:
-        reply = client.chat.completions.create(model=model, temperature=0, max_tokens=max_tokens,
-                                               messages=[{"role": "user", "content": cot_prompt(problem.question)}])
-        return reply.choices[0].message.content or ""
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        texts = list(pool.map(ask, problems))
-
-    async def check() -> list[bool]:
-        verifier = open_verifier()
-        await verifier.start()
+    async def run() -> list[bool]:
+        # The demo's endpoint serves /v1 without a key; naming a variable of its own keeps $OPENAI_API_KEY (a real
+        # secret, maybe) from being sent to it.
+        engine = OpenAIEngine(model, base_url=f"{url}/v1", api_key_env="LEMA_DEMO_ENDPOINT_API_KEY",
+                              concurrency=concurrency)
         try:
-            return [bool((await verifier.verify(VerifyItem(DatasetKind.SYNTHETIC, p.answer, t))).correct)
-                    for p, t in zip(problems, texts)]
+            result = await evaluate_engine(engine, problems, max_tokens, split="validation")
         finally:
-            await verifier.close()
+            await engine.close()
+        return result.outcomes
 
-    return asyncio.run(check())
+    return asyncio.run(run())
 
 
 def _collect(options: DemoOptions, store: str, round_index: int, adapter: tuple[str, str] | None, console: Console):

@@ -47,3 +47,39 @@ def test_rounds_report_pairs_each_round_with_the_one_before_and_says_what_is_noi
     assert second["difference"] == 0 and second["ci95"] == [0.0, 0.0] and second["p_value"] == 1.0
     assert report["overall"]["from"] == "base" and report["overall"]["to"] == "round 2"
     assert "rose in 1 of 2 steps" in report["summary"] and "1 of 2 gains are outside the noise" in report["summary"]
+
+
+@requires_lema_tiny
+def test_the_served_check_is_the_one_evaluator_through_the_endpoint(tmp_path):
+    """`evaluate_through_endpoint`: the OpenAI engine against a real `lema serve endpoint`, then the verifier (the
+    evaluator the harness runs in-process): one outcome per problem, in order, and the same greedy verdicts the
+    in-process evaluation of the same weights gives."""
+    import asyncio
+
+    from lema.core.engines.transformers_engine import TransformersEngine
+    from lema.core.synthetic import generate
+    from lema.demo import Endpoint, evaluate_through_endpoint
+    from lema.tiny import default_model_path
+    from trainer.evaluate import evaluate_engine
+
+    problems = generate(8, seed=7, split="validation", steps=(2, 3))
+    (tmp_path / "adapters").mkdir()
+    endpoint = Endpoint("lema-tiny", tmp_path / "adapters", tmp_path / "endpoint.log")
+    try:
+        endpoint.wait_ready()
+        served = evaluate_through_endpoint(endpoint.url, "default", problems, max_tokens=160, concurrency=4)
+    finally:
+        endpoint.stop()
+
+    async def in_process():
+        engine = TransformersEngine(str(default_model_path()), batch_size=8)
+        try:
+            return await evaluate_engine(engine, problems, 160)
+        finally:
+            await engine.close()
+
+    local = asyncio.run(in_process())
+    assert len(served) == 8 and all(isinstance(o, bool) for o in served)
+    assert sum(served) >= 4, served  # lema-tiny answers most 2-3 step problems
+    # Greedy on the same weights: batching may flip a near tie at most once.
+    assert sum(a != b for a, b in zip(served, local.outcomes)) <= 1, (served, local.outcomes)

@@ -61,16 +61,36 @@ def test_tokenizer_has_chat_template_and_whole_number_tokens(tokenizer) -> None:
 
 
 def test_greedy_generation_uses_the_step_format(model, tokenizer) -> None:
+    """Through the one evaluator (the transformers engine over the weights in memory, then the verifier), as
+    pretraining and `lema models eval-tiny` run it."""
     from lema.core.synthetic import generate
-    from lema.tiny.evaluate import generate_solutions
+    from lema.tiny.evaluate import evaluate_loaded
 
     torch.set_num_threads(2)
     problems = generate(16, seed=5, split="test", steps=(2, 3))
-    outputs = generate_solutions(model, tokenizer, [p.question for p in problems], batch_size=16,
-                                 max_new_tokens=160)
+    result = evaluate_loaded(model, tokenizer, problems, max_new_tokens=160, batch_size=16)
+    outputs = result.outputs
+    assert len(outputs) == 16
     # Every solution is in the Step format (so a mistake can be located) and ends with an answer line.
     assert all(o.startswith("Step 1:") and len(split_steps(o)) >= 1 for o in outputs), outputs
     assert sum("The answer is" in o for o in outputs) >= 15, outputs
+    assert result.summary()["overall"] == {"n": 16, "accuracy": result.correct / 16}
+
+
+def test_eval_tiny_reports_accuracy_overall_by_steps_and_by_family() -> None:
+    from typer.testing import CliRunner
+
+    from lema.tiny.cli import models_app
+
+    run = CliRunner().invoke(models_app, ["eval-tiny", "--n", "8", "--seed", "3", "--ood", "--json"])
+    assert run.exit_code == 0, run.output
+    report = json.loads(run.stdout)
+    assert set(report) == {"test", "ood"}
+    for summary in report.values():
+        assert summary["overall"]["n"] == 8 and 0.0 <= summary["overall"]["accuracy"] <= 1.0
+        assert sum(v["n"] for v in summary["by_steps"].values()) == 8
+        assert sum(v["n"] for v in summary["by_family"].values()) == 8
+    assert report["test"]["overall"]["accuracy"] > 0.3, report  # lema-tiny is partly competent on its test split
 
 
 def test_reads_the_correction_format_as_well_as_it_reads_solutions() -> None:

@@ -1,4 +1,8 @@
-"""Greedy accuracy on held-out synthetic problems, checked by the verifier, with a 95% Wilson interval.
+"""Greedy accuracy on held-out synthetic problems, checked by the verifier, with a 95% Wilson interval: lema's one
+evaluator. `evaluate_engine` generates through any engine (the transformers engine over a folder or over weights in
+memory, vLLM, an OpenAI-compatible server such as lema's own endpoint) and scores every output with the verifier
+interface, so the trainer, lema-tiny's pretraining and `lema models eval-tiny`, and the demo's served check read
+answers one way.
 
 Two held-out sets: `test` (the reported problems: touched only for the final table) and `validation`
 (training-distribution problems that fine-tuning data never holds: checkpoint selection and the promotion gate).
@@ -6,27 +10,47 @@ Two held-out sets: `test` (the reported problems: touched only for the final tab
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.recipe import EvalSettings
 from trainer.stats import wilson
 
-__all__ = ["EvalResult", "evaluate", "eval_problems", "wilson"]
+if TYPE_CHECKING:
+    from lema.core.engines import Engine
+    from lema.core.synthetic import SyntheticProblem
+    from services.verifier import Verifier
+
+__all__ = ["EvalResult", "evaluate", "evaluate_engine", "eval_problems", "wilson"]
+
+VERIFY_CONCURRENCY = 64  # verifications in flight at once (a remote verifier gets no more than this)
 
 
 @dataclass
 class EvalResult:
     correct: int
     n: int
-    by_steps: dict[int, tuple[int, int]] = field(default_factory=dict)
+    by_steps: dict[int, tuple[int, int]] = field(default_factory=dict)  # step count -> (correct, n)
     outcomes: list[bool] = field(default_factory=list)  # per problem, in the order of the evaluated set
     split: str = "test"
+    # Per problem, in the same order (empty for a result built from counts only).
+    outputs: list[str] = field(default_factory=list)  # the greedy completion
+    families: list[str] = field(default_factory=list)  # the synthetic problem's family
+    answers: list[str | None] = field(default_factory=list)  # the answer the verifier read, if any
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.n if self.n else 0.0
+
+    @property
+    def by_family(self) -> dict[str, tuple[int, int]]:
+        """family -> (correct, n), from the per-problem outcomes."""
+        totals, hits = Counter(self.families), Counter(f for f, ok in zip(self.families, self.outcomes) if ok)
+        return {f: (hits[f], totals[f]) for f in sorted(totals)}
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """Flat metrics; `prefix` names the set ("validation_"), none for the test set."""
@@ -35,6 +59,18 @@ class EvalResult:
         for steps, (c, n) in sorted(self.by_steps.items()):
             out[f"accuracy_steps_{steps}"] = c / n if n else 0.0
         return {f"{prefix}{k}": v for k, v in out.items()}
+
+    def summary(self) -> dict:
+        """Accuracy overall, by step count and by family: {"overall": {"n", "accuracy"}, "by_steps": {steps: ...},
+        "by_family": {family: ...}} (what `lema models eval-tiny` prints and lema-tiny's pretraining logs)."""
+        def acc(c: int, n: int) -> dict:
+            return {"n": n, "accuracy": c / n if n else 0.0}
+
+        return {
+            "overall": acc(self.correct, self.n),
+            "by_steps": {k: acc(*self.by_steps[k]) for k in sorted(self.by_steps)},
+            "by_family": {f: acc(c, n) for f, (c, n) in self.by_family.items()},
+        }
 
 
 def eval_problems(settings: EvalSettings, split: str | None = None):
@@ -47,38 +83,70 @@ def eval_problems(settings: EvalSettings, split: str | None = None):
     return generate(settings.problems, seed=settings.seed, split=split)
 
 
-async def evaluate(model_path: str, settings: EvalSettings, adapter_dir: Path | None = None, engine=None,
-                   split: str | None = None) -> EvalResult:
-    """Evaluate a base model, optionally with a PEFT adapter, through the transformers engine + verifier pool, on
-    the split's problems (default: `settings.split`)."""
+async def evaluate_engine(engine: Engine, problems: Sequence[SyntheticProblem], max_tokens: int, *,
+                          adapter: str | None = None, verifier: Verifier | None = None,
+                          split: str = "test") -> EvalResult:
+    """Greedy accuracy of what `engine` serves (with `adapter`, a name the engine has loaded, if given) on synthetic
+    `problems`: one generate call over the chat-formatted CoT prompts, every output checked by the verifier.
+
+    `verifier`: one the caller has started and will close; by default one is opened (`open_verifier()`: the
+    `client.verifier` of $LEMA_CONFIG, local worker processes or the verifier service) for this call only."""
     from lema.core.answers import DatasetKind
     from lema.core.engines import SamplingParams
-    from lema.core.engines.transformers_engine import TransformersEngine
     from lema.core.formats import cot_prompt
     from services.verifier import VerifyItem, open_verifier
 
+    problems = list(problems)
+    prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in problems]
+    outputs = await engine.generate(prompts, SamplingParams(max_tokens=max_tokens), adapter) if prompts else []
+    texts = [samples[0].text if samples else "" for samples in outputs]
+    if len(texts) != len(problems):
+        raise RuntimeError(f"the engine answered {len(texts)} of {len(problems)} prompts")
+    owned = verifier is None
+    if owned:
+        verifier = open_verifier()
+        await verifier.start()
+    limit = asyncio.Semaphore(VERIFY_CONCURRENCY)
+
+    async def verify(problem, text: str):
+        async with limit:
+            return await verifier.verify(VerifyItem(DatasetKind.SYNTHETIC, problem.answer, text))
+
+    try:  # the interface verifies one item per call: the calls run concurrently, bounded
+        verdicts = await asyncio.gather(*[verify(p, t) for p, t in zip(problems, texts)])
+    finally:
+        if owned:
+            await verifier.close()
+    totals, hits = Counter(), Counter()
+    for problem, verdict in zip(problems, verdicts):
+        totals[problem.n_steps] += 1
+        hits[problem.n_steps] += bool(verdict.correct)
+    return EvalResult(
+        correct=sum(hits.values()), n=len(problems), by_steps={k: (hits[k], totals[k]) for k in sorted(totals)},
+        outcomes=[bool(v.correct) for v in verdicts], split=split, outputs=texts,
+        families=[p.family for p in problems], answers=[v.extracted_answer or None for v in verdicts])
+
+
+async def evaluate(model_path: str, settings: EvalSettings, adapter_dir: Path | None = None, engine=None,
+                   split: str | None = None) -> EvalResult:
+    """Evaluate a base model, optionally with a PEFT adapter, through the transformers engine + verifier, on
+    the split's problems (default: `settings.split`). With `engine` given, the adapter is loaded into it for this
+    evaluation and unloaded after; else a model of its own is loaded (the adapter merged) and closed after."""
+    from lema.core.engines.transformers_engine import TransformersEngine
+
     split = split or settings.split
     problems = eval_problems(settings, split)
-    adapter = None
-    if engine is None:  # a model of its own: the adapter (if any) merged into the weights, the fastest to generate
+    adapter, owned = None, engine is None
+    if owned:  # a model of its own: the adapter (if any) merged into the weights, the fastest to generate
         engine = TransformersEngine(model_path, batch_size=settings.batch_size, threads=settings.threads,
                                     merge_adapter=str(adapter_dir) if adapter_dir is not None else None)
     elif adapter_dir is not None:
         adapter = f"eval-{adapter_dir.parent.name}-{adapter_dir.name}"
         await engine.load_adapter(adapter, str(adapter_dir))
-    prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in problems]
-    outputs = await engine.generate(prompts, SamplingParams(max_tokens=settings.max_tokens), adapter)
-    pool = open_verifier()  # client.verifier of $LEMA_CONFIG: local, or the verifier service
-    await pool.start()
     try:
-        totals, hits, outcomes = Counter(), Counter(), []
-        for problem, samples in zip(problems, outputs):
-            verdict = await pool.verify(VerifyItem(DatasetKind.SYNTHETIC, problem.answer, samples[0].text))
-            totals[problem.n_steps] += 1
-            hits[problem.n_steps] += verdict.correct
-            outcomes.append(bool(verdict.correct))
+        return await evaluate_engine(engine, problems, settings.max_tokens, adapter=adapter, split=split)
     finally:
-        await pool.close()
         if adapter:
             await engine.unload_adapter(adapter)
-    return EvalResult(sum(hits.values()), len(problems), {k: (hits[k], totals[k]) for k in totals}, outcomes, split)
+        if owned:
+            await engine.close()

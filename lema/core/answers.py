@@ -109,7 +109,8 @@ _ANSWER_IS_INTEGER_RE = re.compile(r"answer is\s*\$?\s*(-?\d+)", re.IGNORECASE)
 
 def answer_is_integer(text: str) -> int | None:
     """The integer N of the last "The answer is N" (thousands separators dropped): a synthetic problem's answer, as
-    the reference corrector and lema-tiny's pretraining read it (exact integers, no verifier needed)."""
+    the reference corrector's step checker reads it (exact integers, no verifier needed). Accuracy is the
+    verifier's call (it also falls back to the last number when no such line is there)."""
     found = _ANSWER_IS_INTEGER_RE.findall(text.replace(",", ""))
     return int(found[-1]) if found else None
 

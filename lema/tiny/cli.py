@@ -41,16 +41,20 @@ def eval_tiny(
                                           "correction rows of the same problems (how well the model reads each)."),
 ) -> None:
     """Greedy accuracy on held-out synthetic test problems, overall and by step count."""
+    import torch
     from rich.console import Console
     from rich.table import Table
 
     from lema.core.synthetic import generate
-    from lema.tiny.evaluate import completion_losses, evaluate, summarize
+    from lema.tiny.evaluate import completion_losses, evaluate_loaded, load_model
 
+    torch.set_num_threads(min(2, torch.get_num_threads()))
     problems = generate(n, seed=seed, split="test")
-    report = {"test": summarize(evaluate(model, problems))}
+    loaded, tokenizer = load_model(model)
+    report = {"test": evaluate_loaded(loaded, tokenizer, problems, model_id=str(model)).summary()}
     if ood:
-        report["ood"] = summarize(evaluate(model, generate(n, seed=seed, split="ood")))
+        report["ood"] = evaluate_loaded(loaded, tokenizer, generate(n, seed=seed, split="ood"), model_id=str(model),
+                                        split="ood").summary()
     losses = completion_losses(model, problems, seed=seed) if format_loss else None
     if as_json:
         if losses:

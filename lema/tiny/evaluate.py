@@ -1,30 +1,16 @@
-"""Greedy evaluation of a causal LM on synthetic problems with plain transformers batched generation."""
+"""lema-tiny's model on disk: loading it and measuring how well it reads each training format (`completion_losses`).
+Greedy accuracy goes through lema's one evaluator, `trainer.evaluate.evaluate_engine` (`evaluate_loaded` here, for
+`lema models eval-tiny` and lema-tiny's pretraining), which reads answers with the verifier like every other consumer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lema.core.answers import answer_is_integer
 from lema.core.synthetic import SyntheticProblem
-from lema.tiny.data import prompt_text
 
-
-@dataclass
-class EvalResult:
-    problem_id: str
-    family: str
-    n_steps: int
-    gold: str
-    prediction: str | None  # the integer after "The answer is", if any
-    correct: bool
-    output: str
-
-
-def extract_answer(text: str) -> str | None:
-    """The integer after the last "The answer is" (lema.core.answers' one reading of it), as text."""
-    answer = answer_is_integer(text)
-    return None if answer is None else str(answer)
+if TYPE_CHECKING:
+    from trainer.evaluate import EvalResult
 
 
 def load_model(model_dir: str | Path):
@@ -37,58 +23,24 @@ def load_model(model_dir: str | Path):
     return model, tokenizer
 
 
-def generate_solutions(model, tokenizer, questions: list[str], batch_size: int = 32,
-                       max_new_tokens: int = 256) -> list[str]:
-    """Greedy completions (until eos) of the chat-formatted CoT prompts."""
-    import torch
+def evaluate_loaded(model, tokenizer, problems: list[SyntheticProblem], max_new_tokens: int = 256,
+                    batch_size: int = 32, model_id: str = "lema-tiny", split: str = "test") -> EvalResult:
+    """Greedy accuracy of a model already in memory (the live weights during pretraining) through the one evaluator:
+    the transformers engine over these weights, then the verifier. The engine puts the model in eval mode; a caller
+    that goes on training sets `model.train()` again."""
+    import asyncio
 
-    outputs: list[str] = []
-    # Longest prompts first: batches of similar length waste less compute on padding.
-    order = sorted(range(len(questions)), key=lambda i: -len(questions[i]))
-    by_index: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        prompts = [prompt_text(tokenizer, questions[i]) for i in idx]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        by_index.update(zip(idx, texts))
-    outputs = [by_index[i].strip() for i in range(len(questions))]
-    return outputs
+    from lema.core.engines.transformers_engine import TransformersEngine
+    from trainer.evaluate import evaluate_engine
 
+    async def run() -> EvalResult:
+        engine = TransformersEngine.from_loaded(model, tokenizer, model_id=model_id, batch_size=batch_size)
+        try:
+            return await evaluate_engine(engine, problems, max_new_tokens, split=split)
+        finally:
+            await engine.close()
 
-def score(problems: list[SyntheticProblem], outputs: list[str]) -> list[EvalResult]:
-    results = []
-    for p, out in zip(problems, outputs):
-        pred = extract_answer(out)
-        correct = pred is not None and int(pred) == int(p.answer)
-        results.append(EvalResult(p.id, p.family, p.n_steps, p.answer, pred, correct, out))
-    return results
-
-
-def evaluate(model_dir: str | Path, problems: list[SyntheticProblem], batch_size: int = 32,
-             max_new_tokens: int = 256) -> list[EvalResult]:
-    """Greedy accuracy check of the model in `model_dir`: one EvalResult per problem."""
-    import torch
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    model, tokenizer = load_model(model_dir)
-    outputs = generate_solutions(model, tokenizer, [p.question for p in problems], batch_size, max_new_tokens)
-    return score(problems, outputs)
-
-
-def summarize(results: list[EvalResult]) -> dict:
-    """Accuracy overall, by step count and by family."""
-    def acc(rs: list[EvalResult]) -> dict:
-        return {"n": len(rs), "accuracy": sum(r.correct for r in rs) / len(rs) if rs else 0.0}
-
-    return {
-        "overall": acc(results),
-        "by_steps": {k: acc([r for r in results if r.n_steps == k]) for k in sorted({r.n_steps for r in results})},
-        "by_family": {f: acc([r for r in results if r.family == f]) for f in sorted({r.family for r in results})},
-    }
+    return asyncio.run(run())
 
 
 def completion_losses(model_dir: str | Path, problems: list[SyntheticProblem], seed: int = 0,

@@ -25,7 +25,7 @@ from lema.tiny.drills import (
     drill_examples,
     random_copy_examples,
 )
-from lema.tiny.evaluate import generate_solutions, score, summarize
+from lema.tiny.evaluate import evaluate_loaded
 from lema.tiny.recipe import Recipe
 from lema.tiny.tokenizer import save_tokenizer, train_tokenizer
 
@@ -86,11 +86,14 @@ def save(model, tokenizer, out_dir: Path, summary: dict) -> None:
 
 
 def validate(model, tokenizer, problems, recipe: Recipe) -> dict:
-    model.eval()
-    outputs = generate_solutions(model, tokenizer, [p.question for p in problems], batch_size=32,
-                                 max_new_tokens=recipe.eval.max_new_tokens)
-    model.train()
-    return summarize(score(problems, outputs))
+    """Greedy accuracy of the live weights on the validation problems (lema's one evaluator: the transformers
+    engine over the model in memory, then the verifier); the model goes back to training mode after."""
+    try:
+        result = evaluate_loaded(model, tokenizer, problems, recipe.eval.max_new_tokens, batch_size=32,
+                                 model_id="lema-tiny-pretraining", split="validation")
+    finally:
+        model.train()
+    return result.summary()
 
 
 def stage_batches(recipe: Recipe, stage, stage_index: int, seed: int, tokenizer, val_keys: set[str],
