@@ -6,13 +6,14 @@ import random
 from dataclasses import dataclass
 
 from lema.core.formats import cot_prompt
+from lema.core.rendering import render_prompt
 from lema.core.synthetic import SyntheticProblem
 
 
 def prompt_text(tokenizer, question: str) -> str:
-    """Exactly what generation sees: the chat template up to the assistant turn."""
-    messages = [{"role": "user", "content": cot_prompt(question)}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    """Exactly what generation sees (every engine renders prompts with `render_prompt`): the chat template up to
+    the assistant turn."""
+    return render_prompt(tokenizer, [{"role": "user", "content": cot_prompt(question)}])
 
 
 @dataclass
