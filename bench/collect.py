@@ -23,7 +23,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 from lema.core.engines import SamplingParams, create_engine  # noqa: E402
-from lema.core.formats import cot_prompt  # noqa: E402
+from lema.core.formats import cot_messages  # noqa: E402
 from lema.core.model_resolve import resolve_model  # noqa: E402
 from lema.core.synthetic import generate  # noqa: E402
 from lema.devtools import lema_command  # noqa: E402
@@ -33,7 +33,7 @@ def raw(n: int, k: int, max_tokens: int, batch: int) -> float:
     async def run() -> float:
         engine = create_engine("transformers", resolve_model("lema-tiny"))
         problems = generate(n, seed=11, split="train")
-        prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in problems]
+        prompts = [cot_messages(p.question) for p in problems]
         params = SamplingParams(n=k, temperature=0.8, max_tokens=max_tokens, seed=0)
         started = time.perf_counter()
         for i in range(0, n, batch):

@@ -33,7 +33,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 from lema.core.engines import SamplingParams
-from lema.core.formats import cot_prompt
+from lema.core.formats import cot_messages
 from lema.core.model_resolve import resolve_model
 from lema.devtools import ADMIN_TOKEN, cli_args, free_port, make_adapters, start_endpoint
 
@@ -129,7 +129,7 @@ def main() -> None:
     model_dir = Path(resolve_model(args.model))
     if not (model_dir / "config.json").is_file():
         sys.exit(f"{args.model}: no model at {model_dir} (lema-tiny is trained by `lema models pretrain-tiny`)")
-    messages = [[{"role": "user", "content": cot_prompt(q)}] for q in problems(args.requests)]
+    messages = [cot_messages(q) for q in problems(args.requests)]
     console = Console(width=150)
 
     with tempfile.TemporaryDirectory(prefix="lema-bench-endpoint-") as tmp:

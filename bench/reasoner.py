@@ -21,7 +21,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 from lema.core.engines import SamplingParams, create_engine  # noqa: E402
-from lema.core.formats import cot_prompt  # noqa: E402
+from lema.core.formats import cot_messages  # noqa: E402
 from lema.core.model_resolve import resolve_model  # noqa: E402
 from lema.core.proto_convert import synthetic_to_pb  # noqa: E402
 from lema.core.synthetic import generate  # noqa: E402
@@ -37,7 +37,7 @@ def in_process(engine_kind: str, problems, batch: int, max_tokens: int) -> tuple
         if hasattr(engine, "start"):
             await engine.start()
         params = SamplingParams(max_tokens=max_tokens)
-        prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in problems]
+        prompts = [cot_messages(p.question) for p in problems]
         await engine.generate(prompts[:batch], params)  # warm-up
         tokens, started = 0, time.perf_counter()
         for i in range(0, len(prompts), batch):

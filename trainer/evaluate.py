@@ -93,11 +93,11 @@ async def evaluate_engine(engine: Engine, problems: Sequence[SyntheticProblem], 
     `client.verifier` of $LEMA_CONFIG, local worker processes or the verifier service) for this call only."""
     from lema.core.answers import DatasetKind
     from lema.core.engines import SamplingParams
-    from lema.core.formats import cot_prompt
+    from lema.core.formats import cot_messages
     from services.verifier import VerifyItem, open_verifier
 
     problems = list(problems)
-    prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in problems]
+    prompts = [cot_messages(p.question) for p in problems]
     outputs = await engine.generate(prompts, SamplingParams(max_tokens=max_tokens), adapter) if prompts else []
     texts = [samples[0].text if samples else "" for samples in outputs]
     if len(texts) != len(problems):

@@ -26,6 +26,11 @@ def cot_prompt(question: str) -> str:
     return f"{SOLVE_INSTRUCTION}\nQuestion: {question.strip()}\nAnswer: Let's think step by step.\n"
 
 
+def cot_messages(question: str) -> list[dict[str, str]]:
+    """The CoT input as a chat: one user turn (what every engine, the reasoner and the evaluator send)."""
+    return [{"role": "user", "content": cot_prompt(question)}]
+
+
 def render_solution(steps: list[str], answer: str) -> str:
     """Render steps and a final answer in lema's solution format."""
     lines = [f"Step {i}: {s.strip()}" for i, s in enumerate(steps, start=1)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from lema.core.formats import cot_prompt
+from lema.core.formats import cot_messages
 from lema.core.rendering import render_prompt
 from lema.core.synthetic import SyntheticProblem
 
@@ -13,7 +13,7 @@ from lema.core.synthetic import SyntheticProblem
 def prompt_text(tokenizer, question: str) -> str:
     """Exactly what generation sees (every engine renders prompts with `render_prompt`): the chat template up to
     the assistant turn."""
-    return render_prompt(tokenizer, [{"role": "user", "content": cot_prompt(question)}])
+    return render_prompt(tokenizer, cot_messages(question))
 
 
 @dataclass

@@ -11,7 +11,7 @@ import grpc
 
 from lema.core.answers import DatasetKind
 from lema.core.errors import InvalidInput, LemaError
-from lema.core.formats import cot_prompt
+from lema.core.formats import cot_messages
 from lema.core.prompts import CorrectionPrompt
 from lema.core.resilience import RetryableError
 
@@ -168,7 +168,7 @@ class OpenAIUpstream:
         return replies[0] if replies else UpstreamReply(text="")
 
     async def solve(self, job: CorrectionInput, n: int, timeout_s: float) -> list[UpstreamReply]:
-        messages = [{"role": "user", "content": cot_prompt(job.question)}]
+        messages = cot_messages(job.question)
         return await self._chat(messages, n, self.temperature, timeout_s)
 
     async def close(self) -> None:

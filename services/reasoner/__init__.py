@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from lema.core.answers import DatasetKind, extract_answer
 from lema.core.engines import SamplingParams
-from lema.core.formats import cot_prompt
+from lema.core.formats import cot_messages
 from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
 from lema.core.records import VerifyItem
 from lema.core.security import open_aio_channel
@@ -63,7 +63,7 @@ class LocalReasoner:
             await self.engine.load_adapter(*self.adapter)
 
     async def solve(self, problems: list[Any], params: SamplingParams, adapter: str) -> list[list[PathResult]]:
-        prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in problems]
+        prompts = [cot_messages(p.question) for p in problems]
         completions = await self.engine.generate(prompts, params, adapter or None)
         results = []
         for problem, samples in zip(problems, completions):

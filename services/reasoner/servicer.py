@@ -21,7 +21,7 @@ from lema.core.answers import extract_answer
 from lema.core.config import ReasonerConfig
 from lema.core.engines import ContextLengthError, Engine, EngineError
 from lema.core.errors import Conflict, InvalidInput, NotFound
-from lema.core.formats import cot_prompt, split_steps
+from lema.core.formats import cot_messages, split_steps
 from lema.core.proto_convert import kind_from_pb, verdict_to_pb
 from lema.core.records import VerifyItem
 from lema.v1 import common_pb2 as pb
@@ -69,7 +69,7 @@ class ReasonerServicer(reasoner_pb2_grpc.ReasonerServicer):
         # Chunks bound the work done after a client cancels or its deadline passes, and stream results early.
         for start in range(0, len(problems), c.batch_size):
             chunk = problems[start : start + c.batch_size]
-            prompts = [[{"role": "user", "content": cot_prompt(p.question)}] for p in chunk]
+            prompts = [cot_messages(p.question) for p in chunk]
             started = time.perf_counter()
             try:
                 completions = await self.engine.generate(prompts, params, adapter)
