@@ -324,6 +324,9 @@ def ablate(
     correction_ratio: float = typer.Option(0.4, help="corrections per CoT row at most (the paper: 12.5K/32.4K)"),
     eval_problems: Optional[int] = typer.Option(None, min=10, help="held-out test problems (default: the recipe's)"),
     max_steps: Optional[int] = typer.Option(None, min=1, help="optimizer steps of every arm (default: the recipe's)"),
+    hard_problems: Optional[int] = typer.Option(None, min=0, help="problems of the hard split (more steps than any "
+                                                                  "training problem), reported beside the test "
+                                                                  "split (default: the recipe's; 0: none)"),
     work_dir: Path = typer.Option(Path(".lema/ablation"), help="where the runs, ablation.json and ablation.png go"),
     preference: bool = typer.Option(False, help="add an arm: the CoT-only adapter trained further with DPO on the "
                                                 "step-level pairs of the same corrections (beyond the paper)"),
@@ -344,9 +347,11 @@ def ablate(
     parsed_seeds = _parse_seeds(seeds)
     if not 0 < correction_ratio <= 1:
         _fail(f"--correction-ratio must lie in (0, 1] (got {correction_ratio})")
-    overrides: dict = {}
+    overrides: dict = {"eval": {}}
     if eval_problems:
-        overrides["eval"] = {"problems": eval_problems}
+        overrides["eval"]["problems"] = eval_problems
+    if hard_problems is not None:
+        overrides["eval"]["hard_problems"] = hard_problems
     if max_steps:
         overrides["max_steps"] = max_steps
     try:
@@ -644,6 +649,8 @@ def demo(
     problems: int = typer.Option(150, min=8, help="synthetic training problems collected per round"),
     samples: int = typer.Option(4, min=1, help="reasoning paths per problem"),
     eval_problems: int = typer.Option(500, min=10, help="held-out test problems for every arm"),
+    hard_problems: int = typer.Option(200, min=0, help="hard-split problems (more steps than any training problem) "
+                                                       "for every arm, reported beside the test split; 0: none"),
     setting: str = typer.Option("main", help="main | equal | matched (see `lema ablate --help`)"),
     seeds: str = typer.Option("0,1,2", help="comma-separated training seeds"),
     correction_ratio: float = typer.Option(0.4, help="corrections per CoT row at most"),
@@ -669,7 +676,7 @@ def demo(
     if not 0 < correction_ratio <= 1:
         _fail(f"--correction-ratio must lie in (0, 1] (got {correction_ratio})")
     run_demo(DemoOptions(model=model, rounds=rounds, problems=problems, samples=samples, eval_problems=eval_problems,
-                         setting=setting, seeds=tuple(_parse_seeds(seeds)), correction_ratio=correction_ratio,
+                         hard_problems=hard_problems, setting=setting, seeds=tuple(_parse_seeds(seeds)), correction_ratio=correction_ratio,
                          max_steps=max_steps, served_check=served_check, recipe=recipe, corrector_url=corrector_url,
                          corrector_model=corrector_model, workdir=workdir))
 

@@ -39,6 +39,7 @@ class DemoOptions:
     problems: int = 150  # synthetic training problems collected per round
     samples: int = 4
     eval_problems: int = 500
+    hard_problems: int = 200  # the hard split (more steps than any training problem), beside the test split
     recipe: str | None = None  # default: recipe_for_model(model)
     setting: str = "main"
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -202,7 +203,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
         shutil.rmtree(work)
     (work / "adapters").mkdir(parents=True)
     store = str(work / "lema.db")
-    overrides: dict = {"base_model": options.model, "eval": {"problems": options.eval_problems}}
+    overrides: dict = {"base_model": options.model, "eval": {"problems": options.eval_problems,
+                                                             "hard_problems": options.hard_problems}}
     if options.max_steps:
         overrides["max_steps"] = options.max_steps
     recipe = load_recipe(options.recipe or recipe_for_model(options.model), overrides)

@@ -179,7 +179,7 @@ def test_lema_ablate_writes_ablation_json_and_png(collected_export, setting):
     work = root / f"A-{setting}"
     run = subprocess.run([*lema_command(), "ablate", "--export", str(export), "--recipe", "tiny", "--setting", setting,
                           "--seeds", "0,1", "--eval-problems", "20", "--max-steps", "2", "--validation",
-                          "--work-dir", str(work)],
+                          "--hard-problems", "10", "--work-dir", str(work)],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "{'loss'" not in run.stdout  # the HF Trainer's log dictionaries are not printed
@@ -201,6 +201,25 @@ def test_lema_ablate_writes_ablation_json_and_png(collected_export, setting):
     mean_validation = lambda arm: sum(data["arms"][arm]["validation_accuracy"]) / 2  # noqa: E731
     assert on_validation["mean_diff"] == pytest.approx(mean_validation("lema") - mean_validation("cot"))
     assert (work / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # What the design could see, per comparison: discordance, the seed spread, mde_80 (consistent with each other)
+    assert data["primary_split"] == "test"
+    assert 0 <= paired["discordance"] <= 1 and paired["seed_sd"] is not None and paired["se"] >= 0
+    assert paired["mde_80"] == pytest.approx(2.8016 * paired["se"], rel=1e-3)
+    assert all(s["discordance"] == (s["lema_only_right"] + s["cot_only_right"]) / 20 for s in paired["per_seed"])
+    # the continuous secondary measure: the reference solutions' log-likelihood, paired
+    ll = paired["reference_logprob"]
+    assert ll["ci95"][0] <= ll["mean_diff"] <= ll["ci95"][1] and ll["unit"].startswith("nats")
+    # the hard split beside it: 10 problems with more steps than any training problem
+    assert data["hard_problems"] == 10 and set(data["paired_hard"]) >= {"lema_vs_cot", "cot_vs_base"}
+    assert all(len(data["arms"][arm]["hard_accuracy"]) == 2 for arm in ("cot", "lema"))
+    # Common random numbers: per seed, both arms' files are their 2 x 16 training rows in order, and they differ only
+    # in the slots where LEMA has a correction and CoT-only that correction's corrected solution (matched).
+    for seed in (0, 1):
+        cot_rows, lema_rows = ([json.loads(line) for line in (work / f"seed{seed}" / arm / "train.jsonl").open()]
+                               for arm in ("cot", "lema"))
+        assert len(cot_rows) == len(lema_rows) == 32
+        for cot, lema in zip(cot_rows, lema_rows):
+            assert cot == lema or (lema["type"] == "correction" and cot["correction_id"] == lema["correction_id"])
 
 
 def test_lema_ablate_rejects_bad_flags_by_name(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from trainer.evaluate import EvalResult
 from trainer.recipe import Recipe
 from trainer.settings import build_arms
-from trainer.stats import mcnemar_exact, paired_bootstrap, wilson
+from trainer.stats import mcnemar_exact, paired_bootstrap, paired_power, wilson
 
 ARMS = ("cot", "lema")
 EXTRA_ARMS = ("dpo",)  # beyond the paper, optional: step-level preference on top of the CoT-only adapter
@@ -39,6 +40,7 @@ class ArmRun:
     adapter_dir: Path
     steps: int
     train_seconds: float
+    hard: EvalResult | None = None  # the hard split (more steps than any training problem), when evaluated
 
 
 @dataclass
@@ -50,6 +52,7 @@ class AblationReport:
     base: EvalResult
     base_validation: EvalResult | None
     runs: list[ArmRun] = field(default_factory=list)
+    base_hard: EvalResult | None = None
 
     def arm_runs(self, arm: str) -> list[ArmRun]:
         return sorted((r for r in self.runs if r.arm == arm), key=lambda r: self.seeds.index(r.seed))
@@ -57,39 +60,38 @@ class AblationReport:
     def arms(self) -> tuple[str, ...]:
         return ARMS + tuple(arm for arm in EXTRA_ARMS if self.arm_runs(arm))
 
+    def results(self, arm: str, split: str = "test") -> list[EvalResult] | None:
+        """Per seed, the arm's results on a split ("test", "hard", "validation"); the base model's repeated for
+        every seed; None when that split was not evaluated."""
+        if arm == "base":
+            one = {"test": self.base, "hard": self.base_hard, "validation": self.base_validation}[split]
+            return None if one is None else [one] * len(self.seeds)
+        found = [{"test": r.test, "hard": r.hard, "validation": r.validation}[split] for r in self.arm_runs(arm)]
+        return None if not found or any(r is None for r in found) else found
+
+    def paired(self, a: str, b: str, split: str = "test") -> dict | None:
+        """Paired comparison of arm a against arm b ("base": the base model, the same for every seed) on a split:
+        `compare` of their per-seed results; None when the split was not evaluated for both."""
+        x, y = self.results(a, split), self.results(b, split)
+        return None if x is None or y is None else compare(x, y, self.seeds, a, b)
+
     def validation_paired(self, a: str, b: str) -> dict | None:
         """arm a - arm b on the validation problems (what a configuration is chosen on; the test table is not)."""
-        runs = {arm: self.arm_runs(arm) for arm in (a, b) if arm != "base"}
-        if any(r.validation is None for rs in runs.values() for r in rs) or (
-                "base" in (a, b) and self.base_validation is None):
-            return None
-        outcomes = {arm: [r.validation.outcomes for r in rs] for arm, rs in runs.items()}
-        if "base" in (a, b):
-            outcomes["base"] = [self.base_validation.outcomes for _ in self.seeds]
-        diff = paired_bootstrap(outcomes[a], outcomes[b])
-        return {"mean_diff": diff.mean_diff, "ci95": list(diff.ci95)}
-
-    def paired(self, a: str, b: str) -> dict:
-        """Paired comparison of arm a against arm b ("base": the base model, the same for every seed)."""
-        outcomes = {arm: [r.test.outcomes for r in self.arm_runs(arm)] for arm in self.arms()}
-        outcomes["base"] = [self.base.outcomes for _ in self.seeds]
-        diff = paired_bootstrap(outcomes[a], outcomes[b])
-        per_seed = []
-        for seed, x, y in zip(self.seeds, outcomes[a], outcomes[b]):
-            p, wins, losses = mcnemar_exact(x, y)
-            one = paired_bootstrap([x], [y])
-            per_seed.append({"seed": seed, "diff": one.mean_diff, "ci95": list(one.ci95), "mcnemar_p": p,
-                             f"{a}_only_right": wins, f"{b}_only_right": losses})
-        return {"mean_diff": diff.mean_diff, "ci95": list(diff.ci95),
-                "mcnemar_p": [s["mcnemar_p"] for s in per_seed], "per_seed": per_seed}
+        return self.paired(a, b, "validation")
 
     def to_json(self) -> dict:
+        comparisons = [("lema", "cot"), ("lema", "base"), ("cot", "base")]
+        if "dpo" in self.arms():
+            comparisons += [("dpo", "cot"), ("dpo", "lema")]
         arms = {"base": {"examples": 0, "accuracy": [self.base.accuracy] * len(self.seeds),
+                         "hard_accuracy": [self.base_hard.accuracy] * len(self.seeds) if self.base_hard else None,
                          "validation_accuracy": self.base_validation.accuracy if self.base_validation else None}}
         for arm in self.arms():
             runs = self.arm_runs(arm)
             arms[arm] = {
                 "examples": runs[0].examples if runs else 0,
+                "hard_accuracy": [r.hard.accuracy for r in runs] if all(r.hard for r in runs) else None,
+                "problems_per_second": [round(r.test.problems_per_second, 1) for r in runs],
                 "data": runs[0].data if runs else "",
                 "accuracy": [r.test.accuracy for r in runs],
                 "correct": [r.test.correct for r in runs],
@@ -109,15 +111,57 @@ class AblationReport:
                        "batch_size": self.recipe.batch_size, "learning_rate": self.recipe.learning_rate,
                        "max_seq_len": self.recipe.max_seq_len, "select_checkpoint": self.recipe.select_checkpoint},
             "arms": arms,
-            "paired": {"lema_vs_cot": self.paired("lema", "cot"), "lema_vs_base": self.paired("lema", "base"),
-                       "cot_vs_base": self.paired("cot", "base"),
-                       **({"dpo_vs_cot": self.paired("dpo", "cot"), "dpo_vs_lema": self.paired("dpo", "lema")}
-                          if "dpo" in self.arms() else {})},
-            **({"validation_paired": {"lema_vs_cot": self.validation_paired("lema", "cot"),
-                                      "lema_vs_base": self.validation_paired("lema", "base"),
-                                      "cot_vs_base": self.validation_paired("cot", "base")}}
+            # Declared before any test result was looked at (README, 'Which split is primary'): the in-distribution
+            # test split decides; the hard split is reported beside it.
+            "primary_split": "test",
+            "hard_problems": self.base_hard.n if self.base_hard else 0,
+            "paired": {f"{a}_vs_{b}": self.paired(a, b) for a, b in comparisons},
+            **({"paired_hard": {f"{a}_vs_{b}": self.paired(a, b, "hard") for a, b in comparisons}}
+               if self.base_hard is not None else {}),
+            **({"validation_paired": {f"{a}_vs_{b}": self.paired(a, b, "validation") for a, b in comparisons}}
                if self.base_validation is not None else {}),
         }
+
+
+def compare(a: Sequence[EvalResult], b: Sequence[EvalResult], seeds: Sequence[int], name_a: str = "a",
+            name_b: str = "b", effect: float = 0.02) -> dict:
+    """Arm a against arm b on the same problems, one result per seed: the mean paired difference with its 95%
+    bootstrap interval (over problems and seeds), the exact McNemar test per seed, what the design can see
+    (`discordance`, `seed_sd`, `se`, `mde_80`, the problems `mde_80` would need to reach `effect`), and, where both
+    scored them, the same for the reference solutions' log-likelihood per token (a continuous, lower-variance
+    measure of the same problems)."""
+    x, y = [r.outcomes for r in a], [r.outcomes for r in b]
+    diff = paired_bootstrap(x, y)
+    per_seed = []
+    for seed, xs, ys in zip(seeds, x, y):
+        p, wins, losses = mcnemar_exact(xs, ys)
+        one = paired_bootstrap([xs], [ys])
+        per_seed.append({"seed": seed, "diff": one.mean_diff, "ci95": list(one.ci95), "mcnemar_p": p,
+                         "discordance": (wins + losses) / len(xs), f"{name_a}_only_right": wins,
+                         f"{name_b}_only_right": losses})
+    out = {"mean_diff": diff.mean_diff, "ci95": list(diff.ci95), "mcnemar_p": [s["mcnemar_p"] for s in per_seed],
+           "per_seed": per_seed, **paired_power(x, y).to_json(effect)}
+    if all(r.reference_logprobs for r in (*a, *b)):
+        def per_token(r: EvalResult) -> list[float]:
+            return [lp / max(t, 1) for lp, t in zip(r.reference_logprobs, r.reference_tokens)]
+
+        lx, ly = [per_token(r) for r in a], [per_token(r) for r in b]
+        ll = paired_bootstrap(lx, ly)
+        power = paired_power(lx, ly)
+        out["reference_logprob"] = {"unit": "nats per reference-solution token", "mean_diff": ll.mean_diff,
+                                    "ci95": list(ll.ci95), "se": power.se, "mde_80": power.mde_80,
+                                    "seed_sd": power.seed_sd}
+    return out
+
+
+def training_rows(recipe: Recipe, arms: dict) -> int:
+    """Rows each arm trains on (the same for both: common random numbers need equal steps): max_steps x the
+    effective batch, or, for an epochs recipe, the largest arm's rows x epochs rounded up to whole batches."""
+    batch = recipe.effective_batch
+    if recipe.max_steps > 0:
+        return recipe.max_steps * batch
+    largest = max(len(arm.rows) for arm in arms.values())
+    return max(1, math.ceil(recipe.epochs * largest / batch)) * batch
 
 
 def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, setting: str = "main",
@@ -147,34 +191,41 @@ def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, setting: str 
     # Every evaluation loads the model with the adapter merged in (the fastest to generate).
     base = asyncio.run(evaluate(model_path, recipe.eval))
     base_validation = asyncio.run(evaluate(model_path, recipe.eval, split="validation")) if validate else None
-    report = AblationReport(setting, seeds, correction_ratio, recipe, base, base_validation)
+    hard = recipe.eval.hard_problems > 0
+    base_hard = asyncio.run(evaluate(model_path, recipe.eval, split="hard")) if hard else None
+    report = AblationReport(setting, seeds, correction_ratio, recipe, base, base_validation, base_hard=base_hard)
+    # Common random numbers: each arm's file is its stream of exactly the rows it trains on, in order (the shared
+    # CoT rows in the same order in both arms), trained in that order; TRL seeds the adapter's initialisation.
+    in_order = recipe.model_copy(update={"shuffle": False})
 
-    def measure(run_dir: Path, trained: Path) -> tuple[Path, EvalResult | None, EvalResult]:
-        """The adapter a run keeps (its last, or its best checkpoint on validation), its validation and test
+    def measure(run_dir: Path, trained: Path) -> tuple[Path, EvalResult | None, EvalResult, EvalResult | None]:
+        """The adapter a run keeps (its last, or its best checkpoint on validation), its validation, test and hard
         results."""
         adapter_dir, on_validation = trained, None
         if select:
             adapter_dir, on_validation = asyncio.run(best_checkpoint(model_path, recipe, run_dir, trained))
         elif validate:
             on_validation = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir, split="validation"))
-        return adapter_dir, on_validation, asyncio.run(evaluate(model_path, recipe.eval, adapter_dir))
+        on_hard = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir, split="hard")) if hard else None
+        return adapter_dir, on_validation, asyncio.run(evaluate(model_path, recipe.eval, adapter_dir)), on_hard
 
     def progress(name: str):
         return (lambda event: on_progress(name, event)) if on_progress else None
 
     for seed in seeds:
         seeded = recipe.model_copy(update={"seed": seed})
+        total = training_rows(recipe, plans[seed])
         for arm_name in ARMS:
             arm = plans[seed][arm_name]
             run_dir = work_dir / f"seed{seed}" / arm_name
-            say(f"seed {seed}: training {ARM_LABELS[arm_name]} on {arm.describe()}")
-            result = train(seeded, arm.write(run_dir / "train.jsonl"), run_dir,
-                           on_progress=progress(f"{ARM_LABELS[arm_name]} seed {seed}"))
-            adapter_dir, on_validation, evaluation = measure(run_dir, result.adapter_dir)
+            say(f"seed {seed}: training {ARM_LABELS[arm_name]} on {arm.describe()} ({total} rows in order)")
+            result = train(in_order.model_copy(update={"seed": seed}), arm.write(run_dir / "train.jsonl", total),
+                           run_dir, on_progress=progress(f"{ARM_LABELS[arm_name]} seed {seed}"))
+            adapter_dir, on_validation, evaluation, on_hard = measure(run_dir, result.adapter_dir)
             say(f"seed {seed}: {ARM_LABELS[arm_name]} {evaluation.correct}/{evaluation.n} = "
-                f"{evaluation.accuracy:.1%} on the test problems")
+                f"{evaluation.accuracy:.1%} on the test problems ({evaluation.problems_per_second:.0f} problems/s)")
             report.runs.append(ArmRun(arm_name, seed, len(arm.rows), arm.describe(), evaluation, on_validation,
-                                      adapter_dir, result.steps, result.seconds))
+                                      adapter_dir, result.steps, result.seconds, on_hard))
         if preference:  # the same corrections as this seed's LEMA arm, as pairs, on top of its CoT-only adapter
             chosen = {row.get("correction_id") for row in plans[seed]["lema"].rows if row["type"] == "correction"}
             cot_run = next(r for r in report.runs if r.arm == "cot" and r.seed == seed)
@@ -182,10 +233,10 @@ def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, setting: str 
             say(f"seed {seed}: DPO on the step-level pairs of its {len(chosen)} corrections, from the CoT-only adapter")
             result, pairs = train_preference(seeded, export_dir / "preference.jsonl", cot_run.adapter_dir, run_dir,
                                              keep=chosen, on_progress=progress(f"DPO seed {seed}"))
-            adapter_dir, on_validation, evaluation = measure(run_dir, result.adapter_dir)
+            adapter_dir, on_validation, evaluation, on_hard = measure(run_dir, result.adapter_dir)
             say(f"seed {seed}: {ARM_LABELS['dpo']} {evaluation.correct}/{evaluation.n} = {evaluation.accuracy:.1%}")
             report.runs.append(ArmRun("dpo", seed, pairs, f"CoT-only adapter + {pairs} pairs", evaluation,
-                                      on_validation, adapter_dir, result.steps, result.seconds))
+                                      on_validation, adapter_dir, result.steps, result.seconds, on_hard))
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "ablation.json").write_text(json.dumps(report.to_json(), indent=2))
     plot_ablation(report.to_json(), work_dir / "ablation.png")
@@ -225,18 +276,23 @@ def table_rows(data: dict) -> list[list[str]]:
     return rows
 
 
-def paired_rows(data: dict) -> list[list[str]]:
+def paired_rows(data: dict, section: str = "paired") -> list[list[str]]:
+    """One row per comparison of a `paired*` section: mean, interval, verdict, McNemar p per seed, what the design
+    could see (mde_80) and the reference log-likelihood difference where scored."""
     rows = []
     for key, label in (("lema_vs_cot", "LEMA − CoT-only"), ("cot_vs_base", "CoT-only − base"),
                        ("lema_vs_base", "LEMA − base"), ("dpo_vs_cot", "CoT+DPO − CoT-only"),
                        ("dpo_vs_lema", "CoT+DPO − LEMA")):
-        if key not in data["paired"]:
+        p = (data.get(section) or {}).get(key)
+        if not p:
             continue
-        p = data["paired"][key]
         lo, hi = p["ci95"]
         verdict = "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0 (not a result)"
+        mde = f"{100 * p['mde_80']:.1f} pts" if "mde_80" in p else "-"
+        ll = p.get("reference_logprob")
+        ll_text = (f"{ll['mean_diff']:+.4f} [{ll['ci95'][0]:+.4f}, {ll['ci95'][1]:+.4f}]" if ll else "-")
         rows.append([label, f"{100 * p['mean_diff']:+.1f} pts", f"[{100 * lo:+.1f}, {100 * hi:+.1f}]", verdict,
-                     " ".join(f"{x:.3g}" for x in p["mcnemar_p"])])
+                     " ".join(f"{x:.3g}" for x in p["mcnemar_p"]), mde, ll_text])
     return rows
 
 
@@ -291,12 +347,18 @@ def print_report(console, data: dict) -> None:
     for row in table_rows(data):
         table.add_row(*row)
     console.print(table)
-    paired = Table(title="paired differences (same problems; bootstrap over problems and seeds)")
-    for col in ("comparison", "mean", "95% CI", "interval", "McNemar p per seed"):
-        paired.add_column(col, justify="right")
-    for row in paired_rows(data):
-        paired.add_row(*row)
-    console.print(paired)
+    for section, what in (("paired", f"test, the primary split ({data['eval_problems']} problems)"),
+                          ("paired_hard", f"hard split ({data.get('hard_problems', 0)} problems, more steps than "
+                                          "any training problem)")):
+        if not data.get(section):
+            continue
+        paired = Table(title=f"paired differences, {what}; bootstrap over problems and seeds")
+        for col in ("comparison", "mean", "95% CI", "interval", "McNemar p per seed", "mde_80",
+                    "ref. log-lik./token"):
+            paired.add_column(col, justify="right")
+        for row in paired_rows(data, section):
+            paired.add_row(*row)
+        console.print(paired)
     for name, diff in (data.get("validation_paired") or {}).items():
         if diff:
             console.print(f"validation ({name.replace('_vs_', ' - ')}): {100 * diff['mean_diff']:+.1f} pts "

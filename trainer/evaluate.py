@@ -41,6 +41,22 @@ class EvalResult:
     outputs: list[str] = field(default_factory=list)  # the greedy completion
     families: list[str] = field(default_factory=list)  # the synthetic problem's family
     answers: list[str | None] = field(default_factory=list)  # the answer the verifier read, if any
+    # Per problem: the summed log-likelihood (nats) of its reference solution and that solution's token count
+    # (empty when not scored).
+    reference_logprobs: list[float] = field(default_factory=list)
+    reference_tokens: list[int] = field(default_factory=list)
+    seconds: float = 0.0  # generation, verification and scoring, wall clock
+
+    @property
+    def problems_per_second(self) -> float:
+        return self.n / self.seconds if self.seconds else 0.0
+
+    @property
+    def mean_reference_logprob(self) -> float | None:
+        """Mean over problems of the reference solution's log-likelihood per token."""
+        if not self.reference_logprobs:
+            return None
+        return sum(lp / max(t, 1) for lp, t in zip(self.reference_logprobs, self.reference_tokens)) / self.n
 
     @property
     def accuracy(self) -> float:
@@ -73,35 +89,62 @@ class EvalResult:
         }
 
 
+SPLITS = ("test", "ood", "validation", "hard", "validation_hard")
+HARD_MAX_TOKENS = 320  # the hard split's generation bound (its longest reference solutions: about 200 tokens)
+
+
 def eval_problems(settings: EvalSettings, split: str | None = None):
-    """The held-out problems of a split: `settings.split` (test) or "validation"."""
+    """The held-out problems of a split: `settings.split` (test, or ood), "validation", or a hard split: "hard"
+    (test problems with more steps than any training problem: `HARD_STEPS`) and "validation_hard" (the same from
+    the validation slice, for choosing on), `settings.hard_problems` of each."""
     from lema.core.synthetic import generate
+    from lema.core.synthetic.generate import HARD_STEPS
 
     split = split or settings.split
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
     if split == "validation":
         return generate(settings.validation_problems, seed=settings.seed, split="validation")
+    if split in ("hard", "validation_hard"):
+        if not settings.hard_problems:
+            raise ValueError("eval.hard_problems is 0: set it to evaluate the hard split")
+        return generate(settings.hard_problems, seed=settings.seed, steps=HARD_STEPS,
+                        split="test" if split == "hard" else "validation")
     return generate(settings.problems, seed=settings.seed, split=split)
 
 
 async def evaluate_engine(engine: Engine, problems: Sequence[SyntheticProblem], max_tokens: int, *,
                           adapter: str | None = None, verifier: Verifier | None = None,
-                          split: str = "test") -> EvalResult:
+                          split: str = "test", reference_logprob: bool = False,
+                          by_length: bool = True) -> EvalResult:
     """Greedy accuracy of what `engine` serves (with `adapter`, a name the engine has loaded, if given) on synthetic
     `problems`: one generate call over the chat-formatted CoT prompts, every output checked by the verifier.
 
     `verifier`: one the caller has started and will close; by default one is opened (`open_verifier()`: the
-    `client.verifier` of $LEMA_CONFIG, local worker processes or the verifier service) for this call only."""
+    `client.verifier` of $LEMA_CONFIG, local worker processes or the verifier service) for this call only.
+    `reference_logprob`: also score each problem's reference solution (engines that can: the transformers engine).
+    `by_length`: generate in order of expected length (False: in the given order; bench/evaluation.py compares)."""
+    import time
+
+    started = time.perf_counter()
     from lema.core.answers import DatasetKind
     from lema.core.engines import SamplingParams
     from lema.core.formats import cot_messages
     from services.verifier import VerifyItem, open_verifier
 
     problems = list(problems)
-    prompts = [cot_messages(p.question) for p in problems]
+    # Generated in order of length (steps, then question length): a batch runs until its longest row ends, so rows
+    # of similar length share batches (measured: bench/RESULTS.md, 'Evaluation speed'); answers return in order.
+    order = list(range(len(problems)))
+    if by_length:
+        order.sort(key=lambda i: (problems[i].n_steps, len(problems[i].question)))
+    prompts = [cot_messages(problems[i].question) for i in order]
     outputs = await engine.generate(prompts, SamplingParams(max_tokens=max_tokens), adapter) if prompts else []
-    texts = [samples[0].text if samples else "" for samples in outputs]
-    if len(texts) != len(problems):
-        raise RuntimeError(f"the engine answered {len(texts)} of {len(problems)} prompts")
+    if len(outputs) != len(problems):
+        raise RuntimeError(f"the engine answered {len(outputs)} of {len(problems)} prompts")
+    texts = [""] * len(problems)
+    for i, samples in zip(order, outputs):
+        texts[i] = samples[0].text if samples else ""
     owned = verifier is None
     if owned:
         verifier = open_verifier()
@@ -117,6 +160,12 @@ async def evaluate_engine(engine: Engine, problems: Sequence[SyntheticProblem], 
     finally:
         if owned:
             await verifier.close()
+    scores: list[tuple[float, int]] = []
+    if reference_logprob and hasattr(engine, "completion_logprobs") and problems:
+        from lema.core.formats import cot_prompt
+
+        scores = await engine.completion_logprobs([(cot_prompt(p.question), p.gold_solution) for p in problems],
+                                                  adapter)
     totals, hits = Counter(), Counter()
     for problem, verdict in zip(problems, verdicts):
         totals[problem.n_steps] += 1
@@ -124,7 +173,9 @@ async def evaluate_engine(engine: Engine, problems: Sequence[SyntheticProblem], 
     return EvalResult(
         correct=sum(hits.values()), n=len(problems), by_steps={k: (hits[k], totals[k]) for k in sorted(totals)},
         outcomes=[bool(v.correct) for v in verdicts], split=split, outputs=texts,
-        families=[p.family for p in problems], answers=[v.extracted_answer or None for v in verdicts])
+        families=[p.family for p in problems], answers=[v.extracted_answer or None for v in verdicts],
+        reference_logprobs=[lp for lp, _ in scores], reference_tokens=[t for _, t in scores],
+        seconds=time.perf_counter() - started)
 
 
 async def evaluate(model_path: str, settings: EvalSettings, adapter_dir: Path | None = None, engine=None,
@@ -143,8 +194,12 @@ async def evaluate(model_path: str, settings: EvalSettings, adapter_dir: Path | 
     elif adapter_dir is not None:
         adapter = f"eval-{adapter_dir.parent.name}-{adapter_dir.name}"
         await engine.load_adapter(adapter, str(adapter_dir))
+    # A hard problem's solution is longer than any training problem's (8 steps: about 190 tokens of reference).
+    max_tokens = max(settings.max_tokens, HARD_MAX_TOKENS) if split in ("hard", "validation_hard") else \
+        settings.max_tokens
     try:
-        return await evaluate_engine(engine, problems, settings.max_tokens, adapter=adapter, split=split)
+        return await evaluate_engine(engine, problems, max_tokens, adapter=adapter, split=split,
+                                     reference_logprob=settings.reference_logprob)
     finally:
         if adapter:
             await engine.unload_adapter(adapter)

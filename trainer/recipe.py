@@ -42,6 +42,10 @@ class LoraSettings(BaseModel):
     alpha: int = Field(default=16, ge=1)
     dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    # Modules trained in full beside the adapter and saved with it (peft's modules_to_save), e.g. the embeddings
+    # ["embed_tokens", "lm_head"]: Physics of LM 2.2 found error correction learnable by LoRA only at high rank with
+    # trainable embeddings.
+    modules_to_save: list[str] | None = None
 
 
 class EvalSettings(BaseModel):
@@ -50,6 +54,12 @@ class EvalSettings(BaseModel):
     split: Literal["test", "ood"] = "test"
     validation_problems: int = Field(default=200, ge=1, description="validation problems: checkpoint choice, "
                                                                     "promotion gate")
+    hard_problems: int = Field(default=0, ge=0, description="problems of the hard split (more steps than any "
+                                                             "training problem), reported beside the test split "
+                                                             "by the harness; 0: not evaluated")
+    reference_logprob: bool = Field(default=True, description="also score the log-likelihood of every problem's "
+                                                              "reference solution (a lower-variance paired "
+                                                              "measure; one forward pass per problem)")
     seed: int = 2026
     max_tokens: int = Field(default=200, ge=1)
     batch_size: int = Field(default=32, ge=1)
@@ -62,7 +72,13 @@ class PreferenceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     max_steps: int = Field(default=20, ge=1)
-    learning_rate: float = Field(default=5e-4, gt=0, le=1)
+    # 5e-4 collapsed validation accuracy (59.6% -> 35.8% on lema-tiny; bench/RESULTS.md, 'Why the DPO arm
+    # collapsed'); 1e-4 with the first wrong step as the rejected side leaves it level (60.4%).
+    learning_rate: float = Field(default=1e-4, gt=0, le=1)
+    rejected: Literal["first_step", "continuation"] = Field(
+        default="first_step", description="the rejected side of a pair: the model's first wrong step only (no end "
+                                          "token), or its whole wrong continuation (mostly correct arithmetic on "
+                                          "wrong numbers: DPO then unlearns arithmetic)")
     beta: float = Field(default=0.1, gt=0)
     loss_type: list[Literal["sigmoid", "ipo", "apo_zero", "apo_down", "sft"]] = Field(
         default_factory=lambda: ["sigmoid", "sft"], description="TRL DPO losses, summed (sigmoid + sft: RPO-style)")
@@ -96,6 +112,10 @@ class Recipe(BaseModel):
     group_by_length: bool = Field(default=True, description="batch rows of similar length together (the paper's "
                                                             "script does): less padding when long corrections mix "
                                                             "with short CoT rows")
+    shuffle: bool = Field(default=True, description="draw the rows in a seeded random order (grouped by length "
+                                                    "with group_by_length); false: train them in the order the "
+                                                    "file gives (the harness writes each arm's common-random-"
+                                                    "numbers stream)")
     completion_only_loss: bool = True
     seed: int = 0
     save_steps: int = Field(default=50, ge=1, description="checkpoint interval (a killed run resumes from the last)")

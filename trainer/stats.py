@@ -69,3 +69,61 @@ def paired_bootstrap(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]], r
         stats = per_seed[:, 0]
     low, high = np.percentile(stats, [2.5, 97.5])
     return PairedDiff(float(diff.mean()), (float(low), float(high)))
+
+
+Z_975 = 1.959963984540054  # two-sided alpha 0.05
+Z_80 = 0.8416212335729143  # power 0.80
+
+
+@dataclass(frozen=True)
+class PairedPower:
+    """How much a paired comparison of arms over the same problems and seeds can see.
+
+    The pooled difference's variance has two parts: problem sampling (with the training noise that shows up per
+    problem), Var_i(mean over seeds of a_si - b_si) / n, and the seed-to-seed spread of the per-seed difference beyond
+    what problem sampling explains (a seed that moves every problem one way), divided by the seeds. `mde_80` is the
+    smallest true difference a two-sided test at alpha 0.05 detects with 80% power at this design: (z_0.975 + z_0.8)
+    x the standard error. With one seed the second part cannot be estimated and is taken as 0 (`seed_sd` None)."""
+
+    discordance: float  # mean over seeds of the fraction of problems the two arms answer differently
+    seed_sd: float | None  # standard deviation over seeds of the per-seed difference
+    se: float  # standard error of the pooled mean difference
+    mde_80: float
+    problems: int
+    seeds: int
+    seed_excess_var: float  # seed-level variance beyond problem sampling (0 with one seed)
+    per_problem_var: float  # Var_i of the per-problem mean difference
+
+    def problems_for(self, effect: float) -> int | None:
+        """Problems (at these seeds) for `mde_80` to reach `effect`; None when the seed part alone exceeds it (more
+        seeds are needed, not more problems)."""
+        room = (effect / (Z_975 + Z_80)) ** 2 - self.seed_excess_var / self.seeds
+        if room <= 0:
+            return None
+        return math.ceil(self.per_problem_var / room)
+
+    def to_json(self, effect: float = 0.02) -> dict:
+        return {"discordance": self.discordance, "seed_sd": self.seed_sd, "se": self.se, "mde_80": self.mde_80,
+                "problems": self.problems, "seeds": self.seeds,
+                f"problems_for_mde_{round(100 * effect)}pts": self.problems_for(effect)}
+
+
+def paired_power(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> PairedPower:
+    """`PairedPower` of arm a against arm b from [seeds][problems] outcomes (booleans or scores)."""
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 2 or x.shape[1] < 2:
+        raise ValueError("paired outcomes must be [seeds][problems] arrays of the same shape, 2+ problems")
+    diff = x - y
+    n_seeds, n = diff.shape
+    per_problem_var = float(diff.mean(axis=0).var(ddof=1))
+    discordance = float((diff != 0).mean())
+    if n_seeds > 1:
+        per_seed = diff.mean(axis=1)
+        seed_var = float(per_seed.var(ddof=1))
+        within = float(np.mean(diff.var(axis=1, ddof=1) / n))  # what problem sampling alone gives a seed's mean
+        excess, seed_sd = max(0.0, seed_var - within), math.sqrt(seed_var)
+    else:
+        excess, seed_sd = 0.0, None
+    se = math.sqrt(per_problem_var / n + excess / n_seeds)
+    return PairedPower(discordance, seed_sd, se, (Z_975 + Z_80) * se, n, n_seeds, excess, per_problem_var)

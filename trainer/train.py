@@ -269,7 +269,8 @@ def train(recipe: Recipe, data_path: Path, run_dir: Path, on_progress: ProgressF
         gradient_accumulation_steps=accumulation,
         max_length=recipe.max_seq_len,
         packing=recipe.packing,
-        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
+        train_sampling_strategy=(("group_by_length" if recipe.group_by_length else "random") if recipe.shuffle
+                                 else "sequential"),
         completion_only_loss=recipe.completion_only_loss,
         seed=recipe.seed,
         data_seed=recipe.seed,
@@ -287,7 +288,8 @@ def train(recipe: Recipe, data_path: Path, run_dir: Path, on_progress: ProgressF
         disable_tqdm=True,
     )
     lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                      target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
+                      target_modules=recipe.lora.target_modules, modules_to_save=recipe.lora.modules_to_save,
+                      task_type="CAUSAL_LM")
 
     started = time.perf_counter()
     seen = {"tokens": 0.0, "rows": 0, "forward_passes": 0, "stopped": False}

@@ -174,6 +174,63 @@ class TransformersEngine:
     def adapters(self) -> list[AdapterInfo]:
         return list(self._adapters.values())
 
+    # -- scoring -------------------------------------------------------------------------------------
+    async def completion_logprobs(self, rows: list[tuple[str, str]], adapter: str | None = None,
+                                  batch_size: int | None = None) -> list[tuple[float, int]]:
+        """Per (user prompt, completion) pair: the summed log-probability in nats of the completion's tokens after
+        the prompt, framed exactly as a training row (`lema.core.rendering.encode_row`: the chat template's assistant
+        turn and its end tokens), and how many tokens that is. One forward pass per batch, teacher-forced."""
+        return await asyncio.to_thread(self._completion_logprobs, rows, adapter, batch_size or self.batch_size)
+
+    def _completion_logprobs(self, rows: list[tuple[str, str]], adapter: str | None,
+                             batch_size: int) -> list[tuple[float, int]]:
+        import contextlib
+
+        import torch
+
+        from lema.core.rendering import encode_row
+
+        if adapter is not None and adapter not in self._adapters:
+            raise EngineError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapters)})")
+        with self._tokenizer_lock:
+            encoded = [encode_row(self.tokenizer, prompt, completion) for prompt, completion in rows]
+        too_long = [i for i, e in enumerate(encoded) if self.context_length and e.length > self.context_length]
+        if too_long:
+            raise ContextLengthError(f"row {too_long[0]} has {encoded[too_long[0]].length} tokens, more than the "
+                                     f"model's context of {self.context_length}")
+        pad = self.tokenizer.pad_token_id
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: encoded[i].length)  # similar lengths share a batch
+        with self._lock, torch.inference_mode():
+            if adapter:
+                self.model.set_adapter(adapter)
+                context = contextlib.nullcontext()
+            elif self._adapters:
+                context = self.model.disable_adapter()
+            else:
+                context = contextlib.nullcontext()
+            with context:
+                for start in range(0, len(order), batch_size):
+                    chunk = order[start:start + batch_size]
+                    width = max(encoded[i].length for i in chunk)
+                    ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                    scored = torch.zeros((len(chunk), width), dtype=torch.bool)
+                    for row, i in enumerate(chunk):  # right-padded: positions match an unpadded forward
+                        length = encoded[i].length
+                        ids[row, :length] = torch.tensor(encoded[i].input_ids)
+                        mask[row, :length] = 1
+                        scored[row, :length] = torch.tensor(encoded[i].completion_mask, dtype=torch.bool)
+                    ids, mask, scored = ids.to(self.device), mask.to(self.device), scored.to(self.device)
+                    logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                    token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+                    targets = scored[:, 1:]
+                    sums = (token_logprobs * targets).sum(dim=1).tolist()
+                    counts = targets.sum(dim=1).tolist()
+                    for row, i in enumerate(chunk):
+                        out[i] = (float(sums[row]), int(counts[row]))
+        return out
+
     # -- generation ----------------------------------------------------------------------------------
     async def generate(
         self, prompts: list[Prompt], params: SamplingParams, adapter: str | None = None

@@ -202,3 +202,16 @@ def test_wrong_solutions_err_first_at_the_corrupted_step_and_get_a_correct_corre
         assert check_solution_steps(problem, fixed) is None  # the reference correction makes it right
     assert set(kinds) == set(ERROR_KINDS), kinds  # every kind of mistake occurs
     assert sum(kinds.values()) >= 400  # most draws apply
+
+
+def test_hard_split_has_more_steps_than_any_training_problem_and_keeps_the_split():
+    from lema.core.synthetic.generate import HARD_STEPS, TRAIN_STEPS
+
+    hard = generate(60, seed=5, split="test", steps=HARD_STEPS)
+    assert {p.n_steps for p in hard} == set(range(HARD_STEPS[0], HARD_STEPS[1] + 1))
+    assert min(p.n_steps for p in hard) > TRAIN_STEPS[1]
+    assert all(split_of(p.family, p.program) == "test" for p in hard)
+    assert all(len(split_steps(p.gold_solution)) == p.n_steps for p in hard)
+    assert all(p.program.answer == int(p.answer) for p in hard)
+    with pytest.raises(ValueError, match="steps must lie in 2..8"):
+        generate(5, seed=5, split="test", steps=(7, 9))

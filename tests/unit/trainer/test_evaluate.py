@@ -16,18 +16,23 @@ from trainer.evaluate import EvalResult, evaluate_engine
 
 
 class ScriptedEngine:
-    """An engine that answers fixed texts (the generation side only: the verifier stays real)."""
+    """An engine that answers fixed texts, each prompt by the question it holds, whatever order the evaluator sends
+    them in (the generation side only: the verifier stays real)."""
 
     name = "scripted"
     model_id = "scripted"
 
-    def __init__(self, texts: list[str]):
+    def __init__(self, texts: list[str], questions: list[str] | None = None):
         self.texts = texts
+        self.questions = questions
         self.calls: list[tuple[list, SamplingParams, str | None]] = []
 
     async def generate(self, prompts, params, adapter=None):
         self.calls.append((prompts, params, adapter))
-        return [[Completion(text=t)] for t in self.texts[:len(prompts)]]
+        if self.questions is None:
+            return [[Completion(text=t)] for t in self.texts[:len(prompts)]]
+        return [[Completion(text=next(t for q, t in zip(self.questions, self.texts) if q in p[0]["content"]))]
+                for p in prompts]
 
     async def load_adapter(self, name, path): ...
 
@@ -49,12 +54,15 @@ def test_scores_every_output_with_the_verifier_in_problem_order_and_summarizes_l
             texts.append(f"Step 1: done.\nThe answer is {p.answer}.")  # right
         else:
             texts.append("I give up.")  # no answer at all (no number either: the verifier would read the last one)
-    engine = ScriptedEngine(texts)
+    engine = ScriptedEngine(texts, [p.question for p in problems])
     result = asyncio.run(evaluate_engine(engine, problems, 77, adapter="a1", split="validation"))
 
     (prompts, params, adapter), = engine.calls  # one generate call, greedy, the caller's budget and adapter
     assert adapter == "a1" and params.greedy and params.max_tokens == 77 and params.n == 1
-    assert [m[0]["role"] for m in prompts] == ["user"] * 6 and problems[4].question in prompts[4][0]["content"]
+    assert [m[0]["role"] for m in prompts] == ["user"] * 6
+    # sent shortest first (steps, then question length); every result comes back in the problems' own order
+    sent = [next(p for p in problems if p.question in m[0]["content"]) for m in prompts]
+    assert [(p.n_steps, len(p.question)) for p in sent] == sorted((p.n_steps, len(p.question)) for p in problems)
     assert result.outcomes == [i % 3 == 1 for i in range(6)]
     assert result.correct == 2 and result.n == 6 and result.split == "validation"
     assert result.outputs == texts and result.families == [p.family for p in problems]
