@@ -45,6 +45,9 @@ class Cell:
     setting: str = "main"
     ratio: float = 0.4
     overrides: dict = field(default_factory=dict)  # recipe overrides (both arms)
+    # "sft": the LEMA arm trains on CoT + corrections; "dpo": the CoT-only adapter trained further with DPO on the
+    # step-level pairs of the seed's LEMA corrections (trainer.preference; an SFT loss as anchor)
+    method: str = "sft"
 
 
 CELLS = (
@@ -59,6 +62,8 @@ CELLS = (
     Cell("I", "e150", "full-rank LoRA + embeddings, unquantised base", overrides=FULL_RANK),
     Cell("J", "e150step", "full-rank LoRA + embeddings, step format", overrides=FULL_RANK),
     Cell("K", "e150", "matched setting (CoT-only gets the corrected solutions)", setting="matched"),
+    Cell("L", "e150", "step-level DPO + SFT anchor on the CoT-only adapter (first wrong step rejected)",
+         method="dpo"),
 )
 
 
@@ -83,7 +88,6 @@ def _result(data: dict):
 def run_arm(recipe, arm, seed: int, total: int, work: Path, model_path: str, say) -> dict:
     """Train one arm of one seed on its common-random-numbers stream and evaluate it on validation and
     validation_hard; cached by the stream's content and the recipe (a CoT-only arm is shared across cells)."""
-    from trainer.evaluate import evaluate
     from trainer.train import train
 
     rows = arm.stream(total)
@@ -97,14 +101,40 @@ def run_arm(recipe, arm, seed: int, total: int, work: Path, model_path: str, say
         result = train(recipe.model_copy(update={"seed": seed, "shuffle": False}), run_dir / "train.jsonl", run_dir)
         trained_file.write_text(json.dumps({"arm": arm.name, "seed": seed, "rows": arm.describe(),
                                             "train_seconds": time.perf_counter() - started, "steps": result.steps}))
-    out = json.loads(trained_file.read_text())
+    return _evaluated(run_dir, json.loads(trained_file.read_text()), recipe, model_path, arm.describe(), say)
+
+
+def run_dpo_arm(recipe, cot_dir: Path, pairs: Path, keep: set[str], seed: int, work: Path, model_path: str,
+                say) -> dict:
+    """The DPO arm of one seed: the CoT-only adapter in `cot_dir` trained further on the pairs of `keep`."""
+    from trainer.preference import train_preference
+
+    run_dir = work / "runs" / _key(cot_dir.name, "dpo", recipe.preference.model_dump(), sorted(keep), seed)
+    trained_file = run_dir / "trained.json"
+    if not trained_file.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        result, n = train_preference(recipe.model_copy(update={"seed": seed}), pairs, cot_dir / "adapter", run_dir,
+                                     keep=keep)
+        trained_file.write_text(json.dumps({"arm": "dpo", "seed": seed, "rows": f"CoT-only adapter + {n} pairs",
+                                            "train_seconds": time.perf_counter() - started,
+                                            "steps": result.steps}))
+    trained = json.loads(trained_file.read_text())
+    return _evaluated(run_dir, trained, recipe, model_path, trained["rows"], say)
+
+
+def _evaluated(run_dir: Path, out: dict, recipe, model_path: str, rows: str, say) -> dict:
+    """`out` with the run's validation and validation_hard results (each evaluated once per split and size)."""
+    from trainer.evaluate import evaluate
+
+    out["run_dir"] = run_dir.name
     for split, n in (("validation", recipe.eval.validation_problems), ("validation_hard", recipe.eval.hard_problems)):
         done = run_dir / f"{split}-{n}.json"  # evaluated once per split and size
         if not done.exists():
             done.write_text(json.dumps(_outcomes(asyncio.run(evaluate(model_path, recipe.eval,
                                                                       run_dir / "adapter", split=split)))))
         out[split] = json.loads(done.read_text())
-    say(f"  {arm.name} seed {seed}: {arm.describe()}: train {out['train_seconds']:.0f} s, validation "
+    say(f"  {out['arm']} seed {out['seed']}: {rows}: train {out['train_seconds']:.0f} s, validation "
         f"{sum(out['validation']['outcomes'])}/{out['validation']['n']}, hard "
         f"{sum(out['validation_hard']['outcomes'])}/{out['validation_hard']['n']}")
     return out
@@ -122,8 +152,14 @@ def run_cell(cell: Cell, exports: dict[str, Path], seeds: list[int], work: Path,
     for seed in seeds:
         arms = build_arms(exports[cell.export], cell.setting, cell.ratio, seed)
         total = training_rows(recipe, arms)
-        for name in ("cot", "lema"):
-            runs[name].append(run_arm(recipe, arms[name], seed, total, work, model_path, say))
+        runs["cot"].append(run_arm(recipe, arms["cot"], seed, total, work, model_path, say))
+        if cell.method == "dpo":
+            keep = {r.get("correction_id") for r in arms["lema"].rows if r["type"] == "correction"}
+            runs["lema"].append(run_dpo_arm(recipe, work / "runs" / runs["cot"][-1]["run_dir"],
+                                            exports[cell.export] / "preference.jsonl", keep, seed, work,
+                                            model_path, say))
+        else:
+            runs["lema"].append(run_arm(recipe, arms["lema"], seed, total, work, model_path, say))
     out = {"cell": asdict(cell), "seeds": seeds, "rows": {k: v[0]["rows"] for k, v in runs.items()},
            "train_seconds": {k: [r["train_seconds"] for r in v] for k, v in runs.items()}}
     for split in ("validation", "validation_hard"):

@@ -13,7 +13,7 @@ from conftest import lema_command, requires_lema_tiny
 def test_demo_writes_results_and_ablation_json(tmp_path):
     work = tmp_path / "demo"
     run = subprocess.run([*lema_command(), "demo", "--problems", "12", "--samples", "2", "--eval-problems", "16",
-                          "--seeds", "0,1", "--max-steps", "2", "--served-check", "8", "--workdir", str(work)],
+                          "--hard-problems", "8", "--seeds", "0,1", "--max-steps", "2", "--served-check", "8", "--workdir", str(work)],
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "{'loss'" not in run.stdout and "LEMA − CoT-only" in run.stdout
@@ -22,7 +22,9 @@ def test_demo_writes_results_and_ablation_json(tmp_path):
     cot, lema = data["arms"]["cot"], data["arms"]["lema"]
     assert lema["examples"] > cot["examples"]  # main: the corrections come on top of all the CoT rows
     assert len(cot["accuracy"]) == len(lema["accuracy"]) == 2
-    assert set(data["paired"]["lema_vs_cot"]) >= {"mean_diff", "ci95", "mcnemar_p"}
+    assert set(data["paired"]["lema_vs_cot"]) >= {"mean_diff", "ci95", "mcnemar_p", "discordance", "mde_80"}
+    assert data["hard_problems"] == 8 and "lema_vs_cot" in data["paired_hard"]
+    assert "power: this run detects" in run.stdout  # the demo says what size of effect it could see
     rows = json.loads((work / "results.json").read_text())
     names = [row["name"] for row in rows]
     assert "base" in names and "CoT-only" in names and "LEMA" in names

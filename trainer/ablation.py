@@ -359,6 +359,18 @@ def print_report(console, data: dict) -> None:
         for row in paired_rows(data, section):
             paired.add_row(*row)
         console.print(paired)
+    main = data["paired"].get("lema_vs_cot") or {}
+    if "mde_80" in main:
+        mde, needed = main["mde_80"], main.get("problems_for_mde_2pts")
+        if mde <= 0.02:
+            console.print(f"power: this run detects a true LEMA − CoT-only difference of {100 * mde:.1f} points with "
+                          "80% power: an effect of the paper's size (about 2 points) would show.")
+        else:
+            console.print(f"power: this run detects only differences of {100 * mde:.1f} points or more (80% power; "
+                          f"discordance {100 * main['discordance']:.0f}%); the paper's effects are about 2 points. "
+                          + (f"About {needed:,} test problems at these seeds would see 2 points "
+                             "(`make confirm` runs such a comparison)." if needed else
+                             "The seeds' spread alone exceeds that: more seeds are needed."))
     for name, diff in (data.get("validation_paired") or {}).items():
         if diff:
             console.print(f"validation ({name.replace('_vs_', ' - ')}): {100 * diff['mean_diff']:+.1f} pts "
