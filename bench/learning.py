@@ -197,6 +197,39 @@ def base_results(work: Path, say) -> dict:
     return out
 
 
+def rescore(work: Path, say) -> None:
+    """Recompute the reference log-likelihoods of every cached evaluation (the outcomes stay): for results scored
+    before the scorer stopped at the end token (it scored the chat template's newline after it too)."""
+    from lema.core.engines.transformers_engine import TransformersEngine
+    from lema.core.formats import cot_prompt
+    from lema.core.model_resolve import resolve_model
+    from trainer.evaluate import eval_problems
+    from trainer.recipe import load_recipe
+
+    settings = load_recipe("tiny", _eval_overrides({})).eval
+    problems = {split: eval_problems(settings, split) for split in ("validation", "validation_hard")}
+    targets = [(None, work / "base-2000.json")] + [(d / "adapter", d) for d in sorted((work / "runs").iterdir())
+                                                  if (d / "adapter").exists()]
+    for adapter, where in targets:
+        engine = TransformersEngine(resolve_model("lema-tiny"), batch_size=128, threads=1,
+                                    merge_adapter=str(adapter) if adapter else None)
+        try:
+            for split, items in problems.items():
+                path = where if adapter is None else where / f"{split}-{len(items)}.json"
+                if not path.exists():
+                    continue
+                data = json.loads(path.read_text())
+                section = data[split] if adapter is None else data
+                scores = asyncio.run(engine.completion_logprobs([(cot_prompt(p.question), p.gold_solution)
+                                                                 for p in items]))
+                section["reference_logprobs"] = [lp for lp, _ in scores]
+                section["reference_tokens"] = [t for _, t in scores]
+                path.write_text(json.dumps(data))
+        finally:
+            asyncio.run(engine.close())
+        say(f"rescored {where.name}")
+
+
 def report(work: Path) -> str:
     """learning.json's cells as a markdown table, and the heatmap (learning.png)."""
     data = json.loads((work / "learning.json").read_text())
@@ -253,6 +286,8 @@ def main() -> None:
     parser.add_argument("--cells", default=",".join(c.name for c in CELLS), help="which cells, in this order")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--report", action="store_true", help="print the table of what has run; run nothing")
+    parser.add_argument("--rescore", action="store_true", help="recompute the cached evaluations' reference "
+                                                               "log-likelihoods, then recompute the cells")
     args = parser.parse_args()
     if args.report:
         print(report(args.work))
@@ -274,9 +309,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     results_path = args.work / "learning.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if args.rescore:
+        rescore(args.work, say)
     base = base_results(args.work, say)
     for cell in wanted:
-        if cell.name in results and results[cell.name]["seeds"] == seeds and \
+        if not args.rescore and cell.name in results and results[cell.name]["seeds"] == seeds and \
                 results[cell.name]["validation"]["lema_vs_cot"]["problems"] == 2000:
             continue
         say(f"cell {cell.name}: {cell.what}")

@@ -22,8 +22,11 @@ uses; the same tokens as `encode_problems` for a CoT row, plus the chat template
 consecutive runs of 32 stream rows, in stream order (no length sorting: the arms' batches differ only in the
 replaced rows).
 
-    python bench/pretrain_mix.py [--work /work/exp/pretrain_mix] [--seeds 0,1] [--arms cot,mix,mix_step]
-        [--exports mix=/work/exp/e600 mix_step=/work/exp/e600step] [--steps 300]
+    python bench/pretrain_mix.py --exports mix=E600 mix_step=E600STEP [--work .lema/pretrain_mix] [--seeds 0,1]
+        [--arms cot,mix,mix_step] [--steps 300]
+
+E600 and E600STEP: `lema export` folders of one collection of 600 problems (`lema collect --source
+synthetic:600:seed=1000:split=train --samples 4`; the second with `--correction-format step`).
     python bench/pretrain_mix.py --time-steps 5     # seconds per optimizer step (cot and mix batches); trains nothing
 
 Every arm is evaluated greedily on 2,000 "validation" and 200 "validation_hard" problems (never the test splits),
@@ -58,7 +61,7 @@ GRAD_CLIP = 1.0
 SHARE = 0.15  # of the stream's rows replaced by corrections in a mix arm (lema-tiny's last stage: 15% corrections)
 SEED_OFFSET = 50_000  # the fresh problems' generator seed: seed + this
 MAX_LENGTH = 512  # lema-tiny's max_position_embeddings: longer correction rows are left out
-DEFAULT_EXPORTS = {"mix": "/work/exp/e600", "mix_step": "/work/exp/e600step"}
+DEFAULT_EXPORTS: dict[str, str] = {}  # --exports names them (machine-specific folders)
 SPLITS = (("validation", 2000), ("validation_hard", 200))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
@@ -291,7 +294,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/work/exp/pretrain_mix"))
+    parser.add_argument("--work", type=Path, default=Path(".lema/pretrain_mix"))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--arms", default="cot,mix,mix_step", help="in running order; cot is the reference")
     parser.add_argument("--exports", nargs="*", default=[f"{k}={v}" for k, v in DEFAULT_EXPORTS.items()],

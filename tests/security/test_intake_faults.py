@@ -59,7 +59,10 @@ def test_a_poison_pill_in_the_store_fails_alone_and_the_queue_drains(tmp_path):
     with sessions.begin() as session:
         repo.intake_problems(session, [poison, too_long, good])
     follower = subprocess.Popen([*lema_command(), "collect", "--follow", "--store", str(store), "--samples", "2",
-                                 "--max-tokens", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                 "--max-tokens", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                # A suite started as a shell's background job inherits SIGINT ignored: the Ctrl-C
+                                # this test sends must reach the follower's handler.
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while _query(store, "select count(*) from intake where status = 'pending'")[0][0]:

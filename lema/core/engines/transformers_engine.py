@@ -31,6 +31,12 @@ from lema.core.engines.base import (
 from lema.core.engines.stopping import cut_at_stop, end_token_ids, first_stop
 
 
+def _through_last_end(input_ids: list[int], mask: list[int], end_ids: set[int]) -> list[int]:
+    """`mask` with the positions after the last end token it covers cleared (unchanged when it covers none)."""
+    ends = [i for i, (token, m) in enumerate(zip(input_ids, mask)) if m and token in end_ids]
+    return mask if not ends else [m if i <= ends[-1] else 0 for i, m in enumerate(mask)]
+
+
 class TransformersEngine:
     name = "transformers"
 
@@ -198,6 +204,10 @@ class TransformersEngine:
         if too_long:
             raise ContextLengthError(f"row {too_long[0]} has {encoded[too_long[0]].length} tokens, more than the "
                                      f"model's context of {self.context_length}")
+        # Score the completion through its end token and no further: a chat template may put a newline after the end
+        # token, which training rows carry (so a fine-tuned model predicts it and a model pretrained without it does
+        # not, about 10 nats for that one token) but which generation never reaches.
+        masks = [_through_last_end(e.input_ids, e.completion_mask, self._eos_ids()) for e in encoded]
         pad = self.tokenizer.pad_token_id
         out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: encoded[i].length)  # similar lengths share a batch
@@ -220,7 +230,7 @@ class TransformersEngine:
                         length = encoded[i].length
                         ids[row, :length] = torch.tensor(encoded[i].input_ids)
                         mask[row, :length] = 1
-                        scored[row, :length] = torch.tensor(encoded[i].completion_mask, dtype=torch.bool)
+                        scored[row, :length] = torch.tensor(masks[i], dtype=torch.bool)
                     ids, mask, scored = ids.to(self.device), mask.to(self.device), scored.to(self.device)
                     logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
                     token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]

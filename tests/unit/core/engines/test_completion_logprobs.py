@@ -30,7 +30,11 @@ def test_batched_scores_equal_one_row_at_a_time_and_a_plain_forward():
         ids = torch.tensor([encoded.input_ids])
         with torch.inference_mode():
             logprobs = torch.log_softmax(engine.model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-        mask = encoded.completion_mask[1:]
+        # scored through the end token, not the template's newline after it (generation never reaches it)
+        eos = engine.tokenizer.eos_token_id
+        last_end = max(i for i, (t, m) in enumerate(zip(encoded.input_ids, encoded.completion_mask)) if m and t == eos)
+        assert any(encoded.completion_mask[last_end + 1:])  # lema-tiny's template trains a token after it
+        mask = [m if i + 1 <= last_end else 0 for i, m in enumerate(encoded.completion_mask[1:])]
         plain = sum(float(logprobs[i, encoded.input_ids[i + 1]]) for i in range(len(mask)) if mask[i])
         # a wrong solution is less likely than the reference
         wrong = asyncio.run(engine.completion_logprobs([(rows[0][0], rows[0][1].replace(problems[0].answer,
