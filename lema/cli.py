@@ -654,6 +654,9 @@ def demo(
     setting: str = typer.Option("main", help="main | equal | matched (see `lema ablate --help`)"),
     seeds: str = typer.Option("0,1,2", help="comma-separated training seeds"),
     correction_ratio: float = typer.Option(0.4, help="corrections per CoT row at most"),
+    correction_format: str = typer.Option("step", help="step (the best cell of the validation grid: the model's own "
+                                                       "correct steps as context, the corrected steps as target) | "
+                                                       "paper (the paper's correction rows)"),
     max_steps: Optional[int] = typer.Option(None, min=1, help="optimizer steps of every arm (default: the recipe's)"),
     served_check: int = typer.Option(100, min=1, help="validation problems sent through the endpoint after promotion"),
     corrector_url: Optional[str] = typer.Option(None, help="an OpenAI-compatible corrector (default: reference)"),
@@ -675,8 +678,13 @@ def demo(
         _fail(f"--setting must be one of {', '.join(SETTINGS)} (got {setting!r})")
     if not 0 < correction_ratio <= 1:
         _fail(f"--correction-ratio must lie in (0, 1] (got {correction_ratio})")
+    from lema.core.exports import CORRECTION_FORMATS
+
+    if correction_format not in CORRECTION_FORMATS:
+        _fail(f"--correction-format must be one of {', '.join(CORRECTION_FORMATS)} (got {correction_format!r})")
     run_demo(DemoOptions(model=model, rounds=rounds, problems=problems, samples=samples, eval_problems=eval_problems,
                          hard_problems=hard_problems, setting=setting, seeds=tuple(_parse_seeds(seeds)), correction_ratio=correction_ratio,
+                         correction_format=correction_format,
                          max_steps=max_steps, served_check=served_check, recipe=recipe, corrector_url=corrector_url,
                          corrector_model=corrector_model, workdir=workdir))
 

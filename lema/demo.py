@@ -44,6 +44,10 @@ class DemoOptions:
     setting: str = "main"
     seeds: tuple[int, ...] = (0, 1, 2)
     correction_ratio: float = 0.4
+    # The step format won the validation grid (bench/RESULTS.md, 'The mechanism grid on validation'; within the
+    # noise): the model's own correct steps as untrained context, the corrected steps from its first wrong step as the
+    # target. "paper": the paper's correction rows.
+    correction_format: str = "step"
     max_steps: int | None = None  # default: the recipe's
     # Validation problems sent through the endpoint to check what serves after promotion (the endpoint answers
     # one request at a time today, about 0.4 s each for lema-tiny, so this is a sample, not all of them).
@@ -170,7 +174,7 @@ def _collect(options: DemoOptions, store: str, round_index: int, adapter: tuple[
     return asyncio.run(collect(store, [source], settings, console=console))
 
 
-def _export(store: str, out: Path, recipe) -> dict:
+def _export(store: str, out: Path, recipe, correction_format: str = "paper") -> dict:
     from transformers import AutoTokenizer
 
     from lema.core.exports import LengthCheck, export
@@ -180,7 +184,7 @@ def _export(store: str, out: Path, recipe) -> dict:
     lengths = LengthCheck(AutoTokenizer.from_pretrained(resolve_model(recipe.base_model)), recipe.max_seq_len,
                           model=recipe.base_model)
     with open_store(store).begin() as session:
-        manifest = export(session, out, lengths=lengths)
+        manifest = export(session, out, lengths=lengths, correction_format=correction_format)
     if manifest["counts"]["cot"] < 8 or manifest["counts"]["correction"] == 0:
         raise RuntimeError(f"too little data to train on: {manifest['counts']}")
     return manifest
@@ -238,10 +242,10 @@ def run_demo(options: DemoOptions) -> DemoResult:
             console.print(f"    {stats.mistakes} mistakes, {stats.accepted} corrections accepted")
             console.print(f"[bold]3/7[/] exporting (every row measured against max_seq_len {recipe.max_seq_len}) ...")
             export_dir = work / f"export-round{r}"
-            manifest = _export(store, export_dir, recipe)
+            manifest = _export(store, export_dir, recipe, options.correction_format)
             length = manifest["length"]
             console.print(f"    {manifest['counts']['cot']} CoT rows ({manifest['counts']['cot_augmentation']} "
-                          f"verified samples), {manifest['counts']['correction']} corrections; "
+                          f"verified samples), {manifest['counts']['correction']} corrections ({options.correction_format} format); "
                           f"shortened {length['shortened'] or 0}, dropped {length['dropped_over_length'] or 0}, "
                           "truncated 0")
             console.print(f"[bold]4/7[/] the '{options.setting}' comparison: CoT-only vs LEMA, seeds {seeds}, "

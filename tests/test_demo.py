@@ -85,3 +85,9 @@ def test_the_served_check_is_the_one_evaluator_through_the_endpoint(tmp_path):
     assert sum(served) >= 4, served  # lema-tiny answers most 2-3 step problems
     # Greedy on the same weights: batching may flip a near tie at most once.
     assert sum(a != b for a, b in zip(served, local.outcomes)) <= 1, (served, local.outcomes)
+
+
+def test_demo_refuses_an_unknown_correction_format_by_name():
+    run = subprocess.run([*lema_command(), "demo", "--correction-format", "bogus"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "--correction-format" in run.stderr and "paper, step" in run.stderr

@@ -53,6 +53,7 @@ class AblationReport:
     base_validation: EvalResult | None
     runs: list[ArmRun] = field(default_factory=list)
     base_hard: EvalResult | None = None
+    _paired: dict = field(default_factory=dict, repr=False, compare=False)
 
     def arm_runs(self, arm: str) -> list[ArmRun]:
         return sorted((r for r in self.runs if r.arm == arm), key=lambda r: self.seeds.index(r.seed))
@@ -72,8 +73,11 @@ class AblationReport:
     def paired(self, a: str, b: str, split: str = "test") -> dict | None:
         """Paired comparison of arm a against arm b ("base": the base model, the same for every seed) on a split:
         `compare` of their per-seed results; None when the split was not evaluated for both."""
-        x, y = self.results(a, split), self.results(b, split)
-        return None if x is None or y is None else compare(x, y, self.seeds, a, b)
+        key = (a, b, split, len(self.runs))  # a bootstrap of thousands of problems takes seconds: computed once
+        if key not in self._paired:
+            x, y = self.results(a, split), self.results(b, split)
+            self._paired[key] = None if x is None or y is None else compare(x, y, self.seeds, a, b)
+        return self._paired[key]
 
     def validation_paired(self, a: str, b: str) -> dict | None:
         """arm a - arm b on the validation problems (what a configuration is chosen on; the test table is not)."""
