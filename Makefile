@@ -32,7 +32,7 @@ demo: setup
 # by the grid's measured discordance for mde_80 <= 2 points, the hard split beside it. One fresh collection.
 CONFIRM_DIR      ?= .lema/confirm
 CONFIRM_PROBLEMS ?= 150
-CONFIRM_FORMAT   ?= paper
+CONFIRM_FORMAT   ?= step
 CONFIRM_RATIO    ?= 0.4
 CONFIRM_TEST     ?= 2000
 CONFIRM_HARD     ?= 400
