@@ -649,7 +649,7 @@ def demo(
     problems: int = typer.Option(150, min=8, help="synthetic training problems collected per round"),
     samples: int = typer.Option(4, min=1, help="reasoning paths per problem"),
     eval_problems: int = typer.Option(500, min=10, help="held-out test problems for every arm"),
-    hard_problems: int = typer.Option(200, min=0, help="hard-split problems (more steps than any training problem) "
+    hard_problems: int = typer.Option(100, min=0, help="hard-split problems (more steps than any training problem) "
                                                        "for every arm, reported beside the test split; 0: none"),
     setting: str = typer.Option("main", help="main | equal | matched (see `lema ablate --help`)"),
     seeds: str = typer.Option("0,1,2", help="comma-separated training seeds"),
@@ -683,8 +683,8 @@ def demo(
     if correction_format not in CORRECTION_FORMATS:
         _fail(f"--correction-format must be one of {', '.join(CORRECTION_FORMATS)} (got {correction_format!r})")
     run_demo(DemoOptions(model=model, rounds=rounds, problems=problems, samples=samples, eval_problems=eval_problems,
-                         hard_problems=hard_problems, setting=setting, seeds=tuple(_parse_seeds(seeds)), correction_ratio=correction_ratio,
-                         correction_format=correction_format,
+                         hard_problems=hard_problems, setting=setting, seeds=tuple(_parse_seeds(seeds)),
+                         correction_ratio=correction_ratio, correction_format=correction_format,
                          max_steps=max_steps, served_check=served_check, recipe=recipe, corrector_url=corrector_url,
                          corrector_model=corrector_model, workdir=workdir))
 

@@ -39,7 +39,7 @@ class DemoOptions:
     problems: int = 150  # synthetic training problems collected per round
     samples: int = 4
     eval_problems: int = 500
-    hard_problems: int = 200  # the hard split (more steps than any training problem), beside the test split
+    hard_problems: int = 100  # the hard split (more steps than any training problem), beside the test split
     recipe: str | None = None  # default: recipe_for_model(model)
     setting: str = "main"
     seeds: tuple[int, ...] = (0, 1, 2)

@@ -126,12 +126,12 @@ async def evaluate_engine(engine: Engine, problems: Sequence[SyntheticProblem], 
     `by_length`: generate in order of expected length (False: in the given order; bench/evaluation.py compares)."""
     import time
 
-    started = time.perf_counter()
     from lema.core.answers import DatasetKind
     from lema.core.engines import SamplingParams
     from lema.core.formats import cot_messages
     from services.verifier import VerifyItem, open_verifier
 
+    started = time.perf_counter()
     problems = list(problems)
     # Generated in order of length (steps, then question length): a batch runs until its longest row ends, so rows
     # of similar length share batches (measured: bench/RESULTS.md, 'Evaluation speed'); answers return in order.

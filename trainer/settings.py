@@ -16,8 +16,8 @@ drawn for the seed (ratio 0.4 by default, like the paper's 12.5K corrections on 
 Both arms of a seed train for the recipe's same `max_steps` with the same seed; the seed also draws the K
 corrections and orders each arm. The harness trains each arm on its common-random-numbers stream (`crn_stream`):
 the same adapter initialisation (TRL seeds it) and the shared CoT rows in the same order in both arms, the
-corrections at seed-fixed slots between them. Each of those three uses has its own random stream, keyed by the seed only: the K
-corrections of a seed are the same in every setting, and the CoT-only arm of `main` and `equal` (C) is the same file,
+corrections at seed-fixed slots between them. Each use of the seed has its own random stream: the K corrections of
+a seed are the same in every setting, and the CoT-only arm of `main` and `equal` (C) is the same file,
 row for row, whatever the export's corrections are. (With one shared stream, the CoT-only arm's order depended on how
 many corrections the export held, and row order alone moved its accuracy by up to 4 points in one seed.)
 """
