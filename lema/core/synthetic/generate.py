@@ -153,6 +153,8 @@ def generate(n: int, seed: int = 0, split: Split = "train", steps: int | tuple[i
             if n_steps <= TRAIN_STEPS[1]:
                 raise
             misses += 1
+            if misses > 200 * n + 10_000:
+                raise RuntimeError(f"cannot build {n} {split} problems of {lo}-{hi} steps") from None
             continue
         key = canonical_key(family.name, program)
         if not _in_split(family.name, program, split) or (distinct and key in seen):
