@@ -190,7 +190,6 @@ class TransformersEngine:
 
     def _completion_logprobs(self, rows: list[tuple[str, str]], adapter: str | None,
                              batch_size: int) -> list[tuple[float, int]]:
-        import contextlib
 
         import torch
 
@@ -212,14 +211,7 @@ class TransformersEngine:
         out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: encoded[i].length)  # similar lengths share a batch
         with self._lock, torch.inference_mode():
-            if adapter:
-                self.model.set_adapter(adapter)
-                context = contextlib.nullcontext()
-            elif self._adapters:
-                context = self.model.disable_adapter()
-            else:
-                context = contextlib.nullcontext()
-            with context:
+            with self._adapter_context(adapter):
                 for start in range(0, len(order), batch_size):
                     chunk = order[start:start + batch_size]
                     width = max(encoded[i].length for i in chunk)
@@ -367,7 +359,6 @@ class TransformersEngine:
         return group
 
     def _run_group(self, group: list[_Work]) -> None:
-        import contextlib
 
         import torch
 
@@ -388,13 +379,7 @@ class TransformersEngine:
         self.stats["requests"] += len(live)
         try:
             with self._lock, torch.inference_mode():
-                if first.adapter:
-                    self.model.set_adapter(first.adapter)
-                    context = contextlib.nullcontext()
-                elif self._adapters:
-                    context = self.model.disable_adapter()
-                else:
-                    context = contextlib.nullcontext()
+                context = self._adapter_context(first.adapter)
                 if params.seed is not None:  # a seeded request is alone in its group (_Work.key)
                     torch.manual_seed(params.seed)
                 results: list[list[Completion]] = []
@@ -417,6 +402,16 @@ class TransformersEngine:
             if work.params.greedy:  # n identical greedy choices (OpenAI's semantics)
                 mine = [samples * work.params.n for samples in mine]
             work.finish([[self._clip(c, work.params) for c in samples] for samples in mine])
+
+    def _adapter_context(self, adapter: str | None):
+        """With the lock held: the adapter made active, or, for the base model while adapters are loaded, a context
+        that disables them."""
+        import contextlib
+
+        if adapter:
+            self.model.set_adapter(adapter)
+            return contextlib.nullcontext()
+        return self.model.disable_adapter() if self._adapters else contextlib.nullcontext()
 
     def _clip(self, completion: Completion, params: SamplingParams) -> Completion:
         """A completion of a group generated further than this request's max_tokens, cut back to it."""
