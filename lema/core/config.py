@@ -157,10 +157,21 @@ class EndpointConfig(_Section):
     smoke_prompt: str = "Question: What is 2 + 3?\nAnswer:"
     smoke_max_tokens: int = Field(default=4, ge=1, le=64)
     drain_timeout_s: float = Field(default=60.0, gt=0, description="how long an unload waits for in-flight requests")
-    stall_after_s: float = Field(default=600.0, gt=0, description="not ready while one batch has been generating "
-                                                                  "longer than this (a wedged engine)")
+    stall_after_s: float = Field(default=600.0, gt=0, description="not ready while the engine has had work but made "
+                                                                  "no progress for this long (a wedged engine)")
     default_max_tokens: int = Field(default=256, ge=1)
     max_tokens_limit: int = Field(default=2_048, ge=1)
+    max_batch_rows: int = Field(default=32, ge=1, le=4096, description="transformers engine: sequences generating at "
+                                                                      "once (continuous batching)")
+    max_sequences_per_request: int = Field(
+        default=64, ge=1, le=4096,
+        description="prompts x n one request may ask for (400 past it): one client's request cannot hold the engine")
+    max_waiting_sequences: int = Field(
+        default=1024, ge=1, description="sequences queued for the engine; past it requests answer 503 with Retry-After")
+    shutdown_grace_s: float = Field(
+        default=20.0, ge=0, le=3600,
+        description="on SIGTERM, how long requests in flight may finish before they are cancelled (below "
+                    "Kubernetes' default 30 s termination grace period)")
     vllm_kv_cache_gib: int | None = Field(default=None, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="vLLM engine: GPUs one replica shards "
                                                                         "the model over (needs that many GPUs)")

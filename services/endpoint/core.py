@@ -12,6 +12,7 @@ exactly as it was (the engine forgets the half-loaded adapter) and answers 4xx w
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Iterator
@@ -82,6 +83,7 @@ class EndpointCore:
         self.cold_start_s: float | None = None
         self._admin_lock: asyncio.Lock | None = None
         self._start_task: asyncio.Task | None = None
+        self._shutdown_task: asyncio.Task | None = None
         self.follower = None  # fleet.PromotionFollower when endpoint.promotion_record is set
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -108,9 +110,12 @@ class EndpointCore:
         choice = await choose_engine(
             self.config.engine, model_id, threads=self.config.threads, max_lora_rank=self.config.max_lora_rank,
             max_loras=self.config.max_loaded_adapters, kv_cache_gib=self.config.vllm_kv_cache_gib,
-            tensor_parallel_size=self.config.tensor_parallel_size,
+            tensor_parallel_size=self.config.tensor_parallel_size, max_batch_rows=self.config.max_batch_rows,
+            max_waiting=self.config.max_waiting_sequences,
+            max_sequences_per_request=self.config.max_sequences_per_request,
         )
         self.engine, self.engine_kind, self.engine_fallback = choice.engine, choice.kind, choice.fallback_reason
+        self.metrics.watch_engine(self.engine)
         served = served_name(self.engine)
         self.spec = await asyncio.to_thread(BaseModelSpec.from_model, model_id, served)
         self.state = ServingState(served)
@@ -140,18 +145,38 @@ class EndpointCore:
             self.engine_kind, served, [a.name for a in self.state.live()], self.state.default,
         )
 
+    def on_sigterm(self) -> None:
+        """Called from the SIGTERM handler (service.py chains it before the server's own): the grace period starts
+        now, not when the server has waited for every open stream. Not ready at once; requests in flight get
+        `shutdown_grace_s`, then the engine cancels the rest (they answer 503 / an error event), so the server's own
+        wait for open connections ends within the grace period."""
+        self.ready = False
+        if self.engine is not None and self._shutdown_task is None:
+            self._shutdown_task = asyncio.get_running_loop().create_task(self._close_engine())
+
+    async def _close_engine(self) -> None:
+        if "grace_s" in inspect.signature(self.engine.close).parameters:
+            await self.engine.close(grace_s=self.config.shutdown_grace_s)
+        else:
+            await self.engine.close()
+
     async def close(self) -> None:
+        """SIGTERM: not ready at once (no new traffic), requests in flight get `shutdown_grace_s` to finish, then
+        the rest are cancelled."""
         self.ready = False
         if self.follower is not None:
             await self.follower.close()
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
-        if self.engine is not None:
-            await self.engine.close()
+        if self._shutdown_task is not None:
+            await self._shutdown_task
+        elif self.engine is not None:
+            await self._close_engine()
 
     @property
     def wedged(self) -> bool:
-        """One batch has held the engine longer than `stall_after_s`: readiness fails, so traffic goes elsewhere."""
+        """The engine has made no progress for `stall_after_s` while it had work: readiness fails, so traffic goes
+        elsewhere."""
         busy = getattr(self.engine, "busy_for_s", 0.0) if self.engine is not None else 0.0
         return busy > self.config.stall_after_s
 

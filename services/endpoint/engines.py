@@ -53,6 +53,9 @@ async def choose_engine(
     max_loras: int = 8,
     kv_cache_gib: int | None = None,
     tensor_parallel_size: int = 1,
+    max_batch_rows: int = 32,
+    max_waiting: int | None = None,
+    max_sequences_per_request: int | None = None,
 ) -> EngineChoice:
     reason = None
     if kind in ("auto", "vllm"):
@@ -69,5 +72,6 @@ async def choose_engine(
                 logger.warning("%s; falling back to the transformers engine", reason)
     elif kind != "transformers":
         raise ValueError(f"unknown engine {kind!r}; choose auto, vllm or transformers")
-    engine = await asyncio.to_thread(TransformersEngine, model_id, threads=threads)
+    engine = await asyncio.to_thread(TransformersEngine, model_id, threads=threads, batch_size=max_batch_rows,
+                                     max_waiting=max_waiting, max_sequences_per_request=max_sequences_per_request)
     return EngineChoice(engine, "transformers", reason)

@@ -24,7 +24,7 @@ DESCRIPTIONS = {
     409: "Conflicts with the serving state (a reused name, too many adapters, the promoted adapter)",
     422: "The adapter was refused (validation failed)",
     499: "The client closed the connection while its request was generating",
-    503: "The endpoint is starting, or its engine failed",
+    503: "The endpoint is starting, its engine failed, or its queue is full (retry after Retry-After seconds)",
 }
 
 
@@ -37,3 +37,14 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
 def documented(*statuses: int) -> dict[int | str, dict]:
     """`responses=` for a FastAPI app or route: these statuses, each with the error body."""
     return {status: {"model": ErrorBody, "description": DESCRIPTIONS[status]} for status in statuses}
+
+
+def engine_error_response(exc: Exception) -> JSONResponse:
+    """An engine's refusal as a response: a full queue is 503 with Retry-After (lema.core.errors.Unavailable), any
+    other refusal of the request 400 (the message names the field or the bound)."""
+    from lema.core.errors import Unavailable
+
+    message = str(exc)[:1000]
+    if isinstance(exc, Unavailable):
+        return error_response(503, message, "unavailable", headers={"Retry-After": "1"})
+    return error_response(400, message)

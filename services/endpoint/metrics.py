@@ -66,7 +66,32 @@ class EndpointMetrics:
             "lema_endpoint_promotion_state", "1 for this replica's state against the promotion record",
             ["state"], multiprocess_mode="livemostrecent", registry=r,
         )
+        self.queue = Gauge(
+            "lema_endpoint_queue_sequences", "Sequences (prompts x n) waiting to join the running batch",
+            multiprocess_mode="livemostrecent", registry=r,
+        )
+        self.batch_rows = Histogram(
+            "lema_endpoint_batch_rows", "Rows (sequences) in the running batch, per decoding step",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
+        )
+        self.ttft = Histogram(
+            "lema_endpoint_time_to_first_token_seconds", "From a request's arrival at the engine to its first token",
+            buckets=_BUCKETS, registry=r,
+        )
         self._promoted: str | None = None
+
+    def watch_engine(self, engine) -> None:
+        """Feed the scheduler's steps into the queue, batch-size and TTFT series (engines with a scheduler)."""
+        scheduler = getattr(engine, "scheduler", None)
+        if scheduler is not None:
+            scheduler.observer = self
+
+    def on_step(self, rows: int, waiting: int) -> None:
+        self.batch_rows.observe(rows)
+        self.queue.set(waiting)
+
+    def on_first_token(self, seconds: float) -> None:
+        self.ttft.observe(seconds)
 
     def set_fleet(self, generation: int, state: str) -> None:
         self.fleet_generation.set(generation)

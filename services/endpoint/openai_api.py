@@ -31,7 +31,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from lema.core.config import EndpointConfig
 from lema.core.engines import Completion, Engine, EngineError, SamplingParams, StreamDelta
-from services.endpoint.errors import documented
+from services.endpoint.errors import documented, engine_error_response
 from services.endpoint.errors import error_response as _error
 from services.endpoint.swap import UnknownModel
 
@@ -183,7 +183,7 @@ def build_app(
                 params = body.sampling(default_max_tokens)
                 results = await _unless_disconnected(request, get_engine().generate(prompts, params, adapter))
             except (EngineError, ValueError) as exc:
-                return served, [], _error(400, str(exc)[:1000])
+                return served, [], engine_error_response(exc)
             except ClientGone:
                 return served, [], _error(499, "the client closed the connection", "client_closed")
         if on_served is not None:
@@ -204,7 +204,7 @@ def build_app(
             first = await deltas.__anext__()
         except (EngineError, ValueError) as exc:
             pinned.close()
-            return failed(route, served, _error(400, str(exc)[:1000]), started)
+            return failed(route, served, engine_error_response(exc), started)
         except BaseException:
             pinned.close()
             raise
@@ -222,6 +222,10 @@ def build_app(
                         delta = await deltas.__anext__()
                     except StopAsyncIteration:
                         break
+                    except EngineError as exc:  # shut down mid-stream: an error event, as vLLM sends, then the end
+                        body = json.loads(engine_error_response(exc).body)
+                        yield f"data: {json.dumps(body)}\n\n"
+                        return
                 if _include_usage(body):
                     yield chunks.usage(finished, params.n)
                 yield "data: [DONE]\n\n"

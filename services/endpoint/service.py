@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import bentoml
 
+from lema.core.errors import Unavailable
 from services.endpoint.admin import build_admin_app
 from services.endpoint.core import (
     EndpointCore,
-    NotReady,
     current_core,
     load_endpoint_config,
     set_current_core,
@@ -58,6 +58,7 @@ class Endpoint:
     @bentoml.on_startup
     async def start_engine(self) -> None:
         self.core.start_in_background()
+        _chain_sigterm(self.core)
 
     @bentoml.on_shutdown
     async def stop_engine(self) -> None:
@@ -89,8 +90,10 @@ class Endpoint:
         # exceptions here answered a list instead.
         try:
             result = await self.core.solve(question, model, max_tokens, temperature, kind)
-        except NotReady as exc:
-            return _solve_error(ctx, 503, str(exc))
+        except Unavailable as exc:  # starting, or the engine's queue is full
+            if ctx is not None:
+                ctx.response.headers["Retry-After"] = "1"
+            return _solve_error(ctx, 503, str(exc)[:1000])
         except UnknownModel:  # raised by resolving the model only; a KeyError from inside generation is a bug
             return _solve_error(ctx, 404, f"model {str(model)[:200]!r} is not served here; see /v1/models")
         except ValueError as exc:
@@ -104,6 +107,27 @@ def _solve_error(ctx, status: int, message: str) -> dict:
     if ctx is not None:
         ctx.response.status_code = status
     return {"error": message}
+
+
+def _chain_sigterm(core: EndpointCore) -> None:
+    """Start the core's shutdown grace period when SIGTERM arrives, then let the server's own handler run (uvicorn
+    installs it before startup hooks run). Without this the server waits for every open stream before shutdown hooks
+    run, however long they take (Kubernetes kills the pod at 30 s)."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(signum, frame) -> None:
+        loop.call_soon_threadsafe(core.on_sigterm)
+        if callable(previous):
+            previous(signum, frame)
+
+    try:
+        signal.signal(signal.SIGTERM, handle)
+    except ValueError:  # not the main thread (an embedding host): its own shutdown calls core.close()
+        pass
 
 
 def self_threads(threads: int | None) -> int:

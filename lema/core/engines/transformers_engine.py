@@ -1,22 +1,19 @@
-"""The transformers (+ peft) engine: no extra install, CPU or GPU, batching across requests, streaming, runtime LoRA.
+"""The transformers (+ peft) engine: no extra install, CPU or GPU, continuous batching, streaming, runtime LoRA.
 
 Adapters use peft's own `PeftModel` API (`load_adapter`, `set_adapter`, `disable_adapter`, `delete_adapter`):
 transformers' `model.set_adapter` needs peft >= 0.22, which the registries do not serve. One model serves every
-request: a worker thread takes the requests waiting for it in groups (`_Work.key` says which can share a batch) and
-generates each group in one `generate()` call, so the event loop stays free and concurrent callers share batches.
-It is static batching: a batch runs until its longest row ends (vLLM's continuous batching does better on a GPU).
+request: a worker thread runs iteration-level scheduling (lema.core.engines.continuous): a request joins the running
+batch at the next decoding step, rows leave as they finish, requests for different adapters share steps, so the event
+loop stays free and a short request never waits for a long one to end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
-import functools
+import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from lema.core.engines.base import (
@@ -28,7 +25,10 @@ from lema.core.engines.base import (
     SamplingParams,
     StreamDelta,
 )
-from lema.core.engines.stopping import cut_at_stop, end_token_ids, first_stop
+from lema.core.engines.continuous import Request, Scheduler
+from lema.core.engines.stopping import end_token_ids
+
+logger = logging.getLogger("lema.engine")
 
 
 def _through_last_end(input_ids: list[int], mask: list[int], end_ids: set[int]) -> list[int]:
@@ -48,10 +48,13 @@ class TransformersEngine:
         batch_size: int = 32,
         threads: int | None = None,
         merge_adapter: str | None = None,
-        batch_wait_s: float = 0.03,
+        max_waiting: int | None = None,
+        max_sequences_per_request: int | None = None,
     ):
-        """`merge_adapter`: a PEFT adapter folder merged into the weights at load time, for a model that serves
-        one adapter only (evaluation): an unmerged LoRA adds about 40% to generation time."""
+        """`batch_size`: the most rows (sequences) generating at once. `merge_adapter`: a PEFT adapter folder merged
+        into the weights at load time, for a model that serves one adapter only (evaluation): an unmerged LoRA adds
+        about 40% to generation time. `max_waiting` (sequences queued; past it requests are refused as busy) and
+        `max_sequences_per_request` (prompts x n) bound a server's queue; None: unbounded (offline use)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,47 +75,45 @@ class TransformersEngine:
             from peft import PeftModel
 
             loaded = PeftModel.from_pretrained(loaded, merge_adapter).merge_and_unload().eval()
-        self._attach(loaded, tokenizer, batch_size, batch_wait_s)
+        self._attach(loaded, tokenizer, batch_size, max_waiting, max_sequences_per_request)
 
     @classmethod
-    def from_loaded(cls, model, tokenizer, model_id: str = "in-memory", batch_size: int = 32,
-                    batch_wait_s: float = 0.0) -> TransformersEngine:
+    def from_loaded(cls, model, tokenizer, model_id: str = "in-memory", batch_size: int = 32) -> TransformersEngine:
         """An engine over a model already in memory (lema-tiny's pretraining evaluates its live weights): nothing
         is loaded, moved or converted, and torch's thread count stays the caller's. The model is put in eval mode
         and the tokenizer pads on the left; a caller that goes on training sets `model.train()` again."""
         engine = cls.__new__(cls)
         engine.model_id = model_id
         engine.device = str(next(model.parameters()).device)
-        engine._attach(model.eval(), tokenizer, batch_size, batch_wait_s)
+        engine._attach(model.eval(), tokenizer, batch_size, None, None)
         return engine
 
-    def _attach(self, model, tokenizer, batch_size: int, batch_wait_s: float) -> None:
+    def _attach(self, model, tokenizer, batch_size: int, max_waiting: int | None,
+                max_sequences_per_request: int | None) -> None:
         self.tokenizer = tokenizer
-        self.tokenizer.padding_side = "left"  # batched generation continues every prompt from its last token
+        self.tokenizer.padding_side = "left"  # batched scoring and prefill continue every prompt from its last token
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = model
         self.batch_size = batch_size
-        self.batch_wait_s = batch_wait_s  # how long a short batch waits for more requests before it starts
         # The longest sequence the model was built for: prompt + max_tokens beyond it is refused, not generated
         # (positions past it are out of distribution, and a huge prompt would hold the engine for minutes).
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         self._adapters: dict[str, AdapterInfo] = {}
-        self._lock = threading.Lock()  # the model: a generating group, an adapter load or unload
+        self._lock = threading.Lock()  # the model: one decoding step, an adapter load or unload, a scoring pass
         # A fast tokenizer changes its padding and truncation state on every call and is not safe to call from two
-        # threads at once (the context check runs beside a generating batch).
+        # threads at once (prompts are encoded beside a generating batch).
         self._tokenizer_lock = threading.Lock()
-        self._waiting: collections.deque[_Work] = collections.deque()
-        self._waiting_changed = threading.Condition()
-        self._worker: threading.Thread | None = None
-        self._in_flight: set[_Work] = set()
-        self._busy_since: float | None = None
-        self._last_group_prompts = 1
-        self._last_group_end = 0.0
-        self._closed = False
-        # Counters for tests and benchmarks: generate() calls served, groups and model batches run, and the
-        # decoding steps of the last batch (a cancelled batch stops early).
-        self.stats = {"requests": 0, "groups": 0, "batches": 0, "last_batch_steps": 0}
+        self.scheduler = Scheduler(
+            model=lambda: self.model, tokenizer=self.tokenizer, device=self.device, end_ids=self._eos_ids(),
+            lock=self._lock, tokenizer_lock=self._tokenizer_lock, loaded_adapters=lambda: set(self._adapters),
+            max_rows=batch_size, max_waiting=max_waiting, max_sequences_per_request=max_sequences_per_request,
+        )
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters for tests and benchmarks: requests, steps, prefills, preemptions, tokens, the widest batch."""
+        return self.scheduler.stats
 
     # -- prompts -----------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
@@ -237,171 +238,77 @@ class TransformersEngine:
     async def generate(
         self, prompts: list[Prompt], params: SamplingParams, adapter: str | None = None
     ) -> list[list[Completion]]:
-        """n completions per prompt. Requests that wait together are generated together (see `_Work.key`); a
-        caller that is cancelled (a client gone, a deadline passed) stops its rows at the next decoding step."""
-        texts = await self._prepare(prompts, params, adapter)
-        if not texts:
+        """n completions per prompt. The request joins the running batch at the next decoding step and its rows
+        leave it as they finish (lema.core.engines.continuous); a caller that is cancelled (a client gone, a
+        deadline passed) has its rows dropped at the next step."""
+        prompt_ids = await self._prepare(prompts, params, adapter)
+        if not prompt_ids:
             return []
         loop = asyncio.get_running_loop()
-        work = _Work(texts, params, adapter, loop, loop.create_future())
-        self._submit(work)
+        request = Request(prompt_ids, params, adapter, loop, loop.create_future())
+        self.scheduler.submit(request)
         try:
-            return await work.future
+            return await request.future
         except asyncio.CancelledError:
-            work.cancelled.set()
+            self.scheduler.cancel(request)
             raise
 
     async def generate_stream(
         self, prompts: list[Prompt], params: SamplingParams, adapter: str | None = None
     ) -> AsyncIterator[StreamDelta]:
         """`generate`, delivered as the tokens come: text deltas per choice, then each choice's last delta with its
-        finish reason and completion. The request shares batches like any other; closing the iterator early (a
-        client gone) cancels it. Concatenated deltas equal the completion's text: text that might still turn out
-        to be part of a stop string, or half of a multi-byte character, is held back until it cannot."""
-        texts = await self._prepare(prompts, params, adapter)
+        finish reason and completion. Closing the iterator early (a client gone) cancels the request. Concatenated
+        deltas equal the completion's text: text that might still turn out to be part of a stop string, or half of
+        a multi-byte character, is held back until it cannot."""
+        prompt_ids = await self._prepare(prompts, params, adapter)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        work = _Work(texts, params, adapter, loop, loop.create_future())
-        work.stream = _TokenStream(self, params, lambda item: loop.call_soon_threadsafe(events.put_nowait, item))
-        work.future.add_done_callback(lambda _: events.put_nowait(None))
-        self._submit(work)
+        request = Request(prompt_ids, params, adapter, loop, loop.create_future(),
+                          on_text=lambda items: loop.call_soon_threadsafe(events.put_nowait, items))
+        request.future.add_done_callback(lambda _: events.put_nowait(None))
+        self.scheduler.submit(request)
         sent: dict[int, str] = collections.defaultdict(str)
         try:
-            while (item := await events.get()) is not None:
-                indices, text = item
-                for index in indices:
+            while (items := await events.get()) is not None:
+                for index, text in items:
                     sent[index] += text
                     yield StreamDelta(index, text)
-            results = work.future.result()  # raises the generation's error, if any
+            results = request.future.result()  # raises the generation's error, if any
             for prompt_index, samples in enumerate(results):
                 for sample, completion in enumerate(samples):
                     index = prompt_index * params.n + sample
                     rest = completion.text[len(sent[index]):] if completion.text.startswith(sent[index]) else ""
                     yield StreamDelta(index, rest, completion.finish_reason, completion)
         finally:
-            if not work.future.done():  # the consumer stopped early (a client gone): stop the rows
-                work.cancelled.set()
-                work.future.cancel()
+            if not request.future.done():  # the consumer stopped early (a client gone): drop the rows
+                self.scheduler.cancel(request)
+                request.future.cancel()
 
-    async def _prepare(self, prompts: list[Prompt], params: SamplingParams, adapter: str | None) -> list[str]:
+    async def _prepare(self, prompts: list[Prompt], params: SamplingParams, adapter: str | None) -> list[list[int]]:
+        """The prompts as token ids, checked against the adapters loaded and the model's context."""
         if adapter and adapter not in self._adapters:
             raise EngineError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapters)})")
         texts = [self.render(p) for p in prompts]
-        if texts:
-            await asyncio.to_thread(self._check_context, texts, params.max_tokens)
-        return texts
+        return await asyncio.to_thread(self._encode, texts, params.max_tokens) if texts else []
 
-    def _check_context(self, texts: list[str], max_tokens: int) -> None:
-        if self.context_length is None:
-            return
+    def _encode(self, texts: list[str], max_tokens: int) -> list[list[int]]:
+        encoded = []
         for i, text in enumerate(texts):
             with self._tokenizer_lock:
-                length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            if length + max_tokens > self.context_length:
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise EngineError(f"prompt {i} is empty once rendered")
+            if self.context_length is not None and len(ids) + max_tokens > self.context_length:
                 raise ContextLengthError(
-                    f"prompt {i} has {length} tokens; with max_tokens {max_tokens} that is {length + max_tokens} > "
-                    f"the model's context of {self.context_length} tokens")
+                    f"prompt {i} has {len(ids)} tokens; with max_tokens {max_tokens} that is {len(ids) + max_tokens} "
+                    f"> the model's context of {self.context_length} tokens")
+            encoded.append(ids)
+        return encoded
 
     @property
     def busy_for_s(self) -> float:
-        """How long the batch on the model now has been generating (0 when idle): readiness reads it."""
-        started = self._busy_since
-        return time.monotonic() - started if started is not None else 0.0
-
-    # -- the scheduler: one worker thread takes waiting requests in groups --------------------------
-    def _submit(self, work: _Work) -> None:
-        with self._waiting_changed:
-            if self._closed:
-                raise EngineError("the engine is closed")
-            self._waiting.append(work)
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._serve, name="lema-transformers", daemon=True)
-                self._worker.start()
-            self._waiting_changed.notify()
-
-    def _serve(self) -> None:
-        """Generate groups of waiting requests until none has come for a second (then the thread ends, so an
-        engine nobody closes does not keep a thread, and its model, alive)."""
-        while True:
-            with self._waiting_changed:
-                if not self._waiting:
-                    self._waiting_changed.wait(timeout=1.0)
-                if not self._waiting:
-                    self._worker = None
-                    return
-                # Clients answered by the last group send their next requests milliseconds apart: until as many
-                # prompts wait as the last group had, wait for them (at most batch_wait_s), or groups alternate
-                # between one request and all the others. A lone client never waits (its last group was itself),
-                # nor does a request arriving at an idle engine (no wave of clients is on its way).
-                now = time.monotonic()
-                deadline = now + self.batch_wait_s
-                recent = now - self._last_group_end < 2 * self.batch_wait_s
-                expected = min(self.batch_size, self._last_group_prompts) if recent else 0
-                while (sum(len(w.texts) for w in self._waiting) < expected
-                       and (left := deadline - time.monotonic()) > 0):
-                    self._waiting_changed.wait(timeout=left)
-                group = self._take_group()
-            self._run_group(group)
-
-    def _take_group(self) -> list[_Work]:
-        """The oldest waiting request and every later one that can share its batch (same key, up to batch_size
-        prompts); the rest keep their order."""
-        first = self._waiting.popleft()
-        group, prompts, kept = [first], len(first.texts), collections.deque()
-        while self._waiting:
-            work = self._waiting.popleft()
-            if work.key() == first.key() and prompts + len(work.texts) <= self.batch_size:
-                group.append(work)
-                prompts += len(work.texts)
-            else:
-                kept.append(work)
-        self._waiting = kept
-        return group
-
-    def _run_group(self, group: list[_Work]) -> None:
-
-        import torch
-
-        live = [w for w in group if not w.cancelled.is_set()]
-        for work in group:
-            if work.cancelled.is_set():
-                work.fail(asyncio.CancelledError())
-        if not live:
-            return
-        first = live[0]
-        texts = [t for w in live for t in w.texts]
-        owners = [(w, i) for w in live for i in range(len(w.texts))]  # per prompt: its request, its index there
-        params = dataclasses.replace(first.params, max_tokens=max(w.params.max_tokens for w in live))
-        self._busy_since = time.monotonic()
-        self._in_flight = set(live)
-        self._last_group_prompts = len(texts)
-        self.stats["groups"] += 1
-        self.stats["requests"] += len(live)
-        try:
-            with self._lock, torch.inference_mode():
-                context = self._adapter_context(first.adapter)
-                if params.seed is not None:  # a seeded request is alone in its group (_Work.key)
-                    torch.manual_seed(params.seed)
-                results: list[list[Completion]] = []
-                with context:
-                    for start in range(0, len(texts), self.batch_size):
-                        end = start + self.batch_size
-                        results += self._generate_batch(texts[start:end], params, owners[start:end])
-        except Exception as exc:  # noqa: BLE001 - every request of the group gets the failure
-            for work in live:
-                work.fail(exc if isinstance(exc, EngineError) else EngineError(f"generation failed: {exc}"))
-            return
-        finally:
-            self._busy_since = None
-            self._in_flight = set()
-            self._last_group_end = time.monotonic()
-        offset = 0
-        for work in live:
-            mine = results[offset : offset + len(work.texts)]
-            offset += len(work.texts)
-            if work.params.greedy:  # n identical greedy choices (OpenAI's semantics)
-                mine = [samples * work.params.n for samples in mine]
-            work.finish([[self._clip(c, work.params) for c in samples] for samples in mine])
+        """How long the engine has made no progress while it had work (0 when idle): readiness reads it."""
+        return self.scheduler.stalled_for_s
 
     def _adapter_context(self, adapter: str | None):
         """With the lock held: the adapter made active, or, for the base model while adapters are loaded, a context
@@ -413,202 +320,13 @@ class TransformersEngine:
             return contextlib.nullcontext()
         return self.model.disable_adapter() if self._adapters else contextlib.nullcontext()
 
-    def _clip(self, completion: Completion, params: SamplingParams) -> Completion:
-        """A completion of a group generated further than this request's max_tokens, cut back to it."""
-        if completion.completion_tokens <= params.max_tokens:
-            return completion
-        ids = completion.token_ids[: params.max_tokens]
-        text, finish = self._decode(ids, "length", params.stop)
-        return dataclasses.replace(completion, text=text, token_ids=ids, finish_reason=finish,
-                                   completion_tokens=len(ids))
-
-    def _decode(self, ids, finish: str, stop: tuple[str, ...]) -> tuple[str, str]:
-        return cut_at_stop(self.tokenizer.decode(list(ids), skip_special_tokens=True), stop, finish)
-
-    def _generate_batch(self, texts: list[str], params: SamplingParams,
-                        owners: list[tuple[_Work, int]]) -> list[list[Completion]]:
-        from transformers import StoppingCriteriaList
-
-        with self._tokenizer_lock:
-            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(self.device)
-        prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
-        # Greedy decoding gives one answer per prompt (generated once; `_run_group` repeats it n times).
-        generated = 1 if params.greedy else params.n  # sequences generate() returns per prompt
-        kwargs = dict(
-            max_new_tokens=params.max_tokens,
-            num_return_sequences=generated,
-            pad_token_id=self.tokenizer.pad_token_id,
-            do_sample=not params.greedy,
-            stopping_criteria=StoppingCriteriaList([_cancelled_rows([w.cancelled for w, _ in owners], generated)]),
-        )
-        if any(w.stream is not None for w, _ in owners):
-            sinks = [None if w.stream is None else functools.partial(w.stream.token, prompt * generated + sample)
-                     for w, prompt in owners for sample in range(generated)]
-            kwargs["streamer"] = _row_streamer(sinks)
-        if not params.greedy:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
-        output = self.model.generate(**batch, **kwargs)
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        self.stats["batches"] += 1
-        self.stats["last_batch_steps"] = int(new_tokens.shape[1])
-        eos_ids = self._eos_ids()
-        completions: list[list[Completion]] = []
-        for i, row in enumerate(new_tokens.tolist()):
-            ids, finish = [], "length"
-            for token in row:
-                if token in eos_ids:
-                    finish = "stop"
-                    break
-                ids.append(token)
-            text, finish = self._decode(ids, finish, params.stop)
-            if i % generated == 0:
-                completions.append([])
-            completion = Completion(text=text, token_ids=tuple(ids), finish_reason=finish,
-                                    prompt_tokens=int(prompt_lengths[i // generated]),
-                                    completion_tokens=len(ids))
-            completions[-1].append(completion)
-        return completions
-
     def _eos_ids(self) -> set[int]:
         return end_token_ids(self.model.generation_config.eos_token_id, self.tokenizer)
 
-    async def close(self) -> None:
-        """Refuse new requests, stop the ones waiting or generating (at the next decoding step), end the worker."""
-        with self._waiting_changed:
-            self._closed = True
-            waiting, self._waiting = list(self._waiting), collections.deque()
-            worker = self._worker
-        for work in waiting:
-            work.cancelled.set()
-            work.fail(EngineError("the engine is closed"))
-        for work in list(self._in_flight):
-            work.cancelled.set()
-        if worker is not None:
-            await asyncio.to_thread(worker.join, 60)
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Refuse new requests; let the ones in flight finish for up to `grace_s` (SIGTERM's drain), then cancel
+        the rest and end the worker."""
+        cancelled = await asyncio.to_thread(self.scheduler.drain, grace_s)
+        if cancelled:
+            logger.warning("closed with %d request(s) unfinished after a %.0f s grace period", cancelled, grace_s)
         self._adapters.clear()
-
-
-@dataclass(eq=False)
-class _Work:
-    """One generate() call waiting for, or in, a group; its caller awaits `future` on its own event loop."""
-
-    texts: list[str]
-    params: SamplingParams
-    adapter: str | None
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    stream: _TokenStream | None = None  # generate_stream: receives every token of its rows
-
-    def key(self) -> tuple:
-        """Requests with equal keys can share one generate() call: the same adapter and the same decoding (greedy,
-        or the same temperature, top_p and n), the same stop strings. max_tokens may differ (a group generates to
-        the largest and cuts the others back). A seeded request is alone, so its seed alone decides its samples."""
-        p = self.params
-        if p.seed is not None:
-            return ("seeded", id(self))
-        decoding = ("greedy",) if p.greedy else ("sample", p.temperature, p.top_p, p.n)
-        return (self.adapter, decoding, p.stop)
-
-    def finish(self, result) -> None:
-        self._settle(lambda future: future.set_result(result))
-
-    def fail(self, exc: BaseException) -> None:
-        if isinstance(exc, asyncio.CancelledError):
-            self._settle(lambda future: future.cancel())
-        else:
-            self._settle(lambda future: future.set_exception(exc))
-
-    def _settle(self, action) -> None:
-        def apply() -> None:
-            if not self.future.done():
-                action(self.future)
-
-        try:
-            self.loop.call_soon_threadsafe(apply)
-        except RuntimeError:  # the caller's event loop is gone: nobody is waiting
-            pass
-
-
-def _cancelled_rows(flags: list[threading.Event], rows_per_prompt: int):
-    """A stopping criterion: the rows of cancelled requests are done now (when every row of the batch is, the
-    batch stops and the model is free for the next group)."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class CancelledRows(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            done = [flags[row // rows_per_prompt].is_set() for row in range(input_ids.shape[0])]
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-    return CancelledRows()
-
-
-class _TokenStream:
-    """Turns a streaming request's tokens (in the worker thread) into text deltas per row, pushed to its consumer.
-    A row's text is decoded again at each token (cheap at these lengths) and released up to what can no longer
-    change: eos ends the row; a stop string ends it at the string; the last len(longest stop) - 1 characters and a
-    trailing half character wait."""
-
-    def __init__(self, engine: TransformersEngine, params: SamplingParams,
-                 push: Callable[[tuple[list[int], str]], object]):
-        self.tokenizer, self.eos = engine.tokenizer, engine._eos_ids()
-        self.params, self.push = params, push
-        self.generated = 1 if params.greedy else params.n
-        self.copies = params.n // self.generated
-        self.hold = max((len(s) for s in params.stop), default=1) - 1
-        self.ids: dict[int, list[int]] = collections.defaultdict(list)
-        self.sent: dict[int, int] = collections.defaultdict(int)
-        self.done: set[int] = set()
-
-    def token(self, row: int, token: int) -> None:
-        if row in self.done:
-            return
-        if token in self.eos:
-            self.done.add(row)
-            return
-        ids = self.ids[row]
-        ids.append(token)
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        cut = first_stop(text, self.params.stop)
-        if cut != -1:
-            ready = cut
-            self.done.add(row)
-        else:
-            ready = len(text) - self.hold
-            if text.endswith("\ufffd"):
-                ready = min(ready, len(text) - 1)
-        if len(ids) >= self.params.max_tokens:
-            self.done.add(row)
-        if ready > self.sent[row]:
-            prompt, sample = divmod(row, self.generated)
-            indices = [prompt * self.params.n + sample * self.copies + c for c in range(self.copies)]
-            self.push((indices, text[self.sent[row]:ready]))
-            self.sent[row] = ready
-
-
-def _row_streamer(sinks: list):
-    """A transformers streamer handing each decoding step's token of row r to sinks[r] (None: not streamed)."""
-    from transformers.generation.streamers import BaseStreamer
-
-    class RowStreamer(BaseStreamer):
-        def __init__(self) -> None:
-            self.prompt_seen = False
-
-        def put(self, value) -> None:
-            if not self.prompt_seen:  # the first call carries the prompts
-                self.prompt_seen = True
-                return
-            for row, token in enumerate(value.tolist()):
-                if sinks[row] is not None:
-                    sinks[row](token)
-
-        def end(self) -> None:
-            pass
-
-    return RowStreamer()
