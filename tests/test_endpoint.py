@@ -272,36 +272,47 @@ def test_an_abandoned_request_stops_and_the_next_one_is_served_promptly(server, 
         assert time.monotonic() - started < full / 2, (streamed, full)
 
 
-def test_readiness_reflects_a_wedged_engine_and_sigterm_drains(registry, tmp_path):
-    """Issue 14: /readyz stayed 200 while the engine was wedged. With `stall_after_s` 0.5, a batch generating
-    longer than that makes the endpoint not ready until it ends; SIGTERM lets the request in flight finish
-    (a 200), then the server exits 0."""
+def test_sigterm_drains_within_the_grace_period_then_cancels(registry, tmp_path):
+    """Issue 26: SIGTERM during a heavy request drained for 55 s (Kubernetes kills at 30 s). Now the endpoint turns
+    not ready at once, a request that can finish within `shutdown_grace_s` finishes (200), the rest are cancelled with
+    a 503 the client can retry elsewhere, and the server exits 0 soon after the grace period."""
     import signal
     import threading
 
     port = free_port()
-    config = {"model": MODEL_ARG, "engine": "transformers", "registry_dir": str(registry), "stall_after_s": 0.5}
-    server = start_endpoint(bentoml_serve_args(port), tmp_path / "wedged.log", port,
+    grace = 5.0
+    config = {"model": MODEL_ARG, "engine": "transformers", "registry_dir": str(registry), "shutdown_grace_s": grace}
+    server = start_endpoint(bentoml_serve_args(port), tmp_path / "sigterm.log", port,
                             env=section_env("endpoint", config))
-    body = {"model": BASE, "prompt": "Step 1:", "max_tokens": 400, "temperature": 1.0, "n": 16, "seed": 5}
+    # Two heavy requests of 4 prompts x n=16 x 480 tokens: far more than 5 s of work; one short request.
+    heavy = {"model": BASE, "prompt": ["Step 1:"] * 4, "max_tokens": 480, "temperature": 1.0, "n": 16, "seed": 5}
+    short = {"model": BASE, "prompt": "Step 1:", "max_tokens": 20, "temperature": 0}
     outcome: dict = {}
 
-    def long_request() -> None:
-        outcome["status"] = httpx.post(f"{server.url}/v1/completions", json=body, timeout=300).status_code
+    def post(name: str, body: dict) -> None:
+        reply = httpx.post(f"{server.url}/v1/completions", json=body, timeout=300)
+        outcome[name] = (reply.status_code, reply.headers.get("retry-after"), reply.json())
 
     try:
         with httpx.Client(base_url=server.url, timeout=10) as http:
             assert http.get("/readyz").status_code == 200
-            worker = threading.Thread(target=long_request)
-            worker.start()
-            deadline = time.monotonic() + 60
-            while http.get("/readyz").status_code == 200 and worker.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert worker.is_alive()  # not ready while the long batch still generates
+            workers = [threading.Thread(target=post, args=(name, body))
+                       for name, body in (("heavy1", heavy), ("heavy2", heavy), ("short", short))]
+            for worker in workers:
+                worker.start()
+                time.sleep(0.2)
+            signalled = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
-            worker.join(timeout=300)
-        assert outcome == {"status": 200}
-        assert server.process.wait(timeout=120) == 0
+            for worker in workers:
+                worker.join(timeout=120)
+            answered_in = time.monotonic() - signalled
+        assert outcome["short"][0] == 200 and outcome["short"][2]["choices"][0]["text"]
+        for name in ("heavy1", "heavy2"):
+            status, retry_after, body = outcome[name]
+            assert status == 503 and retry_after and "shut down" in body["error"]["message"], outcome[name]
+        assert answered_in < grace + 10
+        assert server.process.wait(timeout=60) == 0
+        assert time.monotonic() - signalled < grace + 30  # within Kubernetes' default grace period
     finally:
         server.stop()
 

@@ -194,3 +194,19 @@ def test_shutdown_drains_within_the_grace_period_then_cancels():
     short, closed_in = asyncio.run(run())
     assert short.completion_tokens == 4  # what could finish within the grace period did
     assert closed_in < 5  # the unfinished one was cancelled, not waited for
+
+
+def test_a_stalled_engine_shows_in_busy_for_s_and_recovers(engine):
+    """Readiness reads `busy_for_s`: how long the engine has had work but made no progress. Holding the model lock
+    (as a slow adapter load would) stalls the loop; releasing it lets the request finish and the value fall to 0."""
+    async def run():
+        with engine._lock:
+            task = asyncio.ensure_future(engine.generate([PROMPTS[0]], SamplingParams(max_tokens=4)))
+            await asyncio.sleep(0.6)
+            stalled = engine.busy_for_s
+        result = await task
+        return stalled, result, engine.busy_for_s
+
+    stalled, result, after = asyncio.run(run())
+    assert stalled >= 0.4
+    assert result[0][0].completion_tokens == 4 and after == 0.0

@@ -164,7 +164,7 @@ class EndpointConfig(_Section):
     max_batch_rows: int = Field(default=32, ge=1, le=4096, description="transformers engine: sequences generating at "
                                                                       "once (continuous batching)")
     max_sequences_per_request: int = Field(
-        default=64, ge=1, le=4096,
+        default=128, ge=1, le=4096,
         description="prompts x n one request may ask for (400 past it): one client's request cannot hold the engine")
     max_waiting_sequences: int = Field(
         default=1024, ge=1, description="sequences queued for the engine; past it requests answer 503 with Retry-After")

@@ -223,8 +223,7 @@ def build_app(
                     except StopAsyncIteration:
                         break
                     except EngineError as exc:  # shut down mid-stream: an error event, as vLLM sends, then the end
-                        body = json.loads(engine_error_response(exc).body)
-                        yield f"data: {json.dumps(body)}\n\n"
+                        yield f"data: {engine_error_response(exc).body.decode()}\n\n"
                         return
                 if _include_usage(body):
                     yield chunks.usage(finished, params.n)

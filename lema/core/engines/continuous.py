@@ -246,6 +246,9 @@ class Scheduler:
             free += self._preempt(len(starved) - free)
         admitted: list[Sequence] = []
         budget = self.max_prefill_tokens
+        # Starved requests first (in arrival order), then round-robin: a preempted row must not take back the row
+        # it just gave up.
+        self._waiting = collections.deque(starved + [r for r in self._waiting if r not in starved])
         while free > 0 and self._waiting:
             progressed = False
             for request in list(self._waiting):
