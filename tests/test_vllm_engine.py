@@ -181,6 +181,34 @@ def test_length_finish_and_text_prompts(harness):
         assert got[0].finish_reason == "length"
 
 
+def test_streaming_deltas_add_up_to_the_completion_and_match_transformers(harness):
+    """Issue 26: the vLLM engine streams token deltas from its async engine (the endpoint's SSE path)."""
+    async def collect(engine, params):
+        return [d async for d in engine.generate_stream(PROMPTS[:2], params)]
+
+    params = SamplingParams(n=2, max_tokens=24)
+    deltas = harness.run(collect(harness.vllm, params))
+    finals = {d.index: d.completion for d in deltas if d.completion is not None}
+    assert sorted(finals) == [0, 1, 2, 3]
+    for index, completion in finals.items():
+        assert "".join(d.text for d in deltas if d.index == index) == completion.text
+    assert sum(1 for d in deltas if d.text and d.completion is None) > 4  # really incremental
+    reference = harness.run(harness.hf.generate(PROMPTS[:2], params))
+    assert [finals[i].token_ids for i in range(4)] == [c.token_ids for per in reference for c in per]
+
+
+def test_closing_a_stream_aborts_its_requests(harness):
+    async def abandon():
+        stream = harness.vllm.generate_stream(PROMPTS[:1], SamplingParams(n=4, temperature=1.0, max_tokens=400))
+        first = await stream.__anext__()
+        await stream.aclose()
+        await asyncio.sleep(0.5)
+        return first, harness.vllm._engine.output_processor.get_num_unfinished_requests()
+
+    first, unfinished = harness.run(abandon())
+    assert first.text is not None and unfinished == 0
+
+
 def test_close_stops_the_engine_processes(harness):
     psutil = pytest.importorskip("psutil")
 

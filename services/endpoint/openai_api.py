@@ -68,11 +68,13 @@ class _Common(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    ignore_eos: bool = False  # vLLM's extension (load generators such as guidellm send it)
 
     def sampling(self, default_max_tokens: int = 256) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
-                              max_tokens=self.max_tokens or default_max_tokens, stop=stop, seed=self.seed)
+                              max_tokens=self.max_tokens or default_max_tokens, stop=stop, seed=self.seed,
+                              ignore_eos=self.ignore_eos)
 
 
 class CompletionRequest(_Common):

@@ -44,6 +44,7 @@ class SamplingParams:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (load benchmarks)
 
     def __post_init__(self) -> None:
         if self.n < 1:

@@ -396,7 +396,7 @@ class Scheduler:
             request.first_token_at = now
             if self.observer is not None:
                 self.observer.on_first_token(now - request.submitted)
-        if token in self._end_ids:
+        if token in self._end_ids and not request.params.ignore_eos:
             seq.finish_reason = "stop"
             return
         seq.generated.append(token)

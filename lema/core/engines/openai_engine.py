@@ -67,6 +67,8 @@ class OpenAIEngine:
             stop=list(params.stop) or None,
             seed=params.seed,
         )
+        if params.ignore_eos:  # vLLM's extension: an upstream that does not know it refuses the request
+            common["extra_body"] = {"ignore_eos": True}
         async with self._semaphore:
             if isinstance(prompt, str):
                 response = await self.client.completions.create(prompt=prompt, **common)

@@ -25,9 +25,10 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from lema.core.engines.base import AdapterInfo, Completion, EngineError, Prompt, SamplingParams
+from lema.core.engines.base import AdapterInfo, Completion, EngineError, Prompt, SamplingParams, StreamDelta
 from lema.core.engines.stopping import cut_at_stop, end_token_ids
 
 logger = logging.getLogger(__name__)
@@ -276,16 +277,81 @@ class VLLMEngine:
         token_ids = [self.encode(p) for p in prompts]
         await self.start()
         vllm_params = self._sampling_params(params)
-        return list(
-            await asyncio.gather(*(self._generate_one(ids, vllm_params, lora_request) for ids in token_ids))
-        )
+        results = await asyncio.gather(*(self._generate_one(ids, vllm_params, lora_request) for ids in token_ids))
+        # Greedy decoding is generated once (vLLM refuses n > 1 without sampling) and repeated: OpenAI's semantics.
+        return [completions * (params.n // vllm_params.n) for completions in results]
+
+    async def generate_stream(
+        self, prompts: list[Prompt], params: SamplingParams, adapter: str | None = None
+    ) -> AsyncIterator[StreamDelta]:
+        """Token deltas as vLLM's async engine produces them (`RequestOutputKind.DELTA`), every prompt's request
+        generating at once; each choice's last delta carries its finish reason and completion, decoded as
+        `generate` decodes it. Closing the iterator early (a client gone) aborts the requests in the engine."""
+        if adapter and adapter not in self._adapters:
+            raise EngineError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapters)})")
+        from vllm.sampling_params import RequestOutputKind
+
+        lora_request = self._lora_requests.get(adapter) if adapter else None
+        token_ids = [self.encode(p) for p in prompts]
+        await self.start()
+        vllm_params = self._sampling_params(params)
+        vllm_params.output_kind = RequestOutputKind.DELTA
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def run(prompt_index: int, ids: list[int]) -> None:
+            try:
+                copies = params.n // vllm_params.n  # greedy: one sequence answers all n choices
+                async for index, text, completion in self._stream_one(ids, vllm_params, lora_request):
+                    for copy in range(copies):
+                        await queue.put(StreamDelta(prompt_index * params.n + index * copies + copy, text,
+                                                    completion.finish_reason if completion else None, completion))
+                await queue.put(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                await queue.put(exc)
+                raise
+
+        tasks = [asyncio.ensure_future(run(i, ids)) for i, ids in enumerate(token_ids)]
+        try:
+            running = len(tasks)
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item if isinstance(item, EngineError) else EngineError(
+                        f"vLLM generation failed: {type(item).__name__}: {item}")
+                else:
+                    yield item
+        finally:
+            for task in tasks:  # a consumer gone: cancelling a task closes vLLM's generator, which aborts it
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stream_one(self, prompt_ids: list[int], vllm_params, lora_request):
+        """(choice index, text delta, final completion or None) as vLLM produces them for one prompt."""
+        sent: dict[int, str] = {}
+        ids_so_far: dict[int, list[int]] = {}
+        async for output in self._outputs(prompt_ids, vllm_params, lora_request):
+            prompt_tokens = len(output.prompt_token_ids) if output.prompt_token_ids is not None else len(prompt_ids)
+            for out in output.outputs:
+                ids_so_far.setdefault(out.index, []).extend(out.token_ids)
+                if out.finish_reason is None:
+                    if out.text:
+                        sent[out.index] = sent.get(out.index, "") + out.text
+                        yield out.index, out.text, None
+                    continue
+                completion = self._completion(ids_so_far[out.index], out.finish_reason, vllm_params.stop or [],
+                                              prompt_tokens)
+                already = sent.get(out.index, "")
+                rest = completion.text[len(already):] if completion.text.startswith(already) else ""
+                yield out.index, rest, completion
 
     def _sampling_params(self, params: SamplingParams):
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         return VLLMSamplingParams(
-            n=params.n,
+            n=1 if params.greedy else params.n,
             temperature=0.0 if params.greedy else params.temperature,
             top_p=1.0 if params.greedy else params.top_p,
             top_k=0,
@@ -294,11 +360,13 @@ class VLLMEngine:
             stop_token_ids=sorted(self._stop_token_ids) or None,
             include_stop_str_in_output=False,
             seed=params.seed,
+            ignore_eos=params.ignore_eos,
             skip_special_tokens=True,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
-    async def _generate_one(self, prompt_ids: list[int], vllm_params, lora_request) -> list[Completion]:
+    async def _outputs(self, prompt_ids: list[int], vllm_params, lora_request):
+        """vLLM's RequestOutputs for one prompt (final only, or deltas, as `vllm_params` asks)."""
         from vllm.inputs import TokensPrompt
 
         if self._engine is None:
@@ -308,7 +376,6 @@ class VLLMEngine:
             # A per-version cache salt keeps adapter versions' prefix-cache entries apart whatever vLLM keys them
             # by (defence in depth for vLLM #42125; names and ids are never reused anyway).
             prompt["cache_salt"] = f"lora-{lora_request.lora_int_id}-{lora_request.lora_name}"
-        final = None
         try:
             renderer = getattr(self._engine, "renderer", None)
             if renderer is not None and hasattr(renderer, "render_cmpl_async"):
@@ -320,36 +387,34 @@ class VLLMEngine:
                 request_id=uuid.uuid4().hex,
                 lora_request=lora_request,
             ):
-                final = output
-        except EngineError:
+                yield output
+        except (EngineError, asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
             raise EngineError(f"vLLM generation failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _generate_one(self, prompt_ids: list[int], vllm_params, lora_request) -> list[Completion]:
+        final = None
+        async for output in self._outputs(prompt_ids, vllm_params, lora_request):
+            final = output
         if final is None:
             raise EngineError("vLLM returned no output")
-        stops = vllm_params.stop or []
         # vLLM's own count of the prompt it ran: equal to ours unless something added tokens (a second bos).
         prompt_tokens = len(final.prompt_token_ids) if final.prompt_token_ids is not None else len(prompt_ids)
-        completions = []
-        for out in sorted(final.outputs, key=lambda o: o.index):
-            ids = list(out.token_ids)
-            # vLLM keeps the eos token in token_ids; the transformers engine (and the OpenAI API) do not.
-            if ids and ids[-1] in self._stop_token_ids and out.finish_reason == "stop":
-                ids = ids[:-1]
-            # Decode like the transformers engine (vLLM's incremental detokenizer can differ on partial UTF-8),
-            # then cut at the first stop string; vLLM already stopped generating there.
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            text, finish = cut_at_stop(text, stops, "length" if out.finish_reason == "length" else "stop")
-            completions.append(
-                Completion(
-                    text=text,
-                    token_ids=tuple(ids),
-                    finish_reason=finish,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=len(ids),
-                )
-            )
-        return completions
+        return [self._completion(list(out.token_ids), out.finish_reason, vllm_params.stop or [], prompt_tokens)
+                for out in sorted(final.outputs, key=lambda o: o.index)]
+
+    def _completion(self, ids: list[int], finish_reason: str | None, stops: list[str],
+                    prompt_tokens: int) -> Completion:
+        # vLLM keeps the eos token in token_ids; the transformers engine (and the OpenAI API) do not.
+        if ids and ids[-1] in self._stop_token_ids and finish_reason == "stop":
+            ids = ids[:-1]
+        # Decode like the transformers engine (vLLM's incremental detokenizer can differ on partial UTF-8),
+        # then cut at the first stop string; vLLM already stopped generating there.
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text, finish = cut_at_stop(text, stops, "length" if finish_reason == "length" else "stop")
+        return Completion(text=text, token_ids=tuple(ids), finish_reason=finish, prompt_tokens=prompt_tokens,
+                          completion_tokens=len(ids))
 
     def _eos_ids(self) -> set[int]:
         """The ids that end a completion: generation_config's eos ids, the tokenizer's eos and pad."""
