@@ -12,14 +12,16 @@ Everything runs side by side in one invocation on one machine, so the ratios com
 Workloads, all greedy, the official `openai` client, streaming:
 - lone: one client, max_tokens cycling 16 / 64 / 128 / 256;
 - mixed: 16 concurrent clients, the same cycle (TTFT p50/p95 and tokens/s against the lone client's);
-- uniform: 16 concurrent clients, 64 tokens each (tokens/s against in-process batch-16 generation);
+- uniform: 16 concurrent clients, 64 tokens each, whole responses and streamed (tokens/s against in-process
+  batch-16 generation of the same prompts);
 - head of line: a request of 8 prompts x n=16 x 480 tokens (at temperature 1), then a 4-token request: its latency.
 - guidellm (with --guidellm, when the `guidellm` command is installed: `pip install -e '.[bench]'`): a concurrency
   sweep 1, 4, 16, 32 on /v1/completions and /v1/chat/completions (--guidellm-routes), 64 prompt / 64 output tokens
   (uniform) and 64 +- 48 output tokens in 8..160 (mixed), `ignore_eos` as guidellm sends it: output tokens/s, TTFT
   p50/p95 and inter-token latency.
 
-    python bench/serving.py [--requests 64] [--baseline-ref REF] [--guidellm] [--vllm] [--out FILE]
+    python bench/serving.py [--requests 64] [--uniform-requests 256] [--baseline-ref REF] [--guidellm] [--vllm]
+                            [--out FILE]
 
 Writes bench/results/serving.json (or --out) and prints the tables.
 """
@@ -80,8 +82,18 @@ async def _stream_one(client, model: str, prompt: str, max_tokens: int) -> tuple
     return (first if first is not None else total), tokens, total
 
 
-async def closed_loop(url: str, model: str, texts: list[str], lengths: list[int], clients: int) -> dict:
-    """`clients` concurrent streaming clients working through the requests; TTFT, tokens/s, failures."""
+async def _whole_one(client, model: str, prompt: str, max_tokens: int) -> tuple[float, int, float]:
+    started = time.perf_counter()
+    reply = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0)
+    total = time.perf_counter() - started
+    return total, reply.usage.completion_tokens, total
+
+
+async def closed_loop(url: str, model: str, texts: list[str], lengths: list[int], clients: int,
+                      stream: bool = True) -> dict:
+    """`clients` concurrent clients (streaming, or whole responses) working through the requests; TTFT (the whole
+    latency without streaming), tokens/s, failures."""
+    one = _stream_one if stream else _whole_one
     import openai
 
     results, failures = [], 0
@@ -92,7 +104,7 @@ async def closed_loop(url: str, model: str, texts: list[str], lengths: list[int]
             while queue:
                 text, length = queue.pop(0)
                 try:
-                    results.append(await _stream_one(client, model, text, length))
+                    results.append(await one(client, model, text, length))
                 except Exception:  # noqa: BLE001 - counted
                     failures += 1
 
@@ -101,7 +113,7 @@ async def closed_loop(url: str, model: str, texts: list[str], lengths: list[int]
         wall = time.perf_counter() - started
     ttfts = [r[0] for r in results]
     tokens = sum(r[1] for r in results)
-    return {"clients": clients, "requests": len(results), "failed": failures, "tokens": tokens,
+    return {"clients": clients, "stream": stream, "requests": len(results), "failed": failures, "tokens": tokens,
             "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 1),
             "ttft_p50_ms": round(1000 * pct(ttfts, 50), 1), "ttft_p95_ms": round(1000 * pct(ttfts, 95), 1)}
 
@@ -262,17 +274,25 @@ def measure(name: str, url: str, model: str, texts: list[str], requests: int) ->
     mixed_lengths = [CYCLE[i % len(CYCLE)] for i in range(requests)]
     lone = asyncio.run(closed_loop(url, model, texts[:requests], mixed_lengths, 1))
     mixed = asyncio.run(closed_loop(url, model, texts[:requests], mixed_lengths, 16))
-    uniform = asyncio.run(closed_loop(url, model, texts[:requests], [64] * requests, 16))
-    result = {"lone": lone, "mixed16": mixed, "uniform16": uniform,
+    uniform = asyncio.run(closed_loop(url, model, texts, [64] * len(texts), 16, stream=False))
+    uniform_stream = asyncio.run(closed_loop(url, model, texts, [64] * len(texts), 16))
+    result = {"lone": lone, "mixed16": mixed, "uniform16": uniform, "uniform16_stream": uniform_stream,
               "ttft_ratio_mixed16_vs_lone": round(mixed["ttft_p50_ms"] / max(lone["ttft_p50_ms"], 1e-9), 2),
               "throughput_ratio_mixed16_vs_lone": round(mixed["tokens_per_s"] / lone["tokens_per_s"], 2)}
     console.print(f"{name}: {json.dumps(result)}")
     return result
 
 
+def _ratios(entry: dict, baseline: dict) -> None:
+    for key in ("uniform16", "uniform16_stream"):
+        entry[f"{key}_vs_plain_generate"] = round(
+            entry[key]["tokens_per_s"] / baseline["plain_generate_tokens_per_s"], 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=64, help="requests of the lone and mixed workloads")
+    parser.add_argument("--uniform-requests", type=int, default=256, help="requests of the uniform workload")
     parser.add_argument("--baseline-ref", help="a git ref whose endpoint runs beside this checkout's")
     parser.add_argument("--guidellm", action="store_true", help="run the guidellm sweep against each server")
     parser.add_argument("--guidellm-seconds", type=int, default=30)
@@ -281,10 +301,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving.json")
     args = parser.parse_args()
 
-    texts = prompts(max(args.requests, 64))
+    texts = prompts(args.uniform_requests)
     work = Path(tempfile.mkdtemp(prefix="lema-bench-serving-"))
-    report: dict = {"requests": args.requests, "cycle": CYCLE, "servers": {}}
-    report["in_process"] = in_process(texts[:args.requests], 64, 16)
+    report: dict = {"requests": args.requests, "uniform_requests": args.uniform_requests, "cycle": CYCLE,
+                    "servers": {}}
+    report["in_process"] = in_process(texts, 64, 16)
     console.print(f"in-process: {report['in_process']}")
 
     targets = [("endpoint", REPO)]
@@ -294,8 +315,7 @@ def main() -> None:
         server, url, model = _endpoint(cwd, work / f"{name.replace('/', '_')}.log")
         try:
             entry = measure(name, url, model, texts, args.requests)
-            entry["uniform16_vs_plain_generate"] = round(
-                entry["uniform16"]["tokens_per_s"] / report["in_process"]["plain_generate_tokens_per_s"], 2)
+            _ratios(entry, report["in_process"])
             entry["head_of_line"] = head_of_line(url, model)
             console.print(f"{name} head of line: {entry['head_of_line']}")
             if args.guidellm and name == "endpoint":  # the baseline predates GET /health, which guidellm probes
@@ -308,8 +328,7 @@ def main() -> None:
         process, url, model = _vllm(work / "vllm.log")
         try:
             entry = measure("vllm", url, model, texts, args.requests)
-            entry["uniform16_vs_plain_generate"] = round(
-                entry["uniform16"]["tokens_per_s"] / report["in_process"]["plain_generate_tokens_per_s"], 2)
+            _ratios(entry, report["in_process"])
             if args.guidellm:
                 entry["guidellm"] = guidellm_sweep(url, model, work / "vllm", args.guidellm_seconds,
                                                    tuple(args.guidellm_routes.split(",")))
@@ -322,7 +341,7 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     table = Table(title="Serving (lema-tiny, 2 cores; ratios side by side in this run)")
     for column in ("server", "lone TTFT p50", "16 mixed TTFT p50 (x lone)", "16 mixed tok/s (x lone)",
-                   "16 uniform tok/s (x plain generate)", "4-token request behind a heavy one"):
+                   "16 uniform tok/s (x plain generate)", "streamed", "4-token request behind a heavy one"):
         table.add_column(column)
     for name, entry in report["servers"].items():
         hol = entry.get("head_of_line", {})
@@ -331,6 +350,7 @@ def main() -> None:
             f"{entry['mixed16']['ttft_p50_ms']} ms ({entry['ttft_ratio_mixed16_vs_lone']}x)",
             f"{entry['mixed16']['tokens_per_s']} ({entry['throughput_ratio_mixed16_vs_lone']}x)",
             f"{entry['uniform16']['tokens_per_s']} ({entry['uniform16_vs_plain_generate']}x)",
+            f"{entry['uniform16_stream']['tokens_per_s']} ({entry['uniform16_stream_vs_plain_generate']}x)",
             f"{hol.get('short_latency_s', '-')} s" if hol else "-")
     console.print(table)
     console.print(f"written {args.out}")

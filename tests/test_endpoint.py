@@ -164,6 +164,12 @@ def test_probes_and_base_model_listed(server, client):
     print(f"endpoint ready {server.ready_after_s:.1f} s after start")
 
 
+def test_health_is_vllms_probe(server):
+    """guidellm and vLLM-oriented tooling validate a backend with GET /health."""
+    reply = httpx.get(f"{server.url}/health", timeout=10)
+    assert reply.status_code == 200 and reply.json() == {"status": "ok"}
+
+
 def test_base_chat_and_completions_streaming_too(client):
     served, text = complete(client, BASE, PROMPTS[0])
     assert served == BASE and text
@@ -697,6 +703,10 @@ def test_metrics(server, loaded, client, admin):
     assert value("lema_endpoint_adapters_loaded") == len(loaded)
     assert value("lema_endpoint_engine_info", engine="transformers", model=BASE) == 1
     assert ("lema_endpoint_in_flight", (("model", a1),)) in samples
+    # The continuous-batching loop (issue 26): rows per step, the queue, time to first token.
+    assert value("lema_endpoint_batch_rows_count") >= 1 and value("lema_endpoint_batch_rows_sum") >= 1
+    assert value("lema_endpoint_time_to_first_token_seconds_count") >= 1
+    assert ("lema_endpoint_queue_sequences", ()) in samples
 
 
 def test_the_trainers_eval_gated_promotion_works_against_the_endpoint(loaded, server, client, admin, registry,

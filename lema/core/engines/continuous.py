@@ -60,7 +60,9 @@ class Request:
     adapter: str | None
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
-    on_text: Callable[[list[tuple[int, str]]], None] | None = None  # streaming: (choice, text) deltas per step
+    # Streaming: called on `loop` with each step's (choice, text) deltas (the scheduler makes one thread hop per
+    # event loop and step, however many requests stream on it).
+    on_text: Callable[[list[tuple[int, str]]], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
@@ -429,8 +431,15 @@ class Scheduler:
                 text = self._releasable(seq)
                 if text:
                     deltas[seq.request].append((seq, text))
+        by_loop: dict[asyncio.AbstractEventLoop, list] = collections.defaultdict(list)
         for request, items in deltas.items():
-            request.on_text([(choice, text) for seq, text in items for choice in self._choices(seq)])
+            by_loop[request.loop].append(
+                (request.on_text, [(choice, text) for seq, text in items for choice in self._choices(seq)]))
+        for loop, calls in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, calls)
+            except RuntimeError:  # that event loop is closed: nobody is listening
+                pass
         keep = [i for i, seq in enumerate(rows) if seq.finish_reason is None]
         done = [seq for seq in rows if seq.finish_reason is not None]
         if not done:
@@ -516,6 +525,11 @@ class Scheduler:
         if worker is not None:
             worker.join(timeout=30)
         return len(left)
+
+
+def _deliver(calls: list) -> None:
+    for on_text, items in calls:
+        on_text(items)
 
 
 class _RunningBatch:

@@ -264,7 +264,7 @@ class TransformersEngine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         request = Request(prompt_ids, params, adapter, loop, loop.create_future(),
-                          on_text=lambda items: loop.call_soon_threadsafe(events.put_nowait, items))
+                          on_text=events.put_nowait)
         request.future.add_done_callback(lambda _: events.put_nowait(None))
         self.scheduler.submit(request)
         sent: dict[int, str] = collections.defaultdict(str)
