@@ -170,6 +170,22 @@ def test_health_is_vllms_probe(server):
     assert reply.status_code == 200 and reply.json() == {"status": "ok"}
 
 
+def test_unknown_routes_answer_an_openai_error_and_a_body_cut_short_is_quiet(server):
+    """Issue 27: unknown routes under /v1 answered BentoML's plain-text 404; a client leaving while its body was read
+    logged an 88-line ASGI traceback."""
+    import socket
+
+    reply = httpx.get(f"{server.url}/v1/embeddings", timeout=10)
+    assert reply.status_code == 404 and reply.json()["error"]["type"] == "not_found_error"
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 5000\r\n\r\n{\"model\": \"lema-tiny\", \"prompt\": \"")
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    time.sleep(0.5)
+    assert "Exception in ASGI application" not in server.log()
+
+
 def test_base_chat_and_completions_streaming_too(client):
     served, text = complete(client, BASE, PROMPTS[0])
     assert served == BASE and text

@@ -23,66 +23,26 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from lema.core.config import EndpointConfig
-from lema.core.engines import Completion, Engine, EngineError, SamplingParams, StreamDelta
+from lema.core.engines import Completion, Engine, EngineError, StreamDelta
 from services.endpoint.errors import documented, engine_error_response
 from services.endpoint.errors import error_response as _error
+from services.endpoint.protocol import (
+    MAX_TOKENS_LIMIT,
+    ChatRequest,
+    CompletionRequest,
+    UnsupportedField,
+    _Common,
+)
 from services.endpoint.swap import UnknownModel
 
-# The one bound on max_tokens is the configured `endpoint.max_tokens_limit` (checked in `admit`); this is its default.
-MAX_TOKENS_LIMIT = EndpointConfig.model_fields["max_tokens_limit"].default
-MAX_N = 16
 ADAPTER_HEADER = "x-lema-adapter"
-
-
-def _unicode(value: str) -> str:
-    """JSON can carry a lone surrogate ("\\ud800"), which no tokenizer can encode: refuse it here, by field."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("contains a lone surrogate, which is not valid Unicode") from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(_unicode)]
-
-
-class ChatMessageIn(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: Text
-
-
-class _Common(BaseModel):
-    model: Text
-    n: int = Field(default=1, ge=1, le=MAX_N)
-    temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    stop: Text | list[Text] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    ignore_eos: bool = False  # vLLM's extension (load generators such as guidellm send it)
-
-    def sampling(self, default_max_tokens: int = 256) -> SamplingParams:
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
-                              max_tokens=self.max_tokens or default_max_tokens, stop=stop, seed=self.seed,
-                              ignore_eos=self.ignore_eos)
-
-
-class CompletionRequest(_Common):
-    prompt: Text | list[Text]
-
-
-class ChatRequest(_Common):
-    messages: list[ChatMessageIn] = Field(min_length=1)
 
 
 def served_name(engine: Engine) -> str:
@@ -132,11 +92,18 @@ def build_app(
         try:
             return model_cls.model_validate(await request.json()), None
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            return None, _error(400, f"{where}: {first['msg']}")
+            return None, _error(400, _validation_message(exc))
+        except ClientDisconnect:  # the client left while its body was being read: nobody to answer
+            return None, _error(499, "the client closed the connection", "client_closed")
         except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
             return None, _error(400, "the request body is not valid JSON (UTF-8, nested at most a few hundred deep)")
+
+    @app.get("/models/{model_id:path}")
+    async def model(model_id: str):
+        for entry in (await models())["data"]:
+            if entry["id"] == model_id:
+                return entry
+        return _error(404, f"model {model_id[:200]!r} is not served here; see /v1/models", "not_found_error")
 
     @app.get("/models")
     async def models() -> dict:
@@ -164,7 +131,7 @@ def build_app(
         """The request's bounds, then its model resolved and its adapter pinned (held until the stack closes);
         or the error response. Only resolving the model may say "unknown model": an error inside an engine is
         a bug, not a 404."""
-        if body.max_tokens is not None and body.max_tokens > max_tokens_limit:
+        if (body.max_new_tokens() or 0) > max_tokens_limit:
             return _error(400, f"max_tokens: must be at most {max_tokens_limit}")
         pinned = contextlib.ExitStack()
         try:
@@ -210,7 +177,7 @@ def build_app(
         except BaseException:
             pinned.close()
             raise
-        chunks = _CompletionChunks(served) if route == "completions" else _ChatChunks(served)
+        chunks = (_CompletionChunks if route == "completions" else _ChatChunks)(served, params.n, body.continuous_usage)
 
         async def events() -> AsyncIterator[str]:
             finished: list = []
@@ -227,7 +194,7 @@ def build_app(
                     except EngineError as exc:  # shut down mid-stream: an error event, as vLLM sends, then the end
                         yield f"data: {engine_error_response(exc).body.decode()}\n\n"
                         return
-                if _include_usage(body):
+                if body.include_usage:
                     yield chunks.usage(finished, params.n)
                 yield "data: [DONE]\n\n"
             finally:
@@ -251,28 +218,47 @@ def build_app(
         observe(route, served, error.status_code, started)
         return error
 
+    def refuse_unstreamable(body) -> JSONResponse | None:
+        if body.stream and getattr(body, "echo", False):
+            return _error(400, "echo: is not supported with stream: true")
+        if body.stream and getattr(body, "logprobs", None) not in (None, False):
+            return _error(400, "logprobs: is not supported with stream: true")
+        if getattr(body, "logprobs", None) not in (None, False) or getattr(body, "echo", False):
+            if getattr(get_engine(), "tokenizer", None) is None:
+                return _error(400, "logprobs: is not supported by this endpoint's engine")
+        return None
+
     @app.post("/completions")
     async def completions(request: Request):
         started = time.perf_counter()
         body, error = await parse(request, CompletionRequest)
         if error:
             return failed("completions", "-", error, started)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        prompts = body.prompts()
         if not prompts or any(not p for p in prompts):
-            error = _error(400, "prompt: must be a non-empty string or list of non-empty strings")
+            error = _error(400, "prompt: must be a non-empty string or token list, or a list of them")
+            return failed("completions", "-", error, started)
+        if error := refuse_unstreamable(body):
             return failed("completions", "-", error, started)
         if body.stream and hasattr(get_engine(), "generate_stream"):
             return await stream_reply("completions", body, prompts, started)
         served, results, error = await run(request, body, prompts)
         if error:
             return failed("completions", served, error, started)
-        choices = [
-            {"index": i * body.n + j, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-            for i, samples in enumerate(results) for j, c in enumerate(samples)
-        ]
+        tokenizer = getattr(get_engine(), "tokenizer", None)
+        choices = []
+        for i, samples in enumerate(results):
+            for j, c in enumerate(samples):
+                text, logprobs = c.text, None
+                if body.echo:
+                    text = _prompt_text(prompts[i], c, tokenizer) + text
+                if body.logprobs is not None:
+                    logprobs = _completion_logprobs(c, tokenizer, body.echo)
+                choices.append({"index": i * body.n + j, "text": text, "finish_reason": c.finish_reason,
+                                "logprobs": logprobs})
         response = _envelope("text_completion", served, choices, results)
         observe("completions", served, 200, started, results)
-        stream = _stream_completion(response, _include_usage(body)) if body.stream else None
+        stream = _stream_completion(response, body.include_usage) if body.stream else None
         return reply(response, served, stream)
 
     @app.post("/chat/completions")
@@ -281,26 +267,93 @@ def build_app(
         body, error = await parse(request, ChatRequest)
         if error:
             return failed("chat", "-", error, started)
-        messages = [m.model_dump() for m in body.messages]
+        if error := refuse_unstreamable(body):
+            return failed("chat", "-", error, started)
+        messages = [m.as_message() for m in body.messages]
         if body.stream and hasattr(get_engine(), "generate_stream"):
             return await stream_reply("chat", body, [messages], started)
         served, results, error = await run(request, body, [messages])
         if error:
             return failed("chat", served, error, started)
+        tokenizer = getattr(get_engine(), "tokenizer", None)
         choices = [
-            {"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
+            {"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
+             "logprobs": _chat_logprobs(c, tokenizer) if body.logprobs else None}
             for j, c in enumerate(results[0])
         ]
         response = _envelope("chat.completion", served, choices, results)
         observe("chat", served, 200, started, results)
-        stream = _stream_chat(response, _include_usage(body)) if body.stream else None
+        stream = _stream_chat(response, body.include_usage) if body.stream else None
         return reply(response, served, stream)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail)[:200], "not_found_error" if exc.status_code == 404
+                      else "invalid_request_error")
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown_route(path: str):
+        """Any other path under /v1 answers an OpenAI error body (BentoML mounts this app passively: without a
+        route of its own here, its plain-text 404 would answer)."""
+        return _error(404, f"no route /v1/{path[:200]} here; see /v1/models, /v1/completions, /v1/chat/completions",
+                      "not_found_error")
 
     return app
 
 
-def _include_usage(body: _Common) -> bool:
-    return bool((body.stream_options or {}).get("include_usage"))
+def _validation_message(exc: ValidationError) -> str:
+    """The first error as `field.path: what is wrong` (an unsupported field names itself)."""
+    first = exc.errors()[0]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, UnsupportedField):
+        return str(cause)
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "is not a parameter this endpoint knows (OpenAI's spec, plus vLLM's ignore_eos)"
+    return f"{where}: {message}" if where else message
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def _prompt_text(prompt, completion: Completion, tokenizer) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.decode(list(prompt), skip_special_tokens=False)
+
+
+def _completion_logprobs(c: Completion, tokenizer, echo: bool) -> dict:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs ({token: logprob}), text_offset; with
+    echo, the prompt's tokens first (the first one has no log-probability)."""
+    entries: list = []
+    ids: list[int] = []
+    if echo and c.prompt_logprobs is not None:
+        entries += list(c.prompt_logprobs)
+        ids += list(c.prompt_token_ids)
+    entries += list(c.logprobs or ())
+    ids += list(c.token_ids)
+    tokens = [_token_text(tokenizer, t) for t in ids]
+    offsets, at = [], 0
+    for token in tokens:
+        offsets.append(at)
+        at += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [None if e is None else e.logprob for e in entries],
+        "top_logprobs": [None if e is None else {_token_text(tokenizer, t): lp for t, lp in e.top} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def _chat_logprobs(c: Completion, tokenizer) -> dict:
+    def item(token_id: int, logprob: float) -> dict:
+        text = _token_text(tokenizer, token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [{**item(e.token_id, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+                        for e in (c.logprobs or ())], "refusal": None}
 
 
 def _envelope(kind: str, model: str, choices: list, results: list) -> dict:
@@ -340,13 +393,26 @@ async def _unless_disconnected(request: Request, work: Awaitable):
 class _CompletionChunks:
     """OpenAI's `text_completion` stream chunks, one per delta."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, n: int = 1, continuous_usage: bool = False):
         self.base = {"id": f"lema-{uuid.uuid4().hex[:16]}", "object": "text_completion", "created": int(time.time()),
                      "model": model}
+        self.n, self.continuous_usage = n, continuous_usage
+        self.prompt_tokens: dict[int, int] = {}  # per prompt
+        self.completion_tokens: dict[int, int] = {}  # per choice, so far
+
+    def _chunk(self, choices: list[dict], delta: StreamDelta) -> str:
+        chunk = {**self.base, "choices": choices}
+        if self.continuous_usage:  # vLLM's continuous_usage_stats: the usage so far in every chunk
+            self.prompt_tokens[delta.index // self.n] = delta.prompt_tokens
+            self.completion_tokens[delta.index] = delta.completion_tokens
+            prompt, generated = sum(self.prompt_tokens.values()), sum(self.completion_tokens.values())
+            chunk["usage"] = {"prompt_tokens": prompt, "completion_tokens": generated,
+                              "total_tokens": prompt + generated}
+        return f"data: {json.dumps(chunk)}\n\n"
 
     def delta(self, delta: StreamDelta) -> str:
         choice = {"index": delta.index, "text": delta.text, "finish_reason": delta.finish_reason, "logprobs": None}
-        return f"data: {json.dumps({**self.base, 'choices': [choice]})}\n\n"
+        return self._chunk([choice], delta)
 
     def usage(self, completions: list[Completion], n: int) -> str:
         prompt = sum(c.prompt_tokens for c in completions[::n])
@@ -359,8 +425,8 @@ class _ChatChunks(_CompletionChunks):
     """OpenAI's `chat.completion.chunk` stream: the role with a choice's first delta, then content, then the
     finish reason with an empty delta."""
 
-    def __init__(self, model: str):
-        super().__init__(model)
+    def __init__(self, model: str, n: int = 1, continuous_usage: bool = False):
+        super().__init__(model, n, continuous_usage)
         self.base["object"] = "chat.completion.chunk"
         self.started: set[int] = set()
 
@@ -374,7 +440,7 @@ class _ChatChunks(_CompletionChunks):
             parts.append({"index": delta.index, "delta": content, "finish_reason": None})
         if delta.finish_reason is not None:
             parts.append({"index": delta.index, "delta": {}, "finish_reason": delta.finish_reason})
-        return "".join(f"data: {json.dumps({**self.base, 'choices': [part]})}\n\n" for part in parts)
+        return "".join(self._chunk([part], delta) for part in parts)
 
 
 async def _stream_completion(response: dict, include_usage: bool = False) -> AsyncIterator[str]:

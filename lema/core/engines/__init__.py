@@ -11,11 +11,12 @@ from lema.core.engines.base import (
     Prompt,
     SamplingParams,
     StreamDelta,
+    TokenLogprob,
 )
 
 ENGINES = ("vllm", "transformers", "openai")
 
-__all__ = ["AdapterInfo", "Completion", "ContextLengthError", "Engine", "EngineError", "Prompt", "SamplingParams", "StreamDelta", "ENGINES", "create_engine"]
+__all__ = ["AdapterInfo", "Completion", "ContextLengthError", "Engine", "EngineError", "Prompt", "SamplingParams", "StreamDelta", "TokenLogprob", "ENGINES", "create_engine"]
 
 
 def create_engine(kind: str, model: str, **options) -> Engine:

@@ -17,11 +17,18 @@ from typing import Protocol, Union, runtime_checkable
 from lema.core.errors import InvalidInput, LemaError
 
 ChatMessage = dict[str, str]  # {"role": ..., "content": ...}
-Prompt = Union[str, list[ChatMessage]]
+# Raw text (sent as is), chat messages (rendered with the chat template), or token ids (the OpenAI API allows them;
+# evaluation harnesses such as lm-eval send them).
+Prompt = Union[str, list[ChatMessage], list[int]]
+MAX_LOGPROBS = 20  # top alternatives per token (OpenAI's top_logprobs bound)
 
 
 class EngineError(LemaError, RuntimeError):
     """A generation request the engine cannot serve (unknown adapter, bad parameters, ...)."""
+
+
+class InvalidPrompt(EngineError, InvalidInput):
+    """A prompt the engine cannot run as given (token ids outside the vocabulary, ...); the message names it."""
 
 
 class ContextLengthError(EngineError, InvalidInput):
@@ -45,6 +52,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (load benchmarks)
+    logprobs: int | None = None  # per generated token: its log-probability and this many top alternatives
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first (OpenAI's echo)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -59,10 +68,24 @@ class SamplingParams:
             raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings (got {len(self.stop)})")
         if any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):
             raise ValueError(f"stop: every string must have 1 to {MAX_STOP_CHARS} characters")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise ValueError(f"{name}: must be between 0 and {MAX_LOGPROBS}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < MIN_SAMPLING_TEMPERATURE
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model (natural log, before temperature) and the `top` alternatives at its
+    position, most likely first."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,10 @@ class Completion:
     finish_reason: str = "stop"  # "stop" (eos or a stop string) | "length"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per token id, when SamplingParams.logprobs asked
+    # When SamplingParams.prompt_logprobs asked: one per prompt token, None for the first (nothing predicts it).
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    prompt_token_ids: tuple[int, ...] = ()  # filled with prompt_logprobs (echo needs the prompt's tokens)
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,8 @@ class StreamDelta:
     text: str
     finish_reason: str | None = None
     completion: Completion | None = None
+    prompt_tokens: int = 0  # the choice's prompt, and its tokens generated so far (continuous usage stats)
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lema.core.engines.base import Completion, EngineError, SamplingParams
+from lema.core.engines.base import Completion, EngineError, SamplingParams, TokenLogprob
 from lema.core.engines.stopping import first_stop
 from lema.core.errors import InvalidInput, Unavailable
 
@@ -60,7 +60,7 @@ class Request:
     adapter: str | None
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
-    # Streaming: called on `loop` with each step's (choice, text) deltas (the scheduler makes one thread hop per
+    # Streaming: called on `loop` with each step's (choice, text, prompt tokens, tokens so far) deltas (the scheduler makes one thread hop per
     # event loop and step, however many requests stream on it).
     on_text: Callable[[list[tuple[int, str]]], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -104,6 +104,8 @@ class Sequence:
     prompt: int
     sample: int
     generated: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per generated token, when asked
+    prompt_logprobs: tuple | None = None  # computed at the first prefill, when asked
     generator: Any = None  # torch.Generator for a sampled row
     finish_reason: str | None = None
     # Incremental detokenisation (TGI's decode_token): text is only tracked for rows that stream or have stop
@@ -148,6 +150,7 @@ class Scheduler:
         self._active: set[Request] = set()
         self._last_progress: float | None = None
         self._system_random = random.SystemRandom()
+        self._pending_logprobs: dict[int, TokenLogprob] = {}  # the last _sample's entries, by id(sequence)
         # Counters for tests and benchmarks.
         self.stats = {"requests": 0, "steps": 0, "prefills": 0, "preemptions": 0, "max_rows_seen": 0,
                       "tokens": 0}
@@ -348,8 +351,14 @@ class Scheduler:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
+        scored = [seq.request.params.prompt_logprobs is not None and seq.prompt_logprobs is None for seq in admitted]
         out = self._forward(model, loaded, admitted, input_ids=ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+                            past_key_values=cache, use_cache=True, logits_to_keep=0 if any(scored) else 1)
+        for row, seq in enumerate(admitted):
+            if scored[row]:
+                tokens = inputs[row][:len(seq.request.prompt_ids[seq.prompt])]
+                seq.prompt_logprobs = self._prompt_logprobs(out.logits[row, width - len(inputs[row]):], tokens,
+                                                            seq.request.params.prompt_logprobs)
         tokens = self._sample(out.logits[:, -1, :], admitted)
         self.stats["prefills"] += 1
         self._batch.join(admitted, out.past_key_values, mask, positions[:, -1] + 1, tokens)
@@ -377,6 +386,7 @@ class Scheduler:
         import torch
 
         chosen = logits.argmax(dim=-1).tolist()
+        self._pending_logprobs = {}
         for i, seq in enumerate(rows):
             params = seq.request.params
             if params.greedy:
@@ -390,7 +400,21 @@ class Scheduler:
                 sorted_probs[outside] = 0.0
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
             chosen[i] = int(torch.multinomial(probs, 1, generator=seq.generator))
+        wanted = [i for i, seq in enumerate(rows) if seq.request.params.logprobs is not None]
+        if wanted:
+            logprobs = torch.log_softmax(logits[wanted].float(), dim=-1)
+            for j, i in enumerate(wanted):
+                self._pending_logprobs[id(rows[i])] = _token_logprob(logprobs[j], chosen[i],
+                                                                     rows[i].request.params.logprobs)
         return chosen
+
+    @staticmethod
+    def _prompt_logprobs(logits, tokens: list[int], top: int) -> tuple:
+        """Teacher-forced: each prompt token's log-probability given the ones before it (None for the first)."""
+        import torch
+
+        logprobs = torch.log_softmax(logits[:len(tokens) - 1].float(), dim=-1)
+        return (None, *(_token_logprob(logprobs[i], tokens[i + 1], top) for i in range(len(tokens) - 1)))
 
     def _append(self, seq: Sequence, token: int, now: float) -> None:
         request = seq.request
@@ -402,6 +426,8 @@ class Scheduler:
             seq.finish_reason = "stop"
             return
         seq.generated.append(token)
+        if request.params.logprobs is not None:
+            seq.logprobs.append(self._pending_logprobs[id(seq)])
         self.stats["tokens"] += 1
         if seq.tracks_text:
             self._detokenize(seq)
@@ -434,7 +460,8 @@ class Scheduler:
         by_loop: dict[asyncio.AbstractEventLoop, list] = collections.defaultdict(list)
         for request, items in deltas.items():
             by_loop[request.loop].append(
-                (request.on_text, [(choice, text) for seq, text in items for choice in self._choices(seq)]))
+                (request.on_text, [(choice, text, len(request.prompt_ids[seq.prompt]), len(seq.generated))
+                                   for seq, text in items for choice in self._choices(seq)]))
         for loop, calls in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_deliver, calls)
@@ -486,9 +513,12 @@ class Scheduler:
             with self._tokenizer_lock:
                 text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
             text, finish = cut_at_stop(text, request.params.stop, seq.finish_reason or "length")
-            completion = Completion(text=text, token_ids=tuple(seq.generated), finish_reason=finish,
-                                    prompt_tokens=len(request.prompt_ids[seq.prompt]),
-                                    completion_tokens=len(seq.generated))
+            completion = Completion(
+                text=text, token_ids=tuple(seq.generated), finish_reason=finish,
+                prompt_tokens=len(request.prompt_ids[seq.prompt]), completion_tokens=len(seq.generated),
+                logprobs=tuple(seq.logprobs) if request.params.logprobs is not None else None,
+                prompt_logprobs=seq.prompt_logprobs,
+                prompt_token_ids=tuple(request.prompt_ids[seq.prompt]) if seq.prompt_logprobs is not None else ())
             out[seq.prompt] += [completion] * (request.params.n // request.samples)
         return out
 
@@ -525,6 +555,15 @@ class Scheduler:
         if worker is not None:
             worker.join(timeout=30)
         return len(left)
+
+
+def _token_logprob(logprobs, token: int, top: int) -> TokenLogprob:
+    """`token`'s entry from one position's log-probabilities, with the `top` most likely alternatives."""
+    alternatives = ()
+    if top:
+        values, indices = logprobs.topk(top)
+        alternatives = tuple(zip(indices.tolist(), values.tolist()))
+    return TokenLogprob(token, float(logprobs[token]), alternatives)
 
 
 def _deliver(calls: list) -> None:

@@ -69,8 +69,10 @@ class OpenAIEngine:
         )
         if params.ignore_eos:  # vLLM's extension: an upstream that does not know it refuses the request
             common["extra_body"] = {"ignore_eos": True}
+        if params.logprobs is not None or params.prompt_logprobs is not None:
+            raise EngineError("logprobs: not supported by the openai engine")
         async with self._semaphore:
-            if isinstance(prompt, str):
+            if isinstance(prompt, str) or (prompt and all(isinstance(t, int) for t in prompt)):  # text or token ids
                 response = await self.client.completions.create(prompt=prompt, **common)
                 texts = [(c.text, c.finish_reason) for c in response.choices]
             else:

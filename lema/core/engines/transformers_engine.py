@@ -21,6 +21,7 @@ from lema.core.engines.base import (
     Completion,
     ContextLengthError,
     EngineError,
+    InvalidPrompt,
     Prompt,
     SamplingParams,
     StreamDelta,
@@ -270,15 +271,16 @@ class TransformersEngine:
         sent: dict[int, str] = collections.defaultdict(str)
         try:
             while (items := await events.get()) is not None:
-                for index, text in items:
+                for index, text, prompt_tokens, completion_tokens in items:
                     sent[index] += text
-                    yield StreamDelta(index, text)
+                    yield StreamDelta(index, text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
             results = request.future.result()  # raises the generation's error, if any
             for prompt_index, samples in enumerate(results):
                 for sample, completion in enumerate(samples):
                     index = prompt_index * params.n + sample
                     rest = completion.text[len(sent[index]):] if completion.text.startswith(sent[index]) else ""
-                    yield StreamDelta(index, rest, completion.finish_reason, completion)
+                    yield StreamDelta(index, rest, completion.finish_reason, completion, completion.prompt_tokens,
+                                      completion.completion_tokens)
         finally:
             if not request.future.done():  # the consumer stopped early (a client gone): drop the rows
                 self.scheduler.cancel(request)
@@ -288,14 +290,20 @@ class TransformersEngine:
         """The prompts as token ids, checked against the adapters loaded and the model's context."""
         if adapter and adapter not in self._adapters:
             raise EngineError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapters)})")
-        texts = [self.render(p) for p in prompts]
-        return await asyncio.to_thread(self._encode, texts, params.max_tokens) if texts else []
+        rendered = [p if _is_token_ids(p) else self.render(p) for p in prompts]
+        return await asyncio.to_thread(self._encode, rendered, params.max_tokens) if rendered else []
 
-    def _encode(self, texts: list[str], max_tokens: int) -> list[list[int]]:
+    def _encode(self, prompts: list[str | list[int]], max_tokens: int) -> list[list[int]]:
         encoded = []
-        for i, text in enumerate(texts):
-            with self._tokenizer_lock:
-                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        vocabulary = len(self.tokenizer)
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                with self._tokenizer_lock:
+                    ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            else:
+                ids = list(prompt)
+                if any(not 0 <= t < vocabulary for t in ids):
+                    raise InvalidPrompt(f"prompt {i}: token ids must be between 0 and {vocabulary - 1}")
             if not ids:
                 raise EngineError(f"prompt {i} is empty once rendered")
             if self.context_length is not None and len(ids) + max_tokens > self.context_length:
@@ -330,3 +338,7 @@ class TransformersEngine:
         if cancelled:
             logger.warning("closed with %d request(s) unfinished after a %.0f s grace period", cancelled, grace_s)
         self._adapters.clear()
+
+
+def _is_token_ids(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(t, int) for t in prompt)

@@ -19,6 +19,7 @@ the engine core runs in a spawned child process, started by `start()` (40-60 s) 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import itertools
 import json
@@ -28,7 +29,16 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from lema.core.engines.base import AdapterInfo, Completion, EngineError, Prompt, SamplingParams, StreamDelta
+from lema.core.engines.base import (
+    AdapterInfo,
+    Completion,
+    EngineError,
+    InvalidPrompt,
+    Prompt,
+    SamplingParams,
+    StreamDelta,
+    TokenLogprob,
+)
 from lema.core.engines.stopping import cut_at_stop, end_token_ids
 
 logger = logging.getLogger(__name__)
@@ -211,7 +221,13 @@ class VLLMEngine:
         return render_prompt(self.tokenizer, prompt)
 
     def encode(self, prompt: Prompt) -> list[int]:
-        """Token ids exactly as the transformers engine feeds them (the template carries bos; none added)."""
+        """Token ids exactly as the transformers engine feeds them (the template carries bos; none added); token-id
+        prompts as they are."""
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            vocabulary = len(self.tokenizer)
+            if any(not 0 <= t < vocabulary for t in prompt):
+                raise InvalidPrompt(f"token ids must be between 0 and {vocabulary - 1}")
+            return list(prompt)
         return list(self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"])
 
     # -- adapters ----------------------------------------------------------------------------------
@@ -301,10 +317,11 @@ class VLLMEngine:
         async def run(prompt_index: int, ids: list[int]) -> None:
             try:
                 copies = params.n // vllm_params.n  # greedy: one sequence answers all n choices
-                async for index, text, completion in self._stream_one(ids, vllm_params, lora_request):
+                async for index, text, completion, tokens in self._stream_one(ids, vllm_params, lora_request):
                     for copy in range(copies):
                         await queue.put(StreamDelta(prompt_index * params.n + index * copies + copy, text,
-                                                    completion.finish_reason if completion else None, completion))
+                                                    completion.finish_reason if completion else None, completion,
+                                                    len(ids), tokens))
                 await queue.put(None)
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                 await queue.put(exc)
@@ -328,7 +345,8 @@ class VLLMEngine:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _stream_one(self, prompt_ids: list[int], vllm_params, lora_request):
-        """(choice index, text delta, final completion or None) as vLLM produces them for one prompt."""
+        """(choice index, text delta, final completion or None, tokens so far) as vLLM produces them for one
+        prompt."""
         sent: dict[int, str] = {}
         ids_so_far: dict[int, list[int]] = {}
         async for output in self._outputs(prompt_ids, vllm_params, lora_request):
@@ -338,13 +356,13 @@ class VLLMEngine:
                 if out.finish_reason is None:
                     if out.text:
                         sent[out.index] = sent.get(out.index, "") + out.text
-                        yield out.index, out.text, None
+                        yield out.index, out.text, None, len(ids_so_far[out.index])
                     continue
                 completion = self._completion(ids_so_far[out.index], out.finish_reason, vllm_params.stop or [],
                                               prompt_tokens)
                 already = sent.get(out.index, "")
                 rest = completion.text[len(already):] if completion.text.startswith(already) else ""
-                yield out.index, rest, completion
+                yield out.index, rest, completion, completion.completion_tokens
 
     def _sampling_params(self, params: SamplingParams):
         from vllm import SamplingParams as VLLMSamplingParams
@@ -361,6 +379,8 @@ class VLLMEngine:
             include_stop_str_in_output=False,
             seed=params.seed,
             ignore_eos=params.ignore_eos,
+            logprobs=params.logprobs,
+            prompt_logprobs=params.prompt_logprobs,
             skip_special_tokens=True,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
@@ -401,8 +421,22 @@ class VLLMEngine:
             raise EngineError("vLLM returned no output")
         # vLLM's own count of the prompt it ran: equal to ours unless something added tokens (a second bos).
         prompt_tokens = len(final.prompt_token_ids) if final.prompt_token_ids is not None else len(prompt_ids)
-        return [self._completion(list(out.token_ids), out.finish_reason, vllm_params.stop or [], prompt_tokens)
-                for out in sorted(final.outputs, key=lambda o: o.index)]
+        completions = []
+        prompt_logprobs = None
+        if vllm_params.prompt_logprobs is not None and final.prompt_logprobs is not None:
+            prompt_logprobs = tuple(None if entry is None else _token_logprob(token, entry, vllm_params.prompt_logprobs)
+                                    for token, entry in zip(prompt_ids, final.prompt_logprobs))
+        for out in sorted(final.outputs, key=lambda o: o.index):
+            completion = self._completion(list(out.token_ids), out.finish_reason, vllm_params.stop or [],
+                                          prompt_tokens)
+            logprobs = None
+            if vllm_params.logprobs is not None and out.logprobs is not None:
+                logprobs = tuple(_token_logprob(token, entry, vllm_params.logprobs)
+                                 for token, entry in zip(completion.token_ids, out.logprobs))
+            completions.append(dataclasses.replace(
+                completion, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                prompt_token_ids=tuple(prompt_ids) if prompt_logprobs is not None else ()))
+        return completions
 
     def _completion(self, ids: list[int], finish_reason: str | None, stops: list[str],
                     prompt_tokens: int) -> Completion:
@@ -430,3 +464,11 @@ class VLLMEngine:
             except Exception:  # noqa: BLE001 - no eos known: the tokenizer's eos below
                 config_eos = None
         return end_token_ids(config_eos, self.tokenizer)
+
+
+def _token_logprob(token: int, entry: dict, top: int) -> TokenLogprob:
+    """vLLM's {token id: Logprob(logprob, rank, ...)} at one position as lema's entry: the token's log-probability
+    and the `top` alternatives by rank."""
+    ranked = sorted(entry.items(), key=lambda item: item[1].rank if item[1].rank is not None else 1 << 30)
+    return TokenLogprob(token, float(entry[token].logprob),
+                        tuple((t, float(lp.logprob)) for t, lp in ranked[:top]))
