@@ -197,6 +197,19 @@ def test_streaming_deltas_add_up_to_the_completion_and_match_transformers(harnes
     assert [finals[i].token_ids for i in range(4)] == [c.token_ids for per in reference for c in per]
 
 
+def test_logprobs_and_prompt_logprobs_match_transformers(harness):
+    """Issue 27: the endpoint's logprobs and echo come from the engine; vLLM's agree with the transformers engine's."""
+    params = SamplingParams(max_tokens=6, logprobs=2, prompt_logprobs=1)
+    (got,) = harness.run(harness.vllm.generate(PROMPTS[:1], params))
+    (expected,) = harness.run(harness.hf.generate(PROMPTS[:1], params))
+    assert got[0].token_ids == expected[0].token_ids
+    assert [e.logprob for e in got[0].logprobs] == pytest.approx([e.logprob for e in expected[0].logprobs], abs=1e-3)
+    assert [[t for t, _ in e.top] for e in got[0].logprobs] == [[t for t, _ in e.top] for e in expected[0].logprobs]
+    assert got[0].prompt_logprobs[0] is None and len(got[0].prompt_logprobs) == len(expected[0].prompt_logprobs)
+    assert [e.logprob for e in got[0].prompt_logprobs[1:]] == pytest.approx(
+        [e.logprob for e in expected[0].prompt_logprobs[1:]], abs=1e-3)
+
+
 def test_closing_a_stream_aborts_its_requests(harness):
     async def abandon():
         stream = harness.vllm.generate_stream(PROMPTS[:1], SamplingParams(n=4, temperature=1.0, max_tokens=400))
