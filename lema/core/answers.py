@@ -27,6 +27,9 @@ class ExtractionMethod(str, Enum):
     LAST_NUMBER = "last_number"
     VERBATIM = "verbatim"
     LAST_EXPRESSION = "last_expression"
+    EMPHASIS = "emphasis"  # a bold or emphasised value in the closing sentences
+    CLOSING = "closing"  # "... is / are / equals / = / total of X" closing the last sentence
+    DISPLAY = "display"  # the last display expression ($$...$$, \[...\])
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,29 +49,34 @@ _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*")
 _NUMBER_RE = re.compile(r"[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-−]?\.\d+")
 
 
-def _last_braced(text: str, open_at: int) -> str | None:
-    """Contents of the brace group starting at text[open_at] == '{', nested braces allowed."""
-    depth = 0
-    for i in range(open_at, len(text)):
-        ch = text[i]
-        if ch == "{" and (i == 0 or text[i - 1] != "\\"):
-            depth += 1
-        elif ch == "}" and (i == 0 or text[i - 1] != "\\"):
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i]
-    return None  # unbalanced
+def _brace_pairs(text: str) -> dict[int, int]:
+    """Every unescaped "{" position mapped to its closing "}" position, in one pass (unclosed ones are absent)."""
+    pairs, stack = {}, []
+    for i, ch in enumerate(text):
+        if ch in "{}" and (i == 0 or text[i - 1] != "\\"):
+            if ch == "{":
+                stack.append(i)
+            elif stack:
+                pairs[stack.pop()] = i
+    return pairs
 
 
 def extract_boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...} or \\fbox{...} (nested braces allowed; `\\boxed 5` too)."""
+    """The content of the last \\boxed{...} or \\fbox{...} (nested braces allowed; `\\boxed 5` too). Linear:
+    the braces are paired once, not rescanned per candidate (50,000 unclosed boxes took minutes that way)."""
     matches = list(_BOXED_RE.finditer(text))
+    pairs: dict[int, int] | None = None
     for m in reversed(matches):
         end = m.end()
         if end < len(text) and text[end] == "{":
-            content = _last_braced(text, end)
+            if pairs is None:
+                pairs = _brace_pairs(text)
+            close = pairs.get(end)
+            content = text[end + 1:close] if close is not None else None
             if content is not None:
-                return content.strip()
+                content = content.strip()
+                # A dollar sign mangled into a backslash: \boxed{\15} reads 15 (\$15 stays a dollar amount).
+                return content[1:] if re.fullmatch(r"\\\d[\d.,]*", content) else content
         else:  # `\boxed 5` form: the next token
             token = re.match(r"[^\s$.,;]+", text[end:])
             if token:
@@ -140,9 +148,9 @@ def _final_equation_rhs(text: str) -> str | None:
     return right if right and any(c.isdigit() or c == "\\" for c in right) else None
 
 
-def extract_last_expression(text: str) -> str | None:
-    """The last math expression (the right-hand side when it is an equation), e.g. "$\\frac{2\\sqrt{3}}{3}$." ->
-    "\\frac{2\\sqrt{3}}{3}", where the last bare number would be "3"."""
+def extract_last_expression(text: str, keep_equation: bool = False) -> str | None:
+    """The last math expression (the right-hand side when it is an equation, unless `keep_equation`), e.g.
+    "$\\frac{2\\sqrt{3}}{3}$." -> "\\frac{2\\sqrt{3}}{3}", where the last bare number would be "3"."""
     last = None
     for last in _MATH_SPAN_RE.finditer(text):
         pass
@@ -153,9 +161,19 @@ def extract_last_expression(text: str) -> str | None:
         if expression is None:
             return None
     expression = expression.strip().rstrip(".,;").strip()
-    if "=" in expression:
+    if "=" in expression and not keep_equation:
         expression = expression.rsplit("=", 1)[1].strip()
     return expression or None
+
+
+_UNIT_TEXT_RE = re.compile(r"(?:\s*(?:\\,|\\;|\\ |~)?\s*\\(?:text|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .^]*\}(?:\^\{?\d\}?)?)+\s*$")
+
+
+def strip_units(answer: str) -> str:
+    """`8\\sqrt{3} \\text{ square inches}` -> `8\\sqrt{3}`: trailing unit words in \\text{} (and ^2, ^3) go, on
+    both sides of a comparison; an answer that is only text stays as it is."""
+    stripped = _UNIT_TEXT_RE.sub("", answer).strip()
+    return stripped if stripped and any(c.isalnum() for c in stripped) else answer
 
 
 def extract_last_number(text: str) -> str | None:
@@ -165,12 +183,108 @@ def extract_last_number(text: str) -> str | None:
     return last.group(0) if last else None
 
 
+# The closing sentences a grader reads for the answer: the text after the last sentence end that is followed by more
+# than a few words (bounded, so the scans below stay linear and cheap).
+_CLOSING_CHARS = 400
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\\$(*])|\n+")
+_EMPHASIS_RE = re.compile(r"\*\*([^*\n]{1,80})\*\*|__([^_\n]{1,80})__|\\textbf\{([^{}]{1,80})\}|\\mathbf\{([^{}]{1,80})\}"
+                          r"|(?<![*\w])\*([^*\n]{1,40})\*(?![*\w])")
+# A value right after a closing cue: a math span, a $-amount or number (with a short unit word), or a LaTeX token.
+_VALUE = (r"(\\\(.+?\\\)|\$[^$]{1,200}\$|\\\[.+?\\\]|[-−]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?"
+          r"|\\frac\{[^{}]{1,40}\}\{[^{}]{1,40}\}|\\sqrt\{[^{}]{1,40}\})")
+_CLOSING_RE = re.compile(
+    r"(?:\bis\b|\bare\b|\bequals?\b|\bwas\b|\bwere\b|\bwill\s+be\b|\bgives\b|\bget\b|\btotal\s+of\b|=|:)\s*"
+    r"(?:(?:exactly|equal\s+to|about|only|just|then|therefore|thus|now)\s+)?" + _VALUE, re.IGNORECASE | re.DOTALL)
+_BARE_VALUE_RE = re.compile(_VALUE, re.DOTALL)
+_CORRECTION_RE = re.compile(r"\b(?:no\s+wait|wait|actually|i\s+mean|correction|sorry)\b", re.IGNORECASE)
+
+
+def _closing(text: str) -> str:
+    """The last sentence or two (at most _CLOSING_CHARS characters), where a written-out answer sits."""
+    tail = text.rstrip()[-_CLOSING_CHARS:]
+    parts = [p for p in _SENTENCE_END_RE.split(tail) if p.strip()]
+    if not parts:
+        return tail
+    closing = parts[-1]
+    if len(closing.split()) < 3 and len(parts) > 1 and not any(c.isdigit() or c == "\\" for c in closing):
+        closing = parts[-2] + " " + closing  # a short "Done." after the answer; a bare value stays alone
+    return closing
+
+
+def _strip_math(value: str) -> str:
+    value = value.strip()
+    for left, right in (("\\(", "\\)"), ("\\[", "\\]"), ("$$", "$$"), ("$", "$")):
+        if value.startswith(left) and value.endswith(right) and len(value) > len(left) + len(right):
+            return value[len(left):-len(right)].strip()
+    return value
+
+
+def extract_emphasis(text: str) -> str | None:
+    """A bold or emphasised value in the closing sentences ("... is **6**."), when it holds a digit or LaTeX."""
+    found = None
+    for found in _EMPHASIS_RE.finditer(_closing(text)):
+        pass
+    if found is None:
+        return None
+    value = _strip_math(next(g for g in found.groups() if g is not None)).rstrip(".").strip()
+    return value if any(c.isdigit() or c == "\\" for c in value) else None
+
+
+def _is_expression(span: re.Match) -> bool:
+    """A math span that could be an answer, not a variable named in passing ("values for \\(n\\)")."""
+    body = next(g for g in span.groups() if g is not None).strip()
+    return len(body) > 3 or any(c.isdigit() for c in body)
+
+
+def extract_closing(text: str) -> str | None:
+    """The value after the last "is / are / equals / = / total of" in the closing sentence: "the remainder is 0.",
+    "2 + 1 = 3 possible values", "a total of 34 hours ... in 4 weeks" -> 0, 3, 34."""
+    closing = _closing(text)
+    if _BARE_VALUE_RE.fullmatch(closing.strip().rstrip(".").strip()):  # the last line is the value alone
+        value = _strip_math(closing.strip().rstrip(".").strip()).rstrip(".,;").strip()
+        return (value.rsplit("=", 1)[1].strip() if "=" in value else value) or None
+    found = None
+    for found in _CLOSING_RE.finditer(closing):
+        pass
+    if found is None:
+        return None
+    if _CORRECTION_RE.search(closing, found.end()):  # "it is 7, no wait, 9": the writer corrected the value
+        return extract_last_number(closing[found.end():])
+    spans = list(_MATH_SPAN_RE.finditer(closing))
+    if any(span.end() > found.start(1) and _is_expression(span) for span in spans if span.start() != found.start(1)):
+        # An expression follows the stated value, or the cue sits inside one ("$x = 11\\sqrt2$", "this gives us the
+        # roots $3, 5, 7$"): the last expression says it better.
+        return None
+    value = _strip_math(found.group(1)).strip().rstrip(".,;").strip()
+    if "=" in value:  # "we get \\[x = 6+9i\\]": the right-hand side
+        value = value.rsplit("=", 1)[1].strip().rstrip(".,;").strip()
+    return value or None
+
+
+def extract_display(text: str) -> str | None:
+    r"""The last expression when it is a display one ($$...$$ or \[...\]), its right-hand side when it is an
+    equation (an inline expression after it wins: that is the last expression's rule)."""
+    last = None
+    for last in _MATH_SPAN_RE.finditer(text):
+        pass
+    if last is None or (last.group(1) is None and last.group(2) is None):
+        return None
+    expression = (last.group(1) or last.group(2)).strip().rstrip(".,;").strip()
+    if "=" in expression:
+        expression = expression.rsplit("=", 1)[1].strip()
+    return expression or None
+
+
+# Cues ranked as a grader reads a solution: an explicit marker first (GSM8K's "####" and lema's "The answer is" for
+# word problems, the box for competition math), then a value emphasised in the closing sentences, then the value a
+# closing "is / = / total of" states, then (competition math) the last display expression; the last number last.
 _ORDER = {
-    # Word problems: GSM8K's own "####", lema's "The answer is", then a boxed answer.
-    DatasetKind.GSM8K: (ExtractionMethod.HASHES, ExtractionMethod.ANSWER_IS, ExtractionMethod.BOXED),
-    DatasetKind.SYNTHETIC: (ExtractionMethod.HASHES, ExtractionMethod.ANSWER_IS, ExtractionMethod.BOXED),
-    # Competition math: the boxed answer is the convention; then, as math-verify does, the last expression.
+    DatasetKind.GSM8K: (ExtractionMethod.HASHES, ExtractionMethod.ANSWER_IS, ExtractionMethod.BOXED,
+                        ExtractionMethod.EMPHASIS, ExtractionMethod.CLOSING),
+    DatasetKind.SYNTHETIC: (ExtractionMethod.HASHES, ExtractionMethod.ANSWER_IS, ExtractionMethod.BOXED,
+                            ExtractionMethod.EMPHASIS, ExtractionMethod.CLOSING),
     DatasetKind.MATH: (ExtractionMethod.BOXED, ExtractionMethod.ANSWER_IS, ExtractionMethod.HASHES,
+                       ExtractionMethod.EMPHASIS, ExtractionMethod.CLOSING, ExtractionMethod.DISPLAY,
                        ExtractionMethod.LAST_EXPRESSION),
 }
 _EXTRACTORS = {
@@ -178,6 +292,9 @@ _EXTRACTORS = {
     ExtractionMethod.ANSWER_IS: extract_answer_is,
     ExtractionMethod.BOXED: extract_boxed,
     ExtractionMethod.LAST_EXPRESSION: extract_last_expression,
+    ExtractionMethod.EMPHASIS: extract_emphasis,
+    ExtractionMethod.CLOSING: extract_closing,
+    ExtractionMethod.DISPLAY: extract_display,
 }
 
 

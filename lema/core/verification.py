@@ -19,8 +19,10 @@ from lema.core.answers import (
     Extraction,
     ExtractionMethod,
     extract_answer,
+    extract_last_expression,
     gold_answer,
     normalize_numeric,
+    strip_units,
 )
 from lema.core.records import Verdict, VerdictReason
 
@@ -148,9 +150,13 @@ def verify_item(kind: DatasetKind, gold: str, candidate: str, candidate_is_answe
         return quick
     start = time.perf_counter()
     done = _timer(start)
-    gold_text = gold_answer(gold, kind)
+    gold_text = strip_units(gold_answer(gold, kind))
     extraction = extraction_of(kind, candidate, candidate_is_answer)
-    answer = extraction.answer or ""
+    answer = strip_units(extraction.answer or "")
+    if "=" in gold_text and "=" not in answer and not candidate_is_answer:
+        # The gold answer is an equation (x^2 + y^2 = 13): compare the candidate's last equation whole, not the
+        # right-hand side the locator keeps for ordinary answers.
+        answer = extract_last_expression(candidate, keep_equation=True) or answer
     common = dict(extracted_answer=clip(answer), extraction_method=extraction.method)
     num_gold, num_cand = normalize_numeric(gold_text), normalize_numeric(answer)
 

@@ -22,7 +22,7 @@ G, M = DatasetKind.GSM8K, DatasetKind.MATH
         ("The answer is 3.5.", G, "3.5", ExtractionMethod.ANSWER_IS),
         ("So the final answer is $18.", G, "$18", ExtractionMethod.ANSWER_IS),
         ("The answer is: **42**", G, "42", ExtractionMethod.ANSWER_IS),
-        ("I think it is 7 apples, no wait, 9 apples", G, "9", ExtractionMethod.LAST_NUMBER),
+        ("I think it is 7 apples, no wait, 9 apples", G, "9", ExtractionMethod.CLOSING),  # a corrected value
         ("no digits at all", G, None, ExtractionMethod.NONE),
         (r"Thus $x = \boxed{\frac{1}{2}}$.", M, r"\frac{1}{2}", ExtractionMethod.BOXED),
         (r"first \boxed{1} then \fbox{\sqrt{\frac{a}{b}}}", M, r"\sqrt{\frac{a}{b}}", ExtractionMethod.BOXED),
@@ -30,13 +30,23 @@ G, M = DatasetKind.GSM8K, DatasetKind.MATH
         (r"so \boxed 5.", M, "5", ExtractionMethod.BOXED),
         (r"unbalanced \boxed{1 + {2} and 3", M, "3", ExtractionMethod.LAST_NUMBER),
         # MATH without a boxed answer: the last expression, as math-verify reads it (issue 17), not its last number
-        (r"So the ratio is $\frac{2\sqrt{3}}{3}$.", M, r"\frac{2\sqrt{3}}{3}", ExtractionMethod.LAST_EXPRESSION),
-        (r"We get \[x = 6+9i.\]", M, "6+9i", ExtractionMethod.LAST_EXPRESSION),
+        (r"So the ratio is $\frac{2\sqrt{3}}{3}$.", M, r"\frac{2\sqrt{3}}{3}", ExtractionMethod.CLOSING),
+        (r"We get \[x = 6+9i.\]", M, "6+9i", ExtractionMethod.CLOSING),
         (r"hence \(11\sqrt2\), which costs \$15 and \$20 in all", M, r"11\sqrt2", ExtractionMethod.LAST_EXPRESSION),
-        ("Finally, x = \\frac{1}{2}", M, r"\frac{1}{2}", ExtractionMethod.LAST_EXPRESSION),
-        ("there are $9$ divisors of 196.", M, "9", ExtractionMethod.LAST_EXPRESSION),
+        ("Finally, x = \\frac{1}{2}", M, r"\frac{1}{2}", ExtractionMethod.CLOSING),
+        ("there are $9$ divisors of 196.", M, "9", ExtractionMethod.CLOSING),
         ("I think 7, no wait, 9", M, "9", ExtractionMethod.LAST_NUMBER),
         (r"He pays $15 and $20 in all.", G, "20", ExtractionMethod.LAST_NUMBER),  # dollars in word problems
+        # Issue 28: answers written out after LaTeX, as a grader reads them.
+        (r"the 20th digit of the sum of \(\frac{2}{9}\) and \(\frac{1}{7}\) is **6**.", M, "6", ExtractionMethod.EMPHASIS),
+        (r"which gives 2 + 1 = 3 possible values for \(n\).", M, "3", ExtractionMethod.CLOSING),
+        (r"So it is \(14k + 7\), which is divisible by 7. Thus the remainder is 0.", M, "0", ExtractionMethod.CLOSING),
+        (r"the degree of the polynomial \((x^4+1)(x^{11}-2)\) is 15.", M, "15", ExtractionMethod.CLOSING),
+        ("Each week is 8.5 hours.\nSo she spends a total of 34 hours on meditation and yoga in 4 weeks.", G, "34",
+         ExtractionMethod.CLOSING),
+        (r"So he pays \boxed{\15}.", G, "15", ExtractionMethod.BOXED),  # a mangled dollar sign
+        ("Adding up: 3 + 4 = 7.\n9", G, "9", ExtractionMethod.CLOSING),  # a bare last line is the answer
+        ("Therefore\n$$ \\frac{3}{4} $$", M, r"\frac{3}{4}", ExtractionMethod.DISPLAY),
     ],
 )
 def test_extract(text, kind, answer, method):
@@ -102,3 +112,32 @@ def test_answer_is_integer_is_the_one_reading_of_synthetic_answers(text, expecte
         assert extraction.method == ExtractionMethod.ANSWER_IS and read == str(expected)
     else:
         assert extraction.method != ExtractionMethod.ANSWER_IS or read is None, extraction
+
+
+# --- issue 28: the locator never fails and stays linear on any text -----------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PIECES = st.sampled_from(["\\boxed{", "}", "{", "$", "$$", "\\(", "\\)", "\\[", "\\]", "**", "__", "*", "=", " is ",
+                           " the answer is ", "####", "\\text{", "\\frac{", "\n", ". ", "7", "-3.5", "1,000", "x",
+                           "no wait", "\\", "é", "\u2212", "\ud7ff", "∞"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=20)), max_size=60), st.sampled_from(list(DatasetKind)))
+def test_the_locator_returns_on_any_text(pieces, kind):
+    text = "".join(pieces)
+    got = extract_answer(text, kind)
+    assert got.answer is None or isinstance(got.answer, str)
+    assert got.method in ExtractionMethod
+
+
+@pytest.mark.parametrize("kind", list(DatasetKind))
+def test_the_locator_stays_fast_on_huge_and_deeply_nested_text(kind):
+    import time
+
+    for text in ("{" * 200_000 + "1", "\\boxed{" * 50_000, "$" * 100_001, "is 5 " * 50_000, "**" * 100_000,
+                 "\\[" + "x" * 200_000, ("1 = " * 30_000) + "\n9"):
+        started = time.perf_counter()
+        extract_answer(text, kind)
+        assert time.perf_counter() - started < 2.0, text[:20]
