@@ -67,6 +67,8 @@ class AdapterRegistry:
         return record
 
     def get(self, adapter_id: str) -> AdapterRecord:
+        if not adapter_id or len(adapter_id.encode("utf-8", "surrogatepass")) > 255 or "\x00" in adapter_id:
+            raise KeyError(adapter_id)  # no folder can have that name (asking the file system raised OSError)
         folder = (self.root / adapter_id).resolve()
         if folder.parent != self.root.resolve() or not (folder / "metadata.json").exists():
             raise KeyError(adapter_id)

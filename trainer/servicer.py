@@ -104,7 +104,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         if not export_path:
             raise InvalidInput("export_path: required (a training JSONL under the trainer's exports root)")
         root = self.config.exports_root.resolve()
+        if len(export_path.encode("utf-8", "surrogatepass")) > 4096 or "\x00" in export_path:
+            raise InvalidInput("export_path: too long or not a path (at most 4096 bytes)")
         path = Path(export_path)
+        if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in path.parts):
+            raise InvalidInput("export_path: a name in it is longer than 255 bytes")
         path = (path if path.is_absolute() else root / path).resolve()
         if not path.is_relative_to(root):
             raise InvalidInput(f"export_path: {export_path[:200]!r} is outside the trainer's exports root")
@@ -123,6 +127,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             raise InvalidInput(f"config_yaml: {exc}") from None
         except OSError as exc:  # run id, export path and dataset errors are InvalidInput already
             raise InvalidInput(f"export_path: cannot read it ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:  # an export that is not UTF-8 text (the message names no content)
+            raise InvalidInput(f"export_path: not UTF-8 text (byte {exc.start})") from None
         existing = self._run(request.run_id) if request.run_id else None
         if existing is not None:
             state = existing.state()

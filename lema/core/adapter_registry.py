@@ -151,6 +151,12 @@ class AdapterRegistry:
         if "\x00" in requested:
             raise AdapterRejected("path: must not contain NUL bytes", 400)
         raw = Path(requested.strip())
+        # The file system's own limits (255 bytes a name, 4096 a path), checked before it is asked: past them it
+        # raised OSError (File name too long), a 500 with the whole 10 KB path in the message.
+        if len(requested.encode("utf-8", "surrogatepass")) > 4096 or any(
+                len(part.encode("utf-8", "surrogatepass")) > 255 for part in raw.parts):
+            raise AdapterRejected("path: too long (at most 255 bytes a folder name, 4096 in all)", 400)
+        requested = requested if len(requested) <= 200 else requested[:200] + "..."  # messages quote at most this
         if ".." in raw.parts:
             raise AdapterRejected(f"path {requested!r}: '..' is not allowed; name a folder inside the registry", 400)
         candidate = raw if raw.is_absolute() else self.root / raw

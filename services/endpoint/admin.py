@@ -29,19 +29,36 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lema.core.errors import LemaError
 from services.endpoint.errors import documented
 from services.endpoint.errors import error_response as _error
+
+MAX_METADATA_CHARS = 64 * 1024
 
 
 class LoadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(min_length=1, max_length=1024, description="adapter folder, relative to the registry")
     name: str | None = Field(default=None, description="a new, never-used name (default: <folder>-<sha8>)")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="eval metrics and notes to keep with it")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="eval metrics and notes to keep with it "
+                                                                      "(at most 64 KB as JSON)")
     promote: bool = False
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        try:
+            size = len(json.dumps(value))
+        except (TypeError, ValueError, RecursionError):
+            raise ValueError("must be a JSON object of plain values") from None
+        if size > MAX_METADATA_CHARS:  # kept in memory for as long as the adapter serves, and listed on every call
+            raise ValueError(f"at most {MAX_METADATA_CHARS // 1024} KB as JSON (got {size // 1024} KB)")
+        return value
 
 
 class NameRequest(BaseModel):
@@ -91,7 +108,13 @@ def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TO
     async def invalid(_: Request, exc: RequestValidationError):
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"] if p != "body")
-        return _error(400, f"{where}: {first['msg']}", "invalid_request_error")
+        message = first["msg"].removeprefix("Value error, ")
+        return _error(400, f"{where}: {message}" if where else message, "invalid_request_error")
+
+    @app.exception_handler(StarletteHTTPException)  # unknown routes, wrong methods: the documented body, not {"detail"}
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail)[:200],
+                      "not_found_error" if exc.status_code == 404 else "invalid_request_error")
 
     auth = [Depends(authorize)]
 

@@ -122,4 +122,9 @@ class Program:
 
     @classmethod
     def from_json(cls, text: str) -> Program:
-        return cls.from_dict(json.loads(text))
+        """ValueError for anything that is not a program, a document nested past the parser's depth included (a
+        RecursionError there failed a whole AddProblems batch and a Correct call with UNKNOWN)."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except RecursionError:
+            raise ValueError("the program JSON is nested too deeply") from None

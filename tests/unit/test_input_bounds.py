@@ -1,0 +1,51 @@
+"""Issue 28's repros of inputs that were unbounded or crashed: each is now a clear 4xx / INVALID_ARGUMENT with a short
+message (the gRPC and HTTP transports map these error classes; tests/unit/core/test_errors.py covers the mapping)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lema.core.adapter_registry import AdapterRegistry, AdapterRejected
+from lema.core.store import repository as repo
+from lema.core.synthetic.program import Program
+
+
+@pytest.mark.parametrize("depth", [1_000, 5_000])
+def test_a_deeply_nested_program_is_one_rejected_item_not_a_crash(depth):
+    nested = "[" * depth + "]" * depth
+    with pytest.raises(ValueError):
+        Program.from_json(nested)
+    problem, reason = repo.validate_problem({"kind": "synthetic", "question": "q", "gold_answer": "1",
+                                             "program_json": nested})
+    assert problem is None and reason.startswith("program_json")
+
+
+def test_an_adapter_path_past_the_file_systems_limits_is_a_400_with_a_short_message(tmp_path):
+    registry = AdapterRegistry(tmp_path)
+    for path in ("a" * 300, "x/" * 3000, "ok/" + "é" * 200):
+        with pytest.raises(AdapterRejected) as err:
+            registry.resolve(path)
+        assert err.value.status == 400 and len(str(err.value)) < 300, str(err.value)[:100]
+
+
+def test_a_10_kb_adapter_id_is_not_found_not_an_os_error(tmp_path):
+    from trainer.registry import AdapterRegistry as TrainerRegistry
+
+    with pytest.raises(KeyError):
+        TrainerRegistry(tmp_path).get("a" * 10_000)
+
+
+def test_adapter_metadata_is_bounded_and_admin_errors_use_the_documented_body():
+    from fastapi.testclient import TestClient
+
+    from services.endpoint.admin import MAX_METADATA_CHARS, LoadRequest, build_admin_app
+
+    with pytest.raises(ValueError, match="at most 64 KB"):
+        LoadRequest.model_validate({"path": "a1", "metadata": {"notes": "x" * (8 << 20)}})
+    assert LoadRequest.model_validate({"path": "a1", "metadata": {"notes": "x" * (MAX_METADATA_CHARS // 2)}})
+    client = TestClient(build_admin_app(lambda: None, "LEMA_TEST_NO_SUCH_TOKEN_VARIABLE"))
+    for method, path in (("GET", "/no-such-route"), ("DELETE", "/status")):
+        reply = client.request(method, path)
+        assert reply.status_code in (404, 405) and set(reply.json()) == {"error"}, reply.text
+    reply = client.post("/adapters", content=b"{not json", headers={"content-type": "application/json"})
+    assert reply.status_code in (400, 401) and set(reply.json()) == {"error"}, reply.text
