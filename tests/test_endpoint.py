@@ -186,6 +186,17 @@ def test_unknown_routes_answer_an_openai_error_and_a_body_cut_short_is_quiet(ser
     assert "Exception in ASGI application" not in server.log()
 
 
+def test_a_request_with_thousands_of_prompts_is_refused_by_name(client):
+    """Issue 28: a 5,000-prompt /v1/completions request was accepted (and a 20,000-prompt one delayed the next)."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=BASE, prompt=["2+3?"] * 5_000, max_tokens=2)
+    assert "max_sequences_per_request" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=BASE, prompt=["2+3?"] * 10, n=16, max_tokens=2, temperature=1.0)
+    assert "10 prompts x n=16" in err.value.message
+    assert complete(client, BASE, PROMPTS[0])[1]  # the next request is served at once
+
+
 def test_base_chat_and_completions_streaming_too(client):
     served, text = complete(client, BASE, PROMPTS[0])
     assert served == BASE and text

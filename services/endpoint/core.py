@@ -465,6 +465,7 @@ def v1_app(config: EndpointConfig | None = None):
         on_request=lambda *args: current_core().on_request(*args),
         default_max_tokens=config.default_max_tokens,
         max_tokens_limit=config.max_tokens_limit,
+        max_sequences_per_request=config.max_sequences_per_request,
     )
     app.add_middleware(ReadyGate)
     return app

@@ -60,6 +60,7 @@ def build_app(
     on_request: Callable[[str, str, int, float, int, int], None] | None = None,
     default_max_tokens: int = 256,
     max_tokens_limit: int = MAX_TOKENS_LIMIT,
+    max_sequences_per_request: int | None = None,
 ) -> FastAPI:
     """`resolve_adapter(model_name)` maps a requested model to an adapter name (None = base model) or raises
     UnknownModel for an unknown model; the default accepts the base model's name and any loaded adapter name.
@@ -133,6 +134,12 @@ def build_app(
         a bug, not a 404."""
         if (body.max_new_tokens() or 0) > max_tokens_limit:
             return _error(400, f"max_tokens: must be at most {max_tokens_limit}")
+        prompts = len(body.prompts()) if isinstance(body, CompletionRequest) else 1
+        if max_sequences_per_request and prompts * body.n > max_sequences_per_request:
+            # Checked here for every engine (the transformers engine checks it too): a 20,000-prompt request is
+            # refused before anything is tokenised.
+            return _error(400, f"prompt: {prompts} prompts x n={body.n} is more than max_sequences_per_request "
+                               f"({max_sequences_per_request}) sequences in one request")
         pinned = contextlib.ExitStack()
         try:
             return pinned, pinned.enter_context(pin_adapter(body.model))
