@@ -235,7 +235,7 @@ def build_app(
                 return _error(400, "logprobs: is not supported by this endpoint's engine")
         return None
 
-    @app.post("/completions")
+    @app.post("/completions", openapi_extra=_request_body(CompletionRequest))
     async def completions(request: Request):
         started = time.perf_counter()
         body, error = await parse(request, CompletionRequest)
@@ -268,7 +268,7 @@ def build_app(
         stream = _stream_completion(response, body.include_usage) if body.stream else None
         return reply(response, served, stream)
 
-    @app.post("/chat/completions")
+    @app.post("/chat/completions", openapi_extra=_request_body(ChatRequest))
     async def chat(request: Request):
         started = time.perf_counter()
         body, error = await parse(request, ChatRequest)
@@ -306,6 +306,24 @@ def build_app(
                       "not_found_error")
 
     return app
+
+
+def _request_body(model) -> dict:
+    """The route's request body in its OpenAPI operation (the handler parses the body itself, so that a field it
+    refuses gets OpenAI's error body): the model's JSON schema with its definitions inlined."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -46,6 +46,12 @@ def _unicode(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_unicode)]
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
 TokenId = Annotated[int, Field(ge=0)]
 
 
@@ -103,7 +109,8 @@ class _Common(BaseModel):
     model: Text
     n: int = Field(default=1, ge=1, le=MAX_N)
     temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    # In (0, 1]; written as a check rather than `gt=0`, which the OpenAPI 3.0 document BentoML serves cannot express.
+    top_p: Annotated[float, AfterValidator(_positive)] = Field(default=1.0, ge=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     # OpenAI's current name for max_tokens on chat (langchain-openai and guidellm send it); accepted on both routes.
     max_completion_tokens: int | None = Field(default=None, ge=1)

@@ -137,3 +137,25 @@ def _chain_sigterm(core: EndpointCore) -> None:
 def self_threads(threads: int | None) -> int:
     """Torch threads in the worker: 1 unless configured (lema shares the CPU with other processes)."""
     return threads or 1
+
+
+class SolveContentType:
+    """ASGI middleware: `POST /solve` takes JSON. BentoML parses other content types itself and answered a multipart
+    body without a boundary with a 500 (found by schemathesis); anything but JSON is a 415 with /solve's error body."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/solve" and scope["method"] == "POST":
+            content_type = dict(scope["headers"]).get(b"content-type", b"application/json").decode("latin-1")
+            if content_type.split(";")[0].strip().lower() != "application/json":
+                from fastapi.responses import JSONResponse
+
+                response = JSONResponse({"error": "Content-Type: /solve takes application/json"}, status_code=415)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+Endpoint.add_asgi_middleware(SolveContentType)
