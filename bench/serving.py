@@ -33,6 +33,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -334,7 +335,7 @@ def main() -> None:
                                                    tuple(args.guidellm_routes.split(",")))
             report["servers"]["vllm"] = entry
         finally:
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)  # vLLM's engine processes too (its own session)
             process.wait(timeout=60)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -357,4 +358,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lema.core.signals import stop_on_signals
+
+    with stop_on_signals():  # SIGTERM / SIGHUP stop the servers this started, as Ctrl-C does
+        main()

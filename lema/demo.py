@@ -191,6 +191,14 @@ def _export(store: str, out: Path, recipe, correction_format: str = "paper") -> 
 
 
 def run_demo(options: DemoOptions) -> DemoResult:
+    """The demo; SIGTERM, SIGHUP and SIGINT stop it with its endpoint (lema.core.signals)."""
+    from lema.core.signals import stop_on_signals
+
+    with stop_on_signals():
+        return _run_demo(options)
+
+
+def _run_demo(options: DemoOptions) -> DemoResult:
     from lema.core.model_resolve import resolve_model
     from lema.core.quiet import quiet_libraries
     from trainer.ablation import ARM_LABELS, print_report, run_ablation

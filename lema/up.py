@@ -77,6 +77,7 @@ def up(config_path: Path | None, only: list[str] | None = None, timeout_s: float
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_stop)  # a closed terminal stops the services too
     try:
         for spec in chosen:
             log = open(log_dir / f"{spec.name}.log", "a")

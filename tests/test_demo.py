@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from conftest import lema_command, requires_lema_tiny
 
 
@@ -91,3 +92,34 @@ def test_demo_refuses_an_unknown_correction_format_by_name():
     run = subprocess.run([*lema_command(), "demo", "--correction-format", "bogus"], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 2 and "--correction-format" in run.stderr and "paper, step" in run.stderr
+
+
+@requires_lema_tiny
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_a_stopped_demo_leaves_no_server_behind(tmp_path, stop):
+    """Issue 28: `lema demo` stopped with SIGTERM (as timeout, systemd or a container runtime stop it) left its
+    endpoint running: circusd and its worker re-parented to init, holding their port. Every process it started goes."""
+    import os
+    import signal
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    demo = subprocess.Popen([*lema_command(), "demo", "--problems", "8", "--samples", "1", "--eval-problems", "10",
+                             "--hard-problems", "0", "--seeds", "0", "--workdir", str(tmp_path / "demo")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        log = tmp_path / "demo" / "endpoint.log"
+        deadline = time.monotonic() + 180
+        while not (log.exists() and "endpoint ready" in log.read_text(errors="replace")):
+            assert demo.poll() is None and time.monotonic() < deadline, "the demo's endpoint did not come up"
+            time.sleep(0.5)
+        started = psutil.Process(demo.pid).children(recursive=True)
+        assert started, "the demo started no child process"
+        demo.send_signal(getattr(signal, stop))
+        assert demo.wait(timeout=90) != 0
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        if demo.poll() is None:
+            os.kill(demo.pid, signal.SIGKILL)
