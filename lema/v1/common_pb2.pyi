@@ -36,6 +36,9 @@ class ExtractionMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXTRACTION_METHOD_LAST_NUMBER: _ClassVar[ExtractionMethod]
     EXTRACTION_METHOD_VERBATIM: _ClassVar[ExtractionMethod]
     EXTRACTION_METHOD_LAST_EXPRESSION: _ClassVar[ExtractionMethod]
+    EXTRACTION_METHOD_EMPHASIS: _ClassVar[ExtractionMethod]
+    EXTRACTION_METHOD_CLOSING: _ClassVar[ExtractionMethod]
+    EXTRACTION_METHOD_DISPLAY: _ClassVar[ExtractionMethod]
 DATASET_KIND_UNSPECIFIED: DatasetKind
 DATASET_KIND_GSM8K: DatasetKind
 DATASET_KIND_MATH: DatasetKind
@@ -54,6 +57,9 @@ EXTRACTION_METHOD_BOXED: ExtractionMethod
 EXTRACTION_METHOD_LAST_NUMBER: ExtractionMethod
 EXTRACTION_METHOD_VERBATIM: ExtractionMethod
 EXTRACTION_METHOD_LAST_EXPRESSION: ExtractionMethod
+EXTRACTION_METHOD_EMPHASIS: ExtractionMethod
+EXTRACTION_METHOD_CLOSING: ExtractionMethod
+EXTRACTION_METHOD_DISPLAY: ExtractionMethod
 
 class Problem(_message.Message):
     __slots__ = ("id", "kind", "question", "gold_answer", "source", "program_json", "metadata")

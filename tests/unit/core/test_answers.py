@@ -141,3 +141,10 @@ def test_the_locator_stays_fast_on_huge_and_deeply_nested_text(kind):
         started = time.perf_counter()
         extract_answer(text, kind)
         assert time.perf_counter() - started < 2.0, text[:20]
+
+
+def test_every_extraction_method_has_a_wire_value():
+    """A new locator cue without a proto enum value failed every verdict that used it with UNKNOWN (KeyError)."""
+    from lema.core.proto_convert import METHOD_TO_PB
+
+    assert set(METHOD_TO_PB) == set(ExtractionMethod)
