@@ -373,7 +373,11 @@ def plot_results(result: DemoResult, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rounds = sorted({r.round for r in result.rows if r.round > 0})
+    if len(rounds) <= 1:  # one round: a line over one x value was a near-empty plot, CoT-only hidden under LEMA
+        return _plot_one_round(result, path, plt)
     fig, axis = plt.subplots(figsize=(6.5, 4.2))
+    axis.set_xticks(rounds)
     for name, colour, marker in (("CoT-only", "#4c72b0", "o"), ("LEMA", "#dd8452", "o")):
         points = [(r.round, 100 * r.accuracy) for r in result.rows if r.name == name]
         axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=f"{name} (test)", color=colour)
@@ -387,6 +391,35 @@ def plot_results(result: DemoResult, path: Path) -> Path:
     axis.set_ylabel("accuracy (%)")
     axis.set_title("accuracy per round (continuous learning from mistakes)")
     axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_one_round(result: DemoResult, path: Path, plt) -> Path:
+    """One round: a bar per model (test problems; what serves on validation problems), the accuracy written on it."""
+    bars = []
+    base_test = next((r for r in result.rows if r.round == 0 and r.where.endswith("test")), None)
+    if base_test:
+        bars.append(("base\n(test)", base_test, "#999999"))
+    for name, colour in (("CoT-only", "#4c72b0"), ("LEMA", "#dd8452")):
+        row = next((r for r in result.rows if r.name == name and r.round > 0), None)
+        if row:
+            bars.append((f"{name}\n(test)", row, colour))
+    served = next((r for r in result.rows if r.name.startswith("served") and r.round > 0), None)
+    if served:
+        bars.append(("served\n(validation)", served, "black"))
+    fig, axis = plt.subplots(figsize=(6.5, 4.2))
+    positions = range(len(bars))
+    heights = [100 * row.accuracy for _, row, _ in bars]
+    axis.bar(positions, heights, color=[colour for *_, colour in bars])
+    for x, (_, row, _), height in zip(positions, bars, heights):
+        axis.annotate(f"{height:.1f}%\n({row.correct}/{row.n})", (x, height), ha="center", va="bottom", fontsize=8)
+    axis.set_xticks(list(positions), [label for label, *_ in bars])
+    axis.set_ylim(0, max(heights + [1]) * 1.25)
+    axis.set_ylabel("accuracy (%)")
+    axis.set_title("accuracy after one round of learning from mistakes")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

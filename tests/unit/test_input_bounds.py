@@ -49,3 +49,19 @@ def test_adapter_metadata_is_bounded_and_admin_errors_use_the_documented_body():
         assert reply.status_code in (404, 405) and set(reply.json()) == {"error"}, reply.text
     reply = client.post("/adapters", content=b"{not json", headers={"content-type": "application/json"})
     assert reply.status_code in (400, 401) and set(reply.json()) == {"error"}, reply.text
+
+
+def test_the_one_round_demo_plot_shows_every_model_apart(tmp_path):
+    """Issue 29: one round drew lines over a single x value (CoT-only hidden under LEMA); now a bar per model."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from lema.demo import DemoResult, Row, plot_results
+
+    result = DemoResult()
+    result.rows += [Row(0, "base", "-", 0, 40, 100, "in-process, test"), Row(1, "CoT-only", "cot", 10, 55, 100, "test"),
+                    Row(1, "LEMA", "lema", 12, 55, 100, "test"),
+                    Row(1, "served: a1", "-", 0, 50, 90, "endpoint, validation")]
+    pixels = imread(plot_results(result, tmp_path / "results.png"))[..., :3]
+    coloured = ((pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.2).mean()  # the coloured bars' share of the image
+    assert coloured > 0.05, coloured  # lines over one x value coloured well under 1%
