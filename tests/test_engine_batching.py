@@ -159,11 +159,14 @@ def test_bounds_on_sequences_per_request_and_on_the_queue():
         assert isinstance(too_many.value, InvalidInput)  # 400 at the endpoint
         # Greedy n is generated once: n=16 greedy is one sequence, within the bound.
         assert len((await engine.generate(PROMPTS[:1], SamplingParams(n=16, max_tokens=2)))[0]) == 16
-        first = asyncio.ensure_future(engine.generate(PROMPTS[:6], SamplingParams(max_tokens=200)))
-        second = asyncio.ensure_future(engine.generate(PROMPTS[:6], SamplingParams(max_tokens=200)))
-        await asyncio.sleep(0)
+        # Rows that cannot end early (ignore_eos, 400 tokens): the queue stays at 2 + 6 = 8 sequences while the third
+        # request arrives, whatever the machine's speed.
+        long = SamplingParams(max_tokens=400, ignore_eos=True)
+        first = asyncio.ensure_future(engine.generate(PROMPTS[:6], long))
+        await _until(lambda: engine.scheduler.running_rows == 4)
+        second = asyncio.ensure_future(engine.generate(PROMPTS[:6], long))
+        await _until(lambda: engine.scheduler.waiting_sequences == 8)
         with pytest.raises(EngineBusy, match="queue is full") as busy:
-            await _until(lambda: engine.scheduler.running_rows == 4)
             await engine.generate(PROMPTS[:6], SamplingParams(max_tokens=4))
         assert isinstance(busy.value, Unavailable)  # 503 with Retry-After at the endpoint
         first.cancel()
