@@ -84,6 +84,7 @@ class EndpointCore:
         self._admin_lock: asyncio.Lock | None = None
         self._start_task: asyncio.Task | None = None
         self._shutdown_task: asyncio.Task | None = None
+        self.draining = False  # SIGTERM received: not ready, still serving until the grace period ends
         self.follower = None  # fleet.PromotionFollower when endpoint.promotion_record is set
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -150,9 +151,16 @@ class EndpointCore:
         now, not when the server has waited for every open stream. Not ready at once; requests in flight get
         `shutdown_grace_s`, then the engine cancels the rest (they answer 503 / an error event), so the server's own
         wait for open connections ends within the grace period."""
-        self.ready = False
+        self.draining = True  # /readyz fails at once; requests that still reach the app are served
         if self.engine is not None and self._shutdown_task is None:
-            self._shutdown_task = asyncio.get_running_loop().create_task(self._close_engine())
+            self._shutdown_task = asyncio.get_running_loop().create_task(self._close_after_grace())
+
+    async def _close_after_grace(self) -> None:
+        await asyncio.sleep(self.config.shutdown_grace_s)
+        if "grace_s" in inspect.signature(self.engine.close).parameters:
+            await self.engine.close(grace_s=0.0)  # what has not finished within the grace period is cancelled
+        else:
+            await self.engine.close()
 
     async def _close_engine(self) -> None:
         if "grace_s" in inspect.signature(self.engine.close).parameters:
@@ -169,7 +177,8 @@ class EndpointCore:
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
         if self._shutdown_task is not None:
-            await self._shutdown_task
+            self._shutdown_task.cancel()  # the server's own wait for open requests is over: close now
+            await self._close_engine()
         elif self.engine is not None:
             await self._close_engine()
 

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from lema.core.engines import Completion, Engine, EngineError, StreamDelta
+from lema.core.errors import Unavailable
 from services.endpoint.errors import documented, engine_error_response
 from services.endpoint.errors import error_response as _error
 from services.endpoint.protocol import (
@@ -145,6 +146,8 @@ def build_app(
             return pinned, pinned.enter_context(pin_adapter(body.model))
         except UnknownModel:
             return unknown_model(body)
+        except Unavailable as exc:  # not ready (starting, or shutting down): retry elsewhere, never a 500
+            return _error(503, str(exc)[:1000], "unavailable", headers={"Retry-After": "5"})
 
     async def run(request: Request, body: _Common, prompts: list) -> tuple[str, list, JSONResponse | None]:
         """Generate on the adapter pinned at the start of the request; returns (served model, results, error).

@@ -70,7 +70,7 @@ class Endpoint:
         set_current_core(None)
 
     def __is_ready__(self) -> bool:
-        return self.core.ready and not self.core.wedged and not self.core.behind
+        return self.core.ready and not self.core.draining and not self.core.wedged and not self.core.behind
 
     def __is_alive__(self) -> bool:
         return self.core.failed is None
