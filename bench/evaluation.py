@@ -28,9 +28,9 @@ def main() -> None:
 
     from lema.core.engines.transformers_engine import TransformersEngine
     from lema.core.model_resolve import resolve_model
-    from services.verifier import open_verifier
-    from trainer.evaluate import eval_problems, evaluate_engine
-    from trainer.recipe import load_recipe
+    from lema.services.verifier import open_verifier
+    from lema.trainer.evaluate import eval_problems, evaluate_engine
+    from lema.trainer.recipe import load_recipe
 
     recipe = load_recipe("tiny", {"eval": {"validation_problems": args.problems, "problems": args.problems}})
     problems = eval_problems(recipe.eval, args.split)

@@ -17,8 +17,8 @@ from pathlib import Path
 CHILD = r"""
 import json, sys, resource
 from pathlib import Path
-from trainer.recipe import load_recipe
-from trainer.train import train
+from lema.trainer.recipe import load_recipe
+from lema.trainer.train import train
 grouped, data, steps, out = sys.argv[1] == "1", Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 recipe = load_recipe("tiny", {"max_steps": steps, "group_by_length": grouped, "save_steps": 10_000})
 result = train(recipe, data, out)

@@ -27,7 +27,7 @@ from pathlib import Path
 # package: the folder is not an import root.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-# The declared design: not every combination. Factors from the published evidence (README, 'Where corrections
+# The declared design: not every combination. Factors from the published evidence (docs/harness.md, 'Where corrections
 # pay'): where the corrections enter (LoRA r=16 as today; full-rank LoRA r=128 on an unquantised base with the
 # embeddings trainable, what Physics of LM 2.2 found needed for LoRA), the format (the paper's; `step`: the model's
 # own correct steps as untrained context, the corrected steps as the target), the share of corrections (0.4 as the
@@ -46,7 +46,7 @@ class Cell:
     ratio: float = 0.4
     overrides: dict = field(default_factory=dict)  # recipe overrides (both arms)
     # "sft": the LEMA arm trains on CoT + corrections; "dpo": the CoT-only adapter trained further with DPO on the
-    # step-level pairs of the seed's LEMA corrections (trainer.preference; an SFT loss as anchor)
+    # step-level pairs of the seed's LEMA corrections (lema.trainer.preference; an SFT loss as anchor)
     method: str = "sft"
 
 
@@ -78,7 +78,7 @@ def _outcomes(result) -> dict:
 
 
 def _result(data: dict):
-    from trainer.evaluate import EvalResult
+    from lema.trainer.evaluate import EvalResult
 
     return EvalResult(correct=sum(data["outcomes"]), n=data["n"], outcomes=data["outcomes"],
                       reference_logprobs=data["reference_logprobs"], reference_tokens=data["reference_tokens"],
@@ -88,7 +88,7 @@ def _result(data: dict):
 def run_arm(recipe, arm, seed: int, total: int, work: Path, model_path: str, say) -> dict:
     """Train one arm of one seed on its common-random-numbers stream and evaluate it on validation and
     validation_hard; cached by the stream's content and the recipe (a CoT-only arm is shared across cells)."""
-    from trainer.train import train
+    from lema.trainer.train import train
 
     rows = arm.stream(total)
     text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
@@ -107,7 +107,7 @@ def run_arm(recipe, arm, seed: int, total: int, work: Path, model_path: str, say
 def run_dpo_arm(recipe, cot_dir: Path, pairs: Path, keep: set[str], seed: int, work: Path, model_path: str,
                 say) -> dict:
     """The DPO arm of one seed: the CoT-only adapter in `cot_dir` trained further on the pairs of `keep`."""
-    from trainer.preference import train_preference
+    from lema.trainer.preference import train_preference
 
     run_dir = work / "runs" / _key(cot_dir.name, "dpo", recipe.preference.model_dump(), sorted(keep), seed)
     trained_file = run_dir / "trained.json"
@@ -125,7 +125,7 @@ def run_dpo_arm(recipe, cot_dir: Path, pairs: Path, keep: set[str], seed: int, w
 
 def _evaluated(run_dir: Path, out: dict, recipe, model_path: str, rows: str, say) -> dict:
     """`out` with the run's validation and validation_hard results (each evaluated once per split and size)."""
-    from trainer.evaluate import evaluate
+    from lema.trainer.evaluate import evaluate
 
     out["run_dir"] = run_dir.name
     for split, n in (("validation", recipe.eval.validation_problems), ("validation_hard", recipe.eval.hard_problems)):
@@ -142,9 +142,9 @@ def _evaluated(run_dir: Path, out: dict, recipe, model_path: str, rows: str, say
 
 def run_cell(cell: Cell, exports: dict[str, Path], seeds: list[int], work: Path, base: dict, say) -> dict:
     from lema.core.model_resolve import resolve_model
-    from trainer.ablation import compare, training_rows
-    from trainer.recipe import load_recipe
-    from trainer.settings import build_arms
+    from lema.trainer.ablation import compare, training_rows
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.settings import build_arms
 
     recipe = load_recipe("tiny", _eval_overrides(cell.overrides))
     model_path = resolve_model(recipe.base_model)
@@ -182,8 +182,8 @@ def _eval_overrides(overrides: dict) -> dict:
 
 def base_results(work: Path, say) -> dict:
     from lema.core.model_resolve import resolve_model
-    from trainer.evaluate import evaluate
-    from trainer.recipe import load_recipe
+    from lema.trainer.evaluate import evaluate
+    from lema.trainer.recipe import load_recipe
 
     path = work / "base-2000.json"
     if path.exists():
@@ -203,8 +203,8 @@ def rescore(work: Path, say) -> None:
     from lema.core.engines.transformers_engine import TransformersEngine
     from lema.core.formats import cot_prompt
     from lema.core.model_resolve import resolve_model
-    from trainer.evaluate import eval_problems
-    from trainer.recipe import load_recipe
+    from lema.trainer.evaluate import eval_problems
+    from lema.trainer.recipe import load_recipe
 
     settings = load_recipe("tiny", _eval_overrides({})).eval
     problems = {split: eval_problems(settings, split) for split in ("validation", "validation_hard")}

@@ -32,7 +32,7 @@ synthetic:600:seed=1000:split=train --samples 4`; the second with `--correction-
 Every arm is evaluated greedily on 2,000 "validation" and 200 "validation_hard" problems (never the test splits),
 with the reference log-likelihood; plain lema-tiny once. Resumable: each trained and evaluated arm is kept under
 WORK/runs/<arm>-s<seed>-<key>/ (the model, trained.json, one JSON per evaluated split) and is not run again.
-Writes WORK/pretrain_mix.json: per arm and seed the accuracies, and `trainer.ablation.compare` of every mix arm
+Writes WORK/pretrain_mix.json: per arm and seed the accuracies, and `lema.trainer.ablation.compare` of every mix arm
 against cot and of cot against the base model (mean paired difference, 95% CI, McNemar p, discordance, mde_80,
 reference log-likelihood difference), with the seconds each training run took.
 """
@@ -75,7 +75,7 @@ def _key(*parts) -> str:
 
 
 def eval_settings():
-    from trainer.recipe import load_recipe
+    from lema.trainer.recipe import load_recipe
 
     return load_recipe("tiny").eval.model_copy(update={
         "validation_problems": SPLITS[0][1], "hard_problems": SPLITS[1][1], "threads": 1, "batch_size": 128,
@@ -202,7 +202,7 @@ def _outcomes(result) -> dict:
 
 
 def _result(data: dict):
-    from trainer.evaluate import EvalResult
+    from lema.trainer.evaluate import EvalResult
 
     return EvalResult(correct=sum(data["outcomes"]), n=data["n"], outcomes=data["outcomes"],
                       reference_logprobs=data["reference_logprobs"], reference_tokens=data["reference_tokens"],
@@ -211,7 +211,7 @@ def _result(data: dict):
 
 def evaluate_folder(model_dir: Path, run_dir: Path) -> dict:
     """Each split's outcomes of the model in `model_dir`, evaluated once and kept in `run_dir`."""
-    from trainer.evaluate import evaluate
+    from lema.trainer.evaluate import evaluate
 
     settings = eval_settings()
     out = {}
@@ -265,7 +265,7 @@ def time_steps(n: int, exports: dict[str, Path]) -> None:
 
 
 def summarize(runs: dict[str, list[dict]], base: dict, seeds: list[int], steps: int) -> dict:
-    from trainer.ablation import compare
+    from lema.trainer.ablation import compare
 
     out: dict = {"design": {"steps": steps, "batch": BATCH, "lr": LR, "share": SHARE, "seed_offset": SEED_OFFSET,
                             "seeds": seeds, "splits": dict(SPLITS)},

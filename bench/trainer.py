@@ -3,7 +3,7 @@
 Each run is a separate process (peak RSS = its ru_maxrss), with and without sequence packing. "plain TRL" is
 SFTTrainer with TRL's default SFTConfig (only output folder, steps, batch size, learning rate, max_length, and on a
 CPU use_cpu and bf16 off set) on the same
-4-bit base and the same LoraConfig; lema's run is `trainer.train.train` with the tiny recipe.
+4-bit base and the same LoraConfig; lema's run is `lema.trainer.train.train` with the tiny recipe.
 
     python bench/trainer.py [--steps 20] [--data EXPORT.jsonl]
 """
@@ -32,7 +32,7 @@ def rss_mib():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-from trainer.recipe import load_recipe
+from lema.trainer.recipe import load_recipe
 # Random batches like plain TRL's (length grouping is measured in bench/grouping.py).
 recipe = load_recipe(recipe_name, {"base_model": model_name, "max_steps": steps, "packing": packing,
                                    "save_steps": 10_000, "logging_steps": 1, "group_by_length": False})
@@ -47,7 +47,7 @@ if mode == "lema":
         loaded["rss"] = rss_mib()
         return model
     mu.PreTrainedModel.from_pretrained = classmethod(from_pretrained)
-    from trainer.train import train
+    from lema.trainer.train import train
     result = train(recipe, data, out)
     print(json.dumps({"seconds": result.seconds, "tokens": result.tokens_per_second * result.seconds,
                       "loaded_rss": loaded["rss"], "forward_rows": recipe.micro_batch,
@@ -58,7 +58,7 @@ else:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
     from lema.core.model_resolve import resolve_model
-    from trainer.train import load_examples, load_quantized_base
+    from lema.trainer.train import load_examples, load_quantized_base
     path = resolve_model(recipe.base_model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = load_quantized_base(recipe, path)
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--rss-cap-mib", type=float, default=12_000, help="kill a run whose RSS passes this")
     parser.add_argument("--data", type=Path, default=None, help="training JSONL (default: 512 synthetic CoT rows)")
     args = parser.parse_args()
-    from lema.demo import recipe_for_model
+    from lema.app.demo import recipe_for_model
 
     recipe = args.recipe or recipe_for_model(args.model)
     console = Console(width=150)

@@ -151,9 +151,9 @@ def key_paths(data: Any, prefix: str = "") -> set[str]:
 def lema_cli():
     import typer.main
 
-    import lema.cli
+    import lema.app.cli
 
-    return typer.main.get_command(lema.cli.app)
+    return typer.main.get_command(lema.app.cli.app)
 
 
 def cli_check(args: list[str], env: dict[str, str], where: str, problems: Problems) -> None:
@@ -617,7 +617,7 @@ def check_image(repo: Path, renders: dict[str, list[dict]], problems: Problems) 
     ignore = repo / ".dockerignore"
     if ignore.exists():
         patterns = [line.strip() for line in ignore.read_text().splitlines() if line.strip() and not line.startswith("#")]
-        for needed in ("deploy/accelerate/ddp.yaml", "lema/cli.py", "pyproject.toml"):
+        for needed in ("deploy/accelerate/ddp.yaml", "lema/app/cli.py", "pyproject.toml"):
             if any(Path(needed).match(p) or needed.startswith(p.rstrip("/") + "/") for p in patterns):
                 problems.add(".dockerignore", f"excludes {needed}, which the image needs")
 

@@ -101,6 +101,32 @@ def smollm2_dir(tmp_path_factory) -> Path:
         raise
 
 
+@pytest.fixture(scope="session")
+def source_copy(tmp_path_factory) -> Path:
+    """The files a fresh clone would have (tracked, and new files git does not ignore), copied: packaging builds
+    there, so nothing it writes (build/, *.egg-info, dist/) lands in the working tree."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    root = tmp_path_factory.mktemp("source") / "lema"
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def lema_wheel(source_copy) -> Path:
+    """lema's wheel, built from `source_copy` as `make wheel` builds it (into its dist/)."""
+    import sys
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(source_copy / "dist"), str(source_copy)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (source_copy / "dist").glob("lema-*.whl")
+    return wheel
+
+
 def lema_tiny_available() -> bool:
     """lema-tiny's committed weights are present (or a development override model is set)."""
     if os.environ.get("LEMA_TEST_MODEL"):

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 from conftest import REPO_ROOT, lema_command, requires_lema_tiny
 
-from trainer.settings import SettingError, build_arms
-from trainer.stats import mcnemar_exact, paired_bootstrap
+from lema.trainer.settings import SettingError, build_arms
+from lema.trainer.stats import mcnemar_exact, paired_bootstrap
 
 
 def _write(path, rows):

@@ -190,7 +190,7 @@ def _wait(condition, workers: dict, deadline: float, logs) -> None:
 
 @requires_lema_tiny
 def test_three_workers_share_the_queue_and_a_killed_ones_problems_are_finished_by_others(postgres_url, tmp_path):
-    from services.collector.sources import load_source
+    from lema.services.collector.sources import load_source
 
     store = fresh_database(postgres_url)
     sessions = open_store(store)  # migrated here, before the workers start
@@ -304,7 +304,7 @@ def _store_counts(sessions) -> dict[str, int]:
 def test_a_stopped_worker_gives_its_unfinished_claims_back_at_once(tmp_path):
     # SQLite (workers on one machine): a worker stopped with SIGTERM (a container stopped) releases what it holds,
     # so the next worker need not wait out the lease (an hour here).
-    from services.collector.sources import load_source
+    from lema.services.collector.sources import load_source
 
     store = str(tmp_path / "one-machine.db")
     sessions = open_store(store)

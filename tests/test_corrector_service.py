@@ -167,7 +167,7 @@ def test_bad_input_is_invalid_argument(reference, mutate, message):
 def test_openai_upstream_with_a_real_weak_model(tmp_path):
     model = os.environ.get("LEMA_TEST_MODEL", "lema-tiny")
     name = os.path.basename(model.rstrip("/"))
-    api, api_port = http_server(["-m", "services.endpoint.openai_api", "--model", model], "/healthz",
+    api, api_port = http_server(["-m", "lema.services.endpoint.openai_api", "--model", model], "/healthz",
                                 tmp_path / "api.log")
     try:
         corrector = openai_corrector(f"http://127.0.0.1:{api_port}/v1", tmp_path, name, "--max-candidates", "2")

@@ -38,7 +38,7 @@ def test_demo_writes_results_and_ablation_json(tmp_path):
 
 
 def test_rounds_report_pairs_each_round_with_the_one_before_and_says_what_is_noise():
-    from lema.demo import DemoResult, rounds_report
+    from lema.app.demo import DemoResult, rounds_report
 
     base = [True] * 40 + [False] * 60
     better = [True] * 70 + [False] * 30  # +30 points: 30 problems turned right, none turned wrong
@@ -59,11 +59,11 @@ def test_the_served_check_is_the_one_evaluator_through_the_endpoint(tmp_path):
     in-process evaluation of the same weights gives."""
     import asyncio
 
+    from lema.app.demo import Endpoint, evaluate_through_endpoint
     from lema.core.engines.transformers_engine import TransformersEngine
     from lema.core.synthetic import generate
-    from lema.demo import Endpoint, evaluate_through_endpoint
     from lema.tiny import default_model_path
-    from trainer.evaluate import evaluate_engine
+    from lema.trainer.evaluate import evaluate_engine
 
     problems = generate(8, seed=7, split="validation", steps=(2, 3))
     (tmp_path / "adapters").mkdir()

@@ -1,4 +1,4 @@
-"""Distributed training (`trainer.distributed`) as the Kubernetes Job runs it: `accelerate launch` of real
+"""Distributed training (`lema.trainer.distributed`) as the Kubernetes Job runs it: `accelerate launch` of real
 processes (DDP over gloo on CPU cores, deploy/accelerate/cpu_ddp.yaml), the tiny recipe with few steps on lema-tiny's
 4-bit base, a real registry and run folder. Rank 0 alone evaluates, registers and writes the run; both ranks train;
 a 2-rank checkpoint resumes on 1 rank."""
@@ -38,7 +38,7 @@ def export_file(tmp_path_factory) -> Path:
 
 
 def recipe_file(folder: Path, **overrides) -> Path:
-    from trainer.recipe import load_recipe
+    from lema.trainer.recipe import load_recipe
 
     recipe = load_recipe("tiny", OVERRIDES | overrides)
     path = folder / f"recipe-{recipe.max_steps}.yaml"
@@ -52,7 +52,7 @@ def launch(root: Path, run_id: str, recipe: Path, export: Path, processes: int) 
     return subprocess.Popen(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
          str(REPO_ROOT / "deploy" / "accelerate" / "cpu_ddp.yaml"), "--num_processes", str(processes),
-         "--main_process_port", str(free_port()), "-m", "trainer.distributed", "--run-id", run_id,
+         "--main_process_port", str(free_port()), "-m", "lema.trainer.distributed", "--run-id", run_id,
          "--recipe", str(recipe), "--export", str(export), "--runs-root", str(root / "runs"),
          "--adapters-root", str(root / "adapters")],
         stdout=log, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -146,8 +146,8 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(tmp_path, export_file):
 
 
 def test_rank_batch_keeps_the_global_batch():
-    from trainer.recipe import load_recipe
-    from trainer.train import rank_batch
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.train import rank_batch
 
     tiny = load_recipe("tiny")  # 16 rows per step, all in one forward pass
     assert rank_batch(tiny, 1) == (16, 1) and rank_batch(tiny, 2) == (8, 1) and rank_batch(tiny, 16) == (1, 1)
@@ -161,7 +161,7 @@ def test_rank_batch_keeps_the_global_batch():
 
 def test_the_run_id_is_checked_before_anything_starts(tmp_path, export_file):
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.distributed", "--run-id", "../escape", "--recipe", "tiny", "--export",
+        [sys.executable, "-m", "lema.trainer.distributed", "--run-id", "../escape", "--recipe", "tiny", "--export",
          str(export_file), "--runs-root", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "is not a run name" in result.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "escape").exists()

@@ -156,7 +156,7 @@ def _registered_adapter(registry_root, accuracy: float, config_yaml: str = "") -
     from transformers import AutoModelForCausalLM
 
     from lema.core.model_resolve import resolve_model
-    from trainer.registry import AdapterRegistry
+    from lema.trainer.registry import AdapterRegistry
 
     with tempfile.TemporaryDirectory() as tmp:
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_model(MODEL)),

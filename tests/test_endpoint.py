@@ -137,18 +137,18 @@ def test_endpoint_command_builds_the_bentoml_serve_command(tmp_path):
     config = tmp_path / "lema.yaml"
     config.write_text("endpoint:\n  port: 3999\n  engine: transformers\n  max_lora_rank: 16\n")
     out = subprocess.run(
-        [sys.executable, "-m", "services.endpoint.cli", "--config", str(config), "--model", "/some/model",
+        [sys.executable, "-m", "lema.services.endpoint.cli", "--config", str(config), "--model", "/some/model",
          "--registry", str(tmp_path / "reg"), "--adapter", "v1=a1", "--promote", "v1", "--dry-run"],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout
     command, _, payload = out.partition("\n")
-    assert command.split()[1:] == ["serve", "services.endpoint.service:Endpoint", "--host", "127.0.0.1",
+    assert command.split()[1:] == ["serve", "lema.services.endpoint.service:Endpoint", "--host", "127.0.0.1",
                                    "--port", "3999"]
     settings = json.loads(payload)
     assert settings["engine"] == "transformers" and settings["model"] == "/some/model"
     assert settings["max_lora_rank"] == 16 and settings["preload"] == ["v1=a1"] and settings["promote"] == "v1"
     assert settings["registry_dir"] == str((tmp_path / "reg").resolve())
-    bad = subprocess.run([sys.executable, "-m", "services.endpoint.cli", "--engine", "tpu", "--dry-run"],
+    bad = subprocess.run([sys.executable, "-m", "lema.services.endpoint.cli", "--engine", "tpu", "--dry-run"],
                          capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "engine" in bad.stderr
 
@@ -674,7 +674,7 @@ def test_solve(loaded, server, admin):
 def test_the_openapi_document_matches_the_error_responses(server, admin):
     """Issue 17, item 8: /docs.json did not document the admin and OpenAI API's 400/401/404/409 bodies, and /solve
     answered errors as a list where the document declares an object."""
-    from services.endpoint.errors import ErrorBody
+    from lema.services.endpoint.errors import ErrorBody
 
     with httpx.Client(base_url=server.url, timeout=60) as http:
         document = http.get("/docs.json").json()
@@ -741,8 +741,8 @@ def test_the_trainers_eval_gated_promotion_works_against_the_endpoint(loaded, se
     """lema's trainer registers adapters (metadata.json beside the weights) and promotes them through this admin
     API (POST /admin/adapters/load, /admin/adapters/promote); its gate reads the serving adapter's validation
     metrics."""
-    trainer_promote = pytest.importorskip("trainer.promote").promote
-    from trainer.registry import AdapterRegistry as TrainerRegistry
+    trainer_promote = pytest.importorskip("lema.trainer.promote").promote
+    from lema.trainer.registry import AdapterRegistry as TrainerRegistry
 
     monkeypatch.setenv("LEMA_ADMIN_TOKEN", ADMIN_TOKEN)
     trainer_registry = TrainerRegistry(registry)

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("gguf")
 
-from lema.core import model_fetch
+from lema.core import model_fetch, model_resolve
 from lema.core.engines.base import SamplingParams
 
 
@@ -74,6 +74,6 @@ def test_resolve_model(smollm2_dir, tmp_path, monkeypatch):
 
 def test_fetch_command(smollm2_dir, monkeypatch):
     monkeypatch.setattr(model_fetch, "fetch_smollm2", lambda cache_dir=None: smollm2_dir)
-    assert model_fetch.fetch_command("smollm2") == smollm2_dir
+    assert model_resolve.fetch_command("smollm2") == smollm2_dir
     with pytest.raises(ValueError, match="fetchable"):
-        model_fetch.fetch_command("llama-70b")
+        model_resolve.fetch_command("llama-70b")

@@ -54,8 +54,8 @@ def test_a_model_without_chat_template_trains_and_serves_raw_text(raw_model, tmp
     from lema.core.engines.transformers_engine import TransformersEngine
     from lema.core.formats import cot_prompt
     from lema.core.synthetic import generate
-    from trainer.recipe import load_recipe
-    from trainer.train import train
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.train import train
 
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"type": "cot", "prompt": cot_prompt(p.question), "completion": p.gold_solution})

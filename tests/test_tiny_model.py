@@ -64,7 +64,7 @@ def test_greedy_generation_uses_the_step_format(model, tokenizer) -> None:
     """Through the one evaluator (the transformers engine over the weights in memory, then the verifier), as
     pretraining and `lema models eval-tiny` run it."""
     from lema.core.synthetic import generate
-    from lema.tiny.evaluate import evaluate_loaded
+    from lema.trainer.tiny.evaluate import evaluate_loaded
 
     torch.set_num_threads(2)
     problems = generate(16, seed=5, split="test", steps=(2, 3))
@@ -80,7 +80,7 @@ def test_greedy_generation_uses_the_step_format(model, tokenizer) -> None:
 def test_eval_tiny_reports_accuracy_overall_by_steps_and_by_family() -> None:
     from typer.testing import CliRunner
 
-    from lema.tiny.cli import models_app
+    from lema.app.models import models_app
 
     run = CliRunner().invoke(models_app, ["eval-tiny", "--n", "8", "--seed", "3", "--ood", "--json"])
     assert run.exit_code == 0, run.output
@@ -97,7 +97,7 @@ def test_reads_the_correction_format_as_well_as_it_reads_solutions() -> None:
     """v2 saw corrections in pretraining: its loss on the paper's correction completions is low (v1, pretrained on
     solutions only: 5.65 nats/token on correction completions against 0.22 on CoT completions)."""
     from lema.core.synthetic import generate
-    from lema.tiny.evaluate import completion_losses
+    from lema.trainer.tiny.evaluate import completion_losses
 
     losses = completion_losses(MODEL_DIR, generate(40, seed=2026, split="test"))
     assert losses["correction"]["rows"] >= 20

@@ -33,7 +33,7 @@ def pretrained(tmp_path_factory) -> Path:
     """A 6-step run of a small recipe through the real command (heads of 32: vLLM's CPU attention)."""
     root = tmp_path_factory.mktemp("pretrain")
     (root / "recipe.yaml").write_text(SHORT_RECIPE)
-    done = subprocess.run([sys.executable, "-m", "lema.cli", "models", "pretrain-tiny", "--recipe",
+    done = subprocess.run([sys.executable, "-m", "lema.app.cli", "models", "pretrain-tiny", "--recipe",
                            str(root / "recipe.yaml"), "--out", str(root / "model")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -74,8 +74,8 @@ def test_quantized_base_uses_linear4bit():
     import bitsandbytes as bnb
 
     from lema.core.model_resolve import resolve_model
-    from trainer.recipe import load_recipe
-    from trainer.train import load_quantized_base
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.train import load_quantized_base
 
     model = load_quantized_base(load_recipe("tiny"), resolve_model(MODEL))
     quantized = [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
@@ -135,7 +135,7 @@ def _worker_pid(server_pid: int) -> int | None:
     out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
     for line in out.splitlines()[1:]:
         pid, ppid, args = line.split(None, 2)
-        if int(ppid) == server_pid and "trainer.worker" in args:
+        if int(ppid) == server_pid and "lema.trainer.worker" in args:
             return int(pid)
     return None
 
@@ -183,8 +183,8 @@ def test_trainer_refuses_a_row_whose_completion_would_be_cut(tmp_path):
     refuses the file before loading the model, naming the row."""
     from lema.core.formats import cot_prompt
     from lema.core.synthetic import generate
-    from trainer.recipe import load_recipe
-    from trainer.train import DatasetError, train
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.train import DatasetError, train
 
     problems = generate(3, seed=4, split="train", steps=2)
     rows = [{"type": "cot", "prompt": cot_prompt(p.question), "completion": p.gold_solution} for p in problems]

@@ -9,9 +9,9 @@ import grpc
 from conftest import free_port, start_server
 
 from lema.core.promotion_record import read_record
+from lema.trainer.registry import AdapterRegistry
 from lema.v1 import trainer_pb2 as tpb
 from lema.v1 import trainer_pb2_grpc
-from trainer.registry import AdapterRegistry
 
 
 def test_promote_writes_the_promotion_record(tmp_path, monkeypatch):

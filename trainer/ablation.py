@@ -1,4 +1,4 @@
-"""The paper's comparisons as a harness: for one setting (`trainer.settings`: main, equal, matched) and several
+"""The paper's comparisons as a harness: for one setting (`lema.trainer.settings`: main, equal, matched) and several
 seeds, train a CoT-only and a LEMA adapter from one export for the same number of optimizer steps, evaluate every
 arm greedily on the same held-out test problems, and report per seed and pooled: accuracy, the paired difference
 LEMA - CoT-only with a 95% bootstrap interval over problems and seeds, and an exact McNemar p-value per seed.
@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.evaluate import EvalResult
-from trainer.recipe import Recipe
-from trainer.settings import build_arms
-from trainer.stats import mcnemar_exact, paired_bootstrap, paired_power, wilson
+from lema.trainer.evaluate import EvalResult
+from lema.trainer.recipe import Recipe
+from lema.trainer.settings import build_arms
+from lema.trainer.stats import mcnemar_exact, paired_bootstrap, paired_power, wilson
 
 ARMS = ("cot", "lema")
 EXTRA_ARMS = ("dpo",)  # beyond the paper, optional: step-level preference on top of the CoT-only adapter
@@ -115,7 +115,7 @@ class AblationReport:
                        "batch_size": self.recipe.batch_size, "learning_rate": self.recipe.learning_rate,
                        "max_seq_len": self.recipe.max_seq_len, "select_checkpoint": self.recipe.select_checkpoint},
             "arms": arms,
-            # Declared before any test result was looked at (README, 'Which split is primary'): the in-distribution
+            # Declared before any test result was looked at (docs/harness.md, 'Which split is primary'): the in-distribution
             # test split decides; the hard split is reported beside it.
             "primary_split": "test",
             "hard_problems": self.base_hard.n if self.base_hard else 0,
@@ -178,9 +178,9 @@ def run_ablation(recipe: Recipe, export_dir: Path, work_dir: Path, setting: str 
     needs; `select_checkpoint: best_validation` implies it. `preference`: a third arm per seed, the CoT-only
     adapter trained further with DPO on the step-level pairs of the seed's LEMA corrections (`preference.jsonl`)."""
     from lema.core.model_resolve import resolve_model
-    from trainer.evaluate import evaluate
-    from trainer.preference import train_preference
-    from trainer.train import train
+    from lema.trainer.evaluate import evaluate
+    from lema.trainer.preference import train_preference
+    from lema.trainer.train import train
 
     say = on_event or (lambda message: None)
     seeds = list(dict.fromkeys(seeds))
@@ -251,7 +251,7 @@ async def best_checkpoint(model_path: str, recipe: Recipe, run_dir: Path,
                           final_adapter: Path) -> tuple[Path, EvalResult]:
     """Among the run's saved checkpoints and its final adapter, the one with the best validation accuracy
     (ties: the later one)."""
-    from trainer.evaluate import evaluate
+    from lema.trainer.evaluate import evaluate
 
     candidates = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*")
                          if (p / "adapter_config.json").exists()), key=lambda p: int(p.name.split("-")[-1]))

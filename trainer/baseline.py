@@ -13,8 +13,8 @@ import os
 import threading
 from pathlib import Path
 
-from trainer.recipe import EvalSettings, RecipeError, load_recipe
-from trainer.registry import AdapterRecord
+from lema.trainer.recipe import EvalSettings, RecipeError, load_recipe
+from lema.trainer.registry import AdapterRecord
 
 
 def eval_settings_of(record: AdapterRecord) -> EvalSettings:
@@ -37,7 +37,7 @@ class BaseMetrics:
     def get(self, base_model: str, settings: EvalSettings) -> dict[str, float]:
         """Cached or measured now (blocking: call it from a worker thread)."""
         from lema.core.model_resolve import resolve_model
-        from trainer.evaluate import evaluate
+        from lema.trainer.evaluate import evaluate
 
         key = self.key(base_model, settings)
         with self._lock:  # one measurement at a time; the second caller finds the first one's result

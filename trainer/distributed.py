@@ -1,14 +1,14 @@
 """One training run over several processes (DDP, or FSDP-QLoRA), launched by accelerate or torchrun:
 
-    accelerate launch --config_file deploy/accelerate/ddp.yaml -m trainer.distributed \\
+    accelerate launch --config_file deploy/accelerate/ddp.yaml -m lema.trainer.distributed \\
         --run-id RUN_ID --recipe RECIPE --export EXPORT.jsonl [--runs-root DIR] [--adapters-root DIR]
 
-Every rank trains (`trainer.worker.execute`, the single-process worker's own code); rank 0 alone creates or
+Every rank trains (`lema.trainer.worker.execute`, the single-process worker's own code); rank 0 alone creates or
 resumes the run folder `runs_root/RUN_ID`, writes its state and events, evaluates and registers the adapter. The
 other ranks then wait at a barrier for rank 0 and exit 0. A failure on any rank makes the launcher exit nonzero.
 
 The same command line resumes a run from its newest checkpoint, on any rank count (the recipe's batch is the
-global batch: `trainer.train.rank_batch`); a run that already succeeded is left as it is (exit 0, no second
+global batch: `lema.trainer.train.rank_batch`); a run that already succeeded is left as it is (exit 0, no second
 adapter), so a retried Kubernetes Job registers at most one adapter. The run folder must be on storage every rank
 reads and writes (the checkpoints hold one random-number state per rank).
 """
@@ -25,8 +25,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from lema.core.errors import Conflict
-from trainer.runs import TERMINAL, RunDir, RunState, check_run_id, now
-from trainer.worker import execute, install_sigterm
+from lema.trainer.runs import TERMINAL, RunDir, RunState, check_run_id, now
+from lema.trainer.worker import execute, install_sigterm
 
 # After SIGTERM rank 0 stops at the next step boundary. A launcher that stops the job because another rank failed
 # sends SIGTERM and, 30 s later (torchrun's grace), SIGKILL; rank 0 may sit in a collective with the dead rank
@@ -43,7 +43,7 @@ class RunConflict(Conflict, ValueError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trainer.distributed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lema.trainer.distributed", description=__doc__.split("\n")[0])
     parser.add_argument("--run-id", required=True, help="the run's folder name under --runs-root (created or resumed)")
     parser.add_argument("--recipe", required=True, help="a recipe name (trainer/configs), a YAML file or inline YAML")
     parser.add_argument("--export", required=True, type=Path, help="the training rows (JSONL, `lema export`)")
@@ -69,8 +69,8 @@ def prepare_run(runs_root: Path, run_id: str, recipe_source: str, export: Path) 
     loads a model."""
     import yaml
 
-    from trainer.recipe import load_recipe
-    from trainer.train import check_dataset
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.train import check_dataset
 
     recipe = load_recipe(recipe_source)  # an operator's command line: a name, a YAML file or inline YAML
     export = export.resolve()
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         stop = install_sigterm(run, main=is_main)
         if is_main:
             watch_for_stall(run)
-            from trainer.recipe import load_recipe
-            from trainer.train import rank_batch
+            from lema.trainer.recipe import load_recipe
+            from lema.trainer.train import rank_batch
 
             recipe = load_recipe(run.spec()["config_yaml"], allow_paths=False)
             try:

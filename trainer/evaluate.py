@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.recipe import EvalSettings
-from trainer.stats import wilson
+from lema.trainer.recipe import EvalSettings
+from lema.trainer.stats import wilson
 
 if TYPE_CHECKING:
     from lema.core.engines import Engine
     from lema.core.synthetic import SyntheticProblem
-    from services.verifier import Verifier
+    from lema.services.verifier import Verifier
 
 __all__ = ["EvalResult", "evaluate", "evaluate_engine", "eval_problems", "wilson"]
 
@@ -129,7 +129,7 @@ async def evaluate_engine(engine: Engine, problems: Sequence[SyntheticProblem], 
     from lema.core.answers import DatasetKind
     from lema.core.engines import SamplingParams
     from lema.core.formats import cot_messages
-    from services.verifier import VerifyItem, open_verifier
+    from lema.services.verifier import VerifyItem, open_verifier
 
     started = time.perf_counter()
     problems = list(problems)

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from trainer.recipe import Recipe
-from trainer.train import DatasetError, TrainResult
+from lema.trainer.recipe import Recipe
+from lema.trainer.train import DatasetError, TrainResult
 
 
 def first_step(text: str) -> str:

@@ -19,7 +19,7 @@ import httpx
 
 from lema.core.errors import LemaError
 from lema.core.promotion_record import PromotionRecordError, read_record, write_record
-from trainer.registry import AdapterRecord, AdapterRegistry
+from lema.trainer.registry import AdapterRecord, AdapterRegistry
 
 # The endpoint's admin API (services/endpoint): list, load, promote.
 ADMIN_LIST = "/admin/adapters"

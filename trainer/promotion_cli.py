@@ -58,7 +58,7 @@ def _read(path: Path):
 
 def _write(root: Path, path: Path, adapter_id: Optional[str], reason: str) -> None:
     from lema.core.promotion_record import content_hash, write_record
-    from trainer.registry import AdapterRegistry
+    from lema.trainer.registry import AdapterRegistry
 
     adapter_hash = ""
     if adapter_id is not None:

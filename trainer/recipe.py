@@ -27,7 +27,7 @@ class QuantizationConfig(BaseModel):
     load_in_4bit: bool = True
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    # float32 on CPU: bf16 compute made a QLoRA step ~10x slower on this CPU (no native bf16; README, 'The CPU stack').
+    # float32 on CPU: bf16 compute made a QLoRA step ~10x slower on this CPU (no native bf16; docs/development.md, 'The CPU stack').
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # The dtype the packed 4-bit weights are stored in (bitsandbytes' bnb_4bit_quant_storage; its default is uint8).
     # FSDP flattens each wrapped block's parameters into one tensor of one dtype and shards that, so FSDP-QLoRA

@@ -1,4 +1,4 @@
-"""Training runs on disk, each executed by its own worker process (`python -m trainer.worker RUN_DIR`).
+"""Training runs on disk, each executed by its own worker process (`python -m lema.trainer.worker RUN_DIR`).
 
     <runs root>/<run id>/run.json       what to run (recipe YAML, export path, base model)
                          state.json     the current state (written atomically)
@@ -180,7 +180,7 @@ class RunManager:
     def launch(self, run: RunDir) -> None:
         env = {**os.environ, "LEMA_ADAPTERS": str(self.adapters_root), "PYTHONUNBUFFERED": "1"}
         log = open(run.path / "worker.log", "a")
-        process = subprocess.Popen([sys.executable, "-m", "trainer.worker", str(run.path)], stdout=log,
+        process = subprocess.Popen([sys.executable, "-m", "lema.trainer.worker", str(run.path)], stdout=log,
                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self._processes[run.id] = process
         run.update(state="running", pid=process.pid, error="", finished_at="")

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from lema.core.config import TrainerConfig
 from lema.core.grpc_server import ServiceBinding, run_grpc_server
+from lema.trainer.servicer import TrainerServicer
 from lema.v1 import trainer_pb2, trainer_pb2_grpc
-from trainer.servicer import TrainerServicer
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 

@@ -12,15 +12,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lema.core.config import TrainerConfig
 from lema.core.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from lema.core.promotion_record import record_path
+from lema.trainer.baseline import BaseMetrics, eval_settings_of
+from lema.trainer.promote import promote, promote_fleet
+from lema.trainer.recipe import RecipeError, load_recipe
+from lema.trainer.registry import AdapterRecord, AdapterRegistry
+from lema.trainer.runs import TERMINAL, RunDir, RunManager, RunState, check_run_id
+from lema.trainer.train import check_dataset
 from lema.v1 import common_pb2 as pb
 from lema.v1 import trainer_pb2 as tpb
 from lema.v1 import trainer_pb2_grpc
-from trainer.baseline import BaseMetrics, eval_settings_of
-from trainer.promote import promote, promote_fleet
-from trainer.recipe import RecipeError, load_recipe
-from trainer.registry import AdapterRecord, AdapterRegistry
-from trainer.runs import TERMINAL, RunDir, RunManager, RunState, check_run_id
-from trainer.train import check_dataset
 
 STATE_TO_PB = {
     "queued": tpb.RUN_STATE_QUEUED, "running": tpb.RUN_STATE_RUNNING, "evaluating": tpb.RUN_STATE_EVALUATING,

@@ -1,7 +1,7 @@
 """QLoRA fine-tuning with TRL's SFTTrainer: a 4-bit nf4 base (double quantisation), LoRA on all linear layers,
 loss on the completion only, checkpoints that a killed run resumes from.
 
-CPU notes (measured; README, 'The CPU stack'): keep compute in float32, gradient checkpointing off, bf16 off; TRL casts LoRA
+CPU notes (measured; docs/development.md, 'The CPU stack'): keep compute in float32, gradient checkpointing off, bf16 off; TRL casts LoRA
 weights to bf16 on a 4-bit base whatever the flag says, so trainable parameters are cast back to float32
 after the trainer is built (1.30 -> 0.50 s/step on a tiny model).
 
@@ -12,7 +12,7 @@ recipe's `micro_batch_size` bounds the rows in one forward and gradient accumula
 on the logits (TRL's fused head on a CPU scores every position, prompt and padding included, and its entropy and
 token accuracy).
 
-Several processes (`trainer.distributed` under `accelerate launch` or torchrun; deploy/accelerate/): the same
+Several processes (`lema.trainer.distributed` under `accelerate launch` or torchrun; deploy/accelerate/): the same
 function runs on every rank. The recipe's batch stays the global batch (rows per optimizer step), split evenly over
 the ranks (`rank_batch`), so a recipe takes the same optimizer steps on the same rows whatever the rank count and a
 checkpoint resumes on another rank count. Only rank 0 reports progress and writes the adapter.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lema.core.errors import InvalidInput
-from trainer.recipe import Recipe
+from lema.trainer.recipe import Recipe
 
 ProgressFn = Callable[[dict], None]
 

@@ -1,8 +1,8 @@
 """One training run, in its own process: train -> evaluate -> register the adapter. Events go to the run folder.
 
-    python -m trainer.worker RUN_DIR
+    python -m lema.trainer.worker RUN_DIR
 
-`execute` is the whole run; the distributed entry (`trainer.distributed`) calls it on every rank with
+`execute` is the whole run; the distributed entry (`lema.trainer.distributed`) calls it on every rank with
 `main=False` on all ranks but rank 0, so that rank 0 alone evaluates, registers and writes the run's state and events.
 """
 
@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from trainer.runs import RunDir, now
+from lema.trainer.runs import RunDir, now
 
 
 def install_sigterm(run: RunDir, main: bool = True) -> dict:
@@ -41,11 +41,11 @@ def execute(run: RunDir, should_stop: Callable[[], bool], registry_root: Path | 
     spec = run.spec()
     try:
         from lema.core.model_resolve import resolve_model
-        from trainer.ablation import best_checkpoint
-        from trainer.evaluate import evaluate
-        from trainer.recipe import load_recipe
-        from trainer.registry import AdapterRegistry
-        from trainer.train import latest_checkpoint, train, world
+        from lema.trainer.ablation import best_checkpoint
+        from lema.trainer.evaluate import evaluate
+        from lema.trainer.recipe import load_recipe
+        from lema.trainer.registry import AdapterRegistry
+        from lema.trainer.train import latest_checkpoint, train, world
 
         recipe = load_recipe(spec["config_yaml"] or None, allow_paths=False)  # a client's text: name or YAML
         resume = latest_checkpoint(run.path / "checkpoints")

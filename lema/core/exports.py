@@ -9,7 +9,7 @@
 
 Files are JSONL with `prompt`/`completion` string fields (TRL's prompt-completion format: loss on the completion
 only) plus `type`, `problem_id` and `source`; `datasets.load_dataset("json", data_files=...)` loads them. The
-settings of the paper's comparisons (main, equal, matched) are built from these files by `trainer.settings`.
+settings of the paper's comparisons (main, equal, matched) are built from these files by `lema.trainer.settings`.
 """
 
 from __future__ import annotations

@@ -195,13 +195,3 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def fetch_command(name: str) -> Path:
-    """`lema models fetch NAME`: the folder of a named model (lema.core.model_resolve's table), fetched if needed."""
-    from lema.core.model_resolve import NAMED_MODELS, named_model
-
-    folder = named_model(name)
-    if folder is None:
-        raise ValueError(f"no fetch route for {name[:100]!r}; fetchable (named) models: {', '.join(NAMED_MODELS)}")
-    return folder

@@ -40,3 +40,12 @@ def resolve_model(name_or_path: str) -> str:
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser())
     return name_or_path
+
+
+def fetch_command(name: str) -> Path:
+    """`lema models fetch NAME`: the folder of a named model (this module's table), fetched if needed."""
+    folder = named_model(name)
+    if folder is None:
+        raise ValueError(f"no fetch route for {name[:100]!r}; fetchable (named) models: {', '.join(NAMED_MODELS)}")
+    return folder
+

@@ -1,7 +1,7 @@
 """Answer equivalence: extraction, a numeric fast path, then the math-verify library.
 
 `verify_item` is pure and may take unbounded time on adversarial input (sympy on 10^{10^{10^{10}}}), so
-services never call it on their event loop: `services.verifier.pool` runs it in worker processes with a
+services never call it on their event loop: `lema.services.verifier.pool` runs it in worker processes with a
 hard per-item timeout. math-verify's own timeouts are signal-based and unreliable off the main thread
 (its issues #11, #50, #55), so they are switched off here and the pool enforces the limit instead.
 """

@@ -38,7 +38,7 @@ def base_model_dir() -> Path | None:
 
 def lema_command() -> list[str]:
     exe = shutil.which("lema", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "lema.cli"]
+    return [exe] if exe else [sys.executable, "-m", "lema.app.cli"]
 
 
 def free_port() -> int:
@@ -230,7 +230,7 @@ def start_endpoint(args: list[str], log_path: Path, port: int, env: dict[str, st
 
 def cli_args(port: int, model: str, registry: Path, *extra: str) -> list[str]:
     """`lema serve endpoint` as a module (the same function lema's CLI registers): it execs `bentoml serve`."""
-    return [sys.executable, "-m", "services.endpoint.cli", "--port", str(port), "--model", model,
+    return [sys.executable, "-m", "lema.services.endpoint.cli", "--port", str(port), "--model", model,
             "--registry", str(registry), *extra]
 
 

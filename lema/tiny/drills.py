@@ -2,13 +2,13 @@
 correction format it has to read before it can learn from mistakes.
 
 - Arithmetic drills, packed lines "So a op b = c.": arithmetic was the bottleneck of a from-scratch model
-  (README, 'The CPU stack'); a word problem spends ~150 tokens on 2-6 equations, a drill packs ~15 equations into
+  (docs/development.md, 'The CPU stack'); a word problem spends ~150 tokens on 2-6 equations, a drill packs ~15 equations into
   the same budget. Operands follow the story families' limits; the loss covers only what follows "=".
 - Copy drills, a question then the same question again (loss on the copy): copying from the context
   (induction) is how the model brings a question's sentence and numbers into its steps.
 - Random copy drills, a random token sequence then the same sequence again: the only way to predict the copy
   is to look back (an induction head). At the committed recipe's share they did not get learned (the model's
-  random-copy loss stays near chance; see the README); on their own they take ~700 steps to click. Question
+  random-copy loss stays near chance; see docs/lema-tiny.md); on their own they take ~700 steps to click. Question
   copies can mostly be predicted from the story grammar, so
   they teach copying weakly; pilots with them still invented names and numbers after 450 steps.
 - Correction sequences, the paper's correction prompt and output on synthetic wrong solutions: a model pretrained

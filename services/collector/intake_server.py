@@ -13,8 +13,8 @@ from collections.abc import Callable
 from lema.core.config import CollectorConfig
 from lema.core.grpc_server import ServiceBinding, run_grpc_server
 from lema.core.store.db import open_store
+from lema.services.collector.intake_servicer import CollectorServicer
 from lema.v1 import collector_pb2, collector_pb2_grpc
-from services.collector.intake_servicer import CollectorServicer
 
 SERVICE_NAME = collector_pb2.DESCRIPTOR.services_by_name["Collector"].full_name
 

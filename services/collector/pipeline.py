@@ -24,9 +24,9 @@ from prometheus_client import Counter
 from lema.core.engines import SamplingParams
 from lema.core.store import repository as repo
 from lema.core.store.models import Attempt, Problem
-from services.corrector import CorrectionResult, open_corrector
-from services.reasoner import PathResult, open_reasoner
-from services.verifier import open_verifier
+from lema.services.corrector import CorrectionResult, open_corrector
+from lema.services.reasoner import PathResult, open_reasoner
+from lema.services.verifier import open_verifier
 
 PROBLEMS_DONE = Counter("lema_collector_problems_total", "Problems reasoned about")
 ATTEMPTS = Counter("lema_collector_attempts_total", "Reasoning paths stored", ["correct"])

@@ -21,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lema.core.store import repository as repo
 from lema.core.store.db import open_store
-from services.collector.pipeline import Collector, CollectSettings, Stats, transient_failure
-from services.collector.sources import load_source
+from lema.services.collector.pipeline import Collector, CollectSettings, Stats, transient_failure
+from lema.services.collector.sources import load_source
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from lema.core.answers import DatasetKind
 from lema.core.prompts import PROMPTS
 from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
 from lema.core.security import open_aio_channel
-from services.verifier import Verifier
+from lema.services.verifier import Verifier
 
 LOCAL = "local"
 
@@ -47,8 +47,8 @@ class LocalCorrector:
 
     def __init__(self, verifier: Verifier, url: str | None = None, model: str = "gpt-4"):
         from lema.core.config import load_config
-        from services.corrector.proxy import CorrectorProxy
-        from services.corrector.upstreams import OpenAIUpstream, ReferenceUpstream
+        from lema.services.corrector.proxy import CorrectorProxy
+        from lema.services.corrector.upstreams import OpenAIUpstream, ReferenceUpstream
 
         # The corrector section's bounds (timeouts, retries, concurrency, cache, limits); the upstream as asked.
         config = load_config().corrector.model_copy(
@@ -61,7 +61,7 @@ class LocalCorrector:
 
     async def correct(self, problem: Any, attempt: Any) -> CorrectionResult:
         from lema.core.resilience import CircuitOpenError, RetryableError
-        from services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
+        from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
 
         job = CorrectionInput(DatasetKind(problem.kind), problem.question, attempt.text, problem.gold_answer,
                               problem.program_json or "")

@@ -21,8 +21,8 @@ from lema.core.formats import split_steps
 from lema.core.prompts import prompt_for
 from lema.core.records import Verdict, VerifyItem
 from lema.core.resilience import CircuitBreaker, RetryableError, RetryPolicy, call_with_retries
-from services.corrector.upstreams import CorrectionInput, Upstream, UpstreamReply
-from services.verifier import Verifier
+from lema.services.corrector.upstreams import CorrectionInput, Upstream, UpstreamReply
+from lema.services.verifier import Verifier
 
 CALLS = Counter("lema_corrector_upstream_calls_total", "Upstream calls", ["model", "outcome"])
 TOKENS = Counter("lema_corrector_tokens_total", "Upstream tokens", ["model", "type"])

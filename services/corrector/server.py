@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 from lema.core.config import CorrectorConfig
 from lema.core.grpc_server import ServiceBinding, run_grpc_server
+from lema.services.corrector.proxy import CorrectorProxy
+from lema.services.corrector.servicer import CorrectorServicer
+from lema.services.corrector.upstreams import OpenAIUpstream, ReferenceUpstream, Upstream
+from lema.services.verifier import open_verifier
 from lema.v1 import corrector_pb2, corrector_pb2_grpc
-from services.corrector.proxy import CorrectorProxy
-from services.corrector.servicer import CorrectorServicer
-from services.corrector.upstreams import OpenAIUpstream, ReferenceUpstream, Upstream
-from services.verifier import open_verifier
 
 SERVICE_NAME = corrector_pb2.DESCRIPTOR.services_by_name["Corrector"].full_name
 

@@ -12,12 +12,12 @@ from lema.core.errors import Unavailable
 from lema.core.formats import split_steps
 from lema.core.proto_convert import verdict_to_pb
 from lema.core.resilience import CircuitOpenError, RetryableError
+from lema.services.corrector.proxy import CorrectorProxy, Outcome, Status
+from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
+from lema.services.corrector.validation import augmentation_job, batch_jobs, correction_job
 from lema.v1 import common_pb2 as pb
 from lema.v1 import corrector_pb2 as cpb
 from lema.v1 import corrector_pb2_grpc
-from services.corrector.proxy import CorrectorProxy, Outcome, Status
-from services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
-from services.corrector.validation import augmentation_job, batch_jobs, correction_job
 
 STATUS_TO_PB = {
     Status.ACCEPTED: cpb.CORRECTION_STATUS_ACCEPTED,

@@ -8,8 +8,8 @@ from lema.core.errors import InvalidInput
 from lema.core.formats import split_steps
 from lema.core.proto_convert import kind_from_pb
 from lema.core.validation import check_batch
+from lema.services.corrector.upstreams import CorrectionInput
 from lema.v1 import corrector_pb2 as cpb
-from services.corrector.upstreams import CorrectionInput
 
 _KINDS = "gsm8k (1), math (2) or synthetic (3)"
 

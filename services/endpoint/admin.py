@@ -33,8 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lema.core.errors import LemaError
-from services.endpoint.errors import documented
-from services.endpoint.errors import error_response as _error
+from lema.services.endpoint.errors import documented
+from lema.services.endpoint.errors import error_response as _error
 
 MAX_METADATA_CHARS = 64 * 1024
 
@@ -86,7 +86,7 @@ def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TO
             raise AdminError(401, "missing or wrong admin bearer token", "authentication_error")
 
     def core():
-        from services.endpoint.core import NotReady
+        from lema.services.endpoint.core import NotReady
 
         try:
             instance = get_core()
@@ -130,7 +130,7 @@ def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TO
 
     @app.get("/status", dependencies=auth)
     async def status() -> dict:
-        from services.endpoint.core import current_core
+        from lema.services.endpoint.core import current_core
 
         try:
             return current_core().status()
@@ -143,7 +143,7 @@ def build_admin_app(get_core: Callable[[], Any], token_env: str = "LEMA_ADMIN_TO
         503 while it is not ready or behind the record, so it doubles as a readiness probe that says why."""
         from fastapi.responses import JSONResponse
 
-        from services.endpoint.core import current_core
+        from lema.services.endpoint.core import current_core
 
         try:
             report = current_core().fleet_report()

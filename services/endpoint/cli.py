@@ -2,7 +2,7 @@
 
 The command validates the configuration (config file, environment, then flags), hands the resolved `endpoint`
 section to the service as `LEMA_ENDPOINT__<FIELD>` variables (lema.core.config's environment layer) and replaces
-itself with `bentoml serve services.endpoint.service:Endpoint --host H --port P`.
+itself with `bentoml serve lema.services.endpoint.service:Endpoint --host H --port P`.
 Precedence (lowest first): EndpointConfig's defaults, the config file (`--config` or $LEMA_CONFIG),
 `LEMA_ENDPOINT__<FIELD>` variables, the flags given.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-SERVICE = "services.endpoint.service:Endpoint"
+SERVICE = "lema.services.endpoint.service:Endpoint"
 
 
 def bentoml_command(host: str, port: int) -> list[str]:
@@ -78,7 +78,7 @@ def endpoint_command(
     os.execvpe(command[0], command, env)
 
 
-def main() -> None:  # pragma: no cover - `python -m services.endpoint.cli`
+def main() -> None:  # pragma: no cover - `python -m lema.services.endpoint.cli`
     typer.run(endpoint_command)
 
 

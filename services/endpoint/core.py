@@ -32,7 +32,7 @@ from lema.core.adapter_registry import (
 from lema.core.config import EndpointConfig, load_config
 from lema.core.engines import Engine, EngineError, SamplingParams
 from lema.core.errors import Unavailable
-from services.endpoint.swap import Promotion, ServedAdapter, ServingState, StateConflict, UnknownModel
+from lema.services.endpoint.swap import Promotion, ServedAdapter, ServingState, StateConflict, UnknownModel
 
 logger = logging.getLogger("lema.endpoint")
 
@@ -62,7 +62,7 @@ class NotReady(Unavailable, RuntimeError):
 
 class EndpointCore:
     def __init__(self, config: EndpointConfig):
-        from services.endpoint.metrics import EndpointMetrics
+        from lema.services.endpoint.metrics import EndpointMetrics
 
         self.config = config
         self.registry = AdapterRegistry(config.registry_dir)
@@ -100,8 +100,8 @@ class EndpointCore:
 
     async def start(self) -> None:
         from lema.core.model_resolve import resolve_model
-        from services.endpoint.engines import choose_engine
-        from services.endpoint.openai_api import served_name
+        from lema.services.endpoint.engines import choose_engine
+        from lema.services.endpoint.openai_api import served_name
 
         started = time.perf_counter()
         self._admin_lock = asyncio.Lock()
@@ -133,7 +133,7 @@ class EndpointCore:
             self.promote(self.config.promote)
         if self.config.promotion_record:
             from lema.core.promotion_record import record_path
-            from services.endpoint.fleet import PromotionFollower
+            from lema.services.endpoint.fleet import PromotionFollower
 
             self.follower = PromotionFollower(self, record_path(self.registry.root, self.config.promotion_record),
                                               self.config.promotion_poll_s)
@@ -453,7 +453,7 @@ class ReadyGate:
     async def __call__(self, scope, receive, send):
         core = _CURRENT
         if scope["type"] == "http" and (core is None or not core.ready):
-            from services.endpoint.errors import error_response
+            from lema.services.endpoint.errors import error_response
 
             reason = (core.failed if core else None) or "the endpoint is starting (the model is loading)"
             response = error_response(503, reason, "unavailable", headers={"Retry-After": "5"})
@@ -464,7 +464,7 @@ class ReadyGate:
 
 def v1_app(config: EndpointConfig | None = None):
     """The OpenAI-compatible app, bound to whatever core is current (built at import time)."""
-    from services.endpoint.openai_api import build_app
+    from lema.services.endpoint.openai_api import build_app
 
     config = config or load_endpoint_config()
     app = build_app(
@@ -485,7 +485,7 @@ def root_app():
     balancers written for vLLM) probe: 200 once the model is loaded, 503 with an OpenAI error body before."""
     from fastapi import FastAPI
 
-    from services.endpoint.errors import error_response
+    from lema.services.endpoint.errors import error_response
 
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 

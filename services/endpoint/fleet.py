@@ -25,14 +25,30 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from lema.core.adapter_registry import AdapterRejected
+from lema.core.adapter_registry import AdapterRegistry, AdapterRejected
 from lema.core.promotion_record import PromotionRecord, PromotionRecordError, content_hash, read_record
-from services.endpoint.swap import StateConflict
+from lema.services.endpoint.swap import ServingState, StateConflict
 
 if TYPE_CHECKING:
-    from services.endpoint.core import EndpointCore
+    from lema.services.endpoint.metrics import EndpointMetrics
+
+
+class FollowedEndpoint(Protocol):
+    """What the follower drives: the endpoint's core (`EndpointCore`, which starts the follower; a protocol here
+    keeps the import one way, core -> fleet)."""
+
+    registry: AdapterRegistry
+    state: ServingState
+    metrics: EndpointMetrics
+
+    async def load(self, path: str, name: str | None = None, metadata: dict | None = None,
+                   promote: bool = False) -> dict[str, Any]: ...
+
+    async def unload(self, name: str) -> dict[str, Any]: ...
+
+    def promote(self, name: str | None) -> dict[str, Any]: ...
 
 logger = logging.getLogger("lema.endpoint.fleet")
 
@@ -45,7 +61,7 @@ class _Refusal:
 
 
 class PromotionFollower:
-    def __init__(self, core: EndpointCore, path: Path, poll_s: float):
+    def __init__(self, core: FollowedEndpoint, path: Path, poll_s: float):
         self.core = core
         self.path = path
         self.poll_s = poll_s

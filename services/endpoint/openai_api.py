@@ -1,7 +1,7 @@
 """OpenAI-compatible HTTP API over any lema engine: /v1/models, /v1/completions, /v1/chat/completions.
 
 The BentoML endpoint mounts this app; it also runs standalone under uvicorn
-(`python -m services.endpoint.openai_api --model lema-tiny --port 8000`), which is how tests get a real
+(`python -m lema.services.endpoint.openai_api --model lema-tiny --port 8000`), which is how tests get a real
 OpenAI-compatible server on 127.0.0.1 for the corrector and the reasoner's `openai` engine.
 
 Requests name the base model or a loaded adapter in `model`; bad requests get HTTP 400 with an OpenAI-style
@@ -32,16 +32,16 @@ from starlette.requests import ClientDisconnect
 
 from lema.core.engines import Completion, Engine, EngineError, StreamDelta
 from lema.core.errors import Unavailable
-from services.endpoint.errors import documented, engine_error_response
-from services.endpoint.errors import error_response as _error
-from services.endpoint.protocol import (
+from lema.services.endpoint.errors import documented, engine_error_response
+from lema.services.endpoint.errors import error_response as _error
+from lema.services.endpoint.protocol import (
     MAX_TOKENS_LIMIT,
     ChatRequest,
     CompletionRequest,
     UnsupportedField,
     _Common,
 )
-from services.endpoint.swap import UnknownModel
+from lema.services.endpoint.swap import UnknownModel
 
 ADAPTER_HEADER = "x-lema-adapter"
 

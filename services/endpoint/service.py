@@ -19,8 +19,8 @@ from __future__ import annotations
 import bentoml
 
 from lema.core.errors import Unavailable
-from services.endpoint.admin import build_admin_app
-from services.endpoint.core import (
+from lema.services.endpoint.admin import build_admin_app
+from lema.services.endpoint.core import (
     EndpointCore,
     current_core,
     load_endpoint_config,
@@ -28,8 +28,8 @@ from services.endpoint.core import (
     set_current_core,
     v1_app,
 )
-from services.endpoint.openai_api import ADAPTER_HEADER
-from services.endpoint.swap import UnknownModel
+from lema.services.endpoint.openai_api import ADAPTER_HEADER
+from lema.services.endpoint.swap import UnknownModel
 
 _CONFIG = load_endpoint_config()
 V1_APP = v1_app(_CONFIG)

@@ -19,7 +19,7 @@ from lema.core.formats import cot_messages
 from lema.core.proto_convert import KIND_TO_PB, verdict_from_pb
 from lema.core.records import VerifyItem
 from lema.core.security import open_aio_channel
-from services.verifier import Verifier
+from lema.services.verifier import Verifier
 
 LOCAL = "local"
 

@@ -10,9 +10,9 @@ from lema.core.config import ReasonerConfig
 from lema.core.engines import create_engine
 from lema.core.grpc_server import ServiceBinding, run_grpc_server
 from lema.core.model_resolve import resolve_model
+from lema.services.reasoner.servicer import ReasonerServicer
+from lema.services.verifier import open_verifier
 from lema.v1 import reasoner_pb2, reasoner_pb2_grpc
-from services.reasoner.servicer import ReasonerServicer
-from services.verifier import open_verifier
 
 SERVICE_NAME = reasoner_pb2.DESCRIPTOR.services_by_name["Reasoner"].full_name
 

@@ -24,11 +24,11 @@ from lema.core.errors import Conflict, InvalidInput, NotFound
 from lema.core.formats import cot_messages, split_steps
 from lema.core.proto_convert import kind_from_pb, verdict_to_pb
 from lema.core.records import VerifyItem
+from lema.services.reasoner.validation import solve_request
+from lema.services.verifier import Verifier
 from lema.v1 import common_pb2 as pb
 from lema.v1 import reasoner_pb2 as rpb
 from lema.v1 import reasoner_pb2_grpc
-from services.reasoner.validation import solve_request
-from services.verifier import Verifier
 
 PATHS = Counter("lema_reasoner_paths_total", "Reasoning paths generated", ["adapter"])
 TOKENS = Counter("lema_reasoner_completion_tokens_total", "Completion tokens generated", ["adapter"])

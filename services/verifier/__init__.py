@@ -94,7 +94,7 @@ def open_verifier(config: LemaConfig | None = None, target: str | None = None) -
     config = config or load_config()
     target = (target or config.client.verifier).strip()
     if target == LOCAL:
-        from services.verifier.pool import VerifierPool
+        from lema.services.verifier.pool import VerifierPool
 
         return VerifierPool(workers=config.verifier.workers, item_timeout_s=config.verifier.item_timeout_s)
     return RemoteVerifier(target, config.verifier.item_timeout_s, config.client)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from lema.core.config import VerifierConfig
 from lema.core.grpc_server import ServiceBinding, run_grpc_server
+from lema.services.verifier.pool import VerifierPool
+from lema.services.verifier.servicer import VerifierServicer
 from lema.v1 import verifier_pb2, verifier_pb2_grpc
-from services.verifier.pool import VerifierPool
-from services.verifier.servicer import VerifierServicer
 
 SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
 

@@ -13,10 +13,10 @@ from lema.core.config import VerifierConfig
 from lema.core.errors import InvalidInput
 from lema.core.proto_convert import verdict_to_pb
 from lema.core.records import VerdictReason, VerifyItem
+from lema.services.verifier.pool import VerifierPool
+from lema.services.verifier.validation import batch_items, verify_item
 from lema.v1 import verifier_pb2 as vpb
 from lema.v1 import verifier_pb2_grpc
-from services.verifier.pool import VerifierPool
-from services.verifier.validation import batch_items, verify_item
 
 ITEMS = Counter("lema_verifier_items_total", "Items verified", ["kind", "reason"])
 ITEM_SECONDS = Histogram(

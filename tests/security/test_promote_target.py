@@ -14,9 +14,9 @@ import grpc
 import pytest
 from conftest import free_port, start_server
 
+from lema.trainer.registry import AdapterRegistry
 from lema.v1 import trainer_pb2 as tpb
 from lema.v1 import trainer_pb2_grpc
-from trainer.registry import AdapterRegistry
 
 TOKEN = "lema-security-admin-token"
 

@@ -29,7 +29,7 @@ def test_an_adapter_path_past_the_file_systems_limits_is_a_400_with_a_short_mess
 
 
 def test_a_10_kb_adapter_id_is_not_found_not_an_os_error(tmp_path):
-    from trainer.registry import AdapterRegistry as TrainerRegistry
+    from lema.trainer.registry import AdapterRegistry as TrainerRegistry
 
     with pytest.raises(KeyError):
         TrainerRegistry(tmp_path).get("a" * 10_000)
@@ -38,7 +38,7 @@ def test_a_10_kb_adapter_id_is_not_found_not_an_os_error(tmp_path):
 def test_adapter_metadata_is_bounded_and_admin_errors_use_the_documented_body():
     from fastapi.testclient import TestClient
 
-    from services.endpoint.admin import MAX_METADATA_CHARS, LoadRequest, build_admin_app
+    from lema.services.endpoint.admin import MAX_METADATA_CHARS, LoadRequest, build_admin_app
 
     with pytest.raises(ValueError, match="at most 64 KB"):
         LoadRequest.model_validate({"path": "a1", "metadata": {"notes": "x" * (8 << 20)}})
@@ -51,17 +51,43 @@ def test_adapter_metadata_is_bounded_and_admin_errors_use_the_documented_body():
     assert reply.status_code in (400, 401) and set(reply.json()) == {"error"}, reply.text
 
 
-def test_the_one_round_demo_plot_shows_every_model_apart(tmp_path):
-    """Issue 29: one round drew lines over a single x value (CoT-only hidden under LEMA); now a bar per model."""
+def test_the_demo_plot_shows_every_model_with_its_interval(tmp_path):
+    """Issue 29: one round drew lines over a single x value (CoT-only hidden under LEMA) and no intervals; now a bar
+    per model with its 95% interval, and per round a point with its interval for each arm and what serves."""
     pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
     from matplotlib.image import imread
 
-    from lema.demo import DemoResult, Row, plot_results
+    from lema.app.demo import DemoResult, Row, demo_figure, plot_results
+    from lema.trainer.stats import wilson
 
     result = DemoResult()
-    result.rows += [Row(0, "base", "-", 0, 40, 100, "in-process, test"), Row(1, "CoT-only", "cot", 10, 55, 100, "test"),
-                    Row(1, "LEMA", "lema", 12, 55, 100, "test"),
+    result.rows += [Row(0, "base", "-", 0, 40, 100, "in-process, test"),
+                    Row(1, "CoT-only", "cot", 10, 55, 100, "test", [0.54, 0.56]),
+                    Row(1, "LEMA", "lema", 12, 55, 100, "test", [0.55, 0.55]),
                     Row(1, "served: a1", "-", 0, 50, 90, "endpoint, validation")]
     pixels = imread(plot_results(result, tmp_path / "results.png"))[..., :3]
     coloured = ((pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.2).mean()  # the coloured bars' share of the image
     assert coloured > 0.05, coloured  # lines over one x value coloured well under 1%
+
+    def intervals(figure) -> list[tuple[float, float]]:
+        (axis,) = figure.axes
+        spans = []
+        for container in axis.containers:
+            if isinstance(container, ErrorbarContainer):
+                for segments in container.lines[2]:
+                    spans += [(min(s[0][1], s[1][1]), max(s[0][1], s[1][1])) for s in segments.get_segments()]
+        plt.close(figure)
+        return spans
+
+    expected = [tuple(100 * b for b in wilson(c, n)) for c, n in ((40, 100), (55, 100), (55, 100), (50, 90))]
+    assert intervals(demo_figure(result, plt)) == pytest.approx(expected)
+
+    result.rows += [Row(2, "CoT-only", "cot", 20, 60, 100, "test"), Row(2, "LEMA", "lema", 24, 52, 100, "test"),
+                    Row(2, "served: a2", "-", 0, 60, 90, "endpoint, validation")]
+    spans = intervals(demo_figure(result, plt))
+    assert len(spans) == 6 and tuple(100 * b for b in wilson(52, 100)) == pytest.approx(spans[3])

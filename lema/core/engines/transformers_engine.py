@@ -66,7 +66,7 @@ class TransformersEngine:
             # 2-thread generate slowed from ~700 to 6-22 tokens/s whenever another process kept a core busy
             # (OpenMP threads waiting on each other). Pass threads=N for a machine of your own.
             torch.set_num_threads(threads or 1)
-        # float32 on CPU: this CPU has no native bf16 and bf16 matmuls were ~26x slower (README, 'The CPU stack').
+        # float32 on CPU: this CPU has no native bf16 and bf16 matmuls were ~26x slower (docs/development.md, 'The CPU stack').
         torch_dtype = torch.float32 if (dtype == "auto" and self.device == "cpu") else (
             "auto" if dtype == "auto" else getattr(torch, dtype)
         )

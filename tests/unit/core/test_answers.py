@@ -103,7 +103,7 @@ def test_answer_is_integer_is_the_one_reading_of_synthetic_answers(text, expecte
     from lema.core.synthetic import final_answer
 
     assert answer_is_integer(text) == expected == final_answer(text)
-    # The evaluator (trainer.evaluate.evaluate_engine: the verifier's synthetic reading) reads the same integer off
+    # The evaluator (lema.trainer.evaluate.evaluate_engine: the verifier's synthetic reading) reads the same integer off
     # "The answer is N", and reads no integer there when there is none (a text without that line falls back to its
     # last number, reported as such).
     extraction = extract_answer(text, DatasetKind.SYNTHETIC)

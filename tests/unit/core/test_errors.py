@@ -10,11 +10,11 @@ from lema.core.adapter_registry import AdapterRejected
 from lema.core.engines.base import ContextLengthError, EngineError
 from lema.core.errors import Conflict, InvalidInput, LemaError, NotFound, Unavailable
 from lema.core.resilience import CircuitOpenError
-from services.collector.sources import SourceError
-from services.endpoint.swap import StateConflict, UnknownModel
-from services.verifier import VerifierUnavailable
-from trainer.promote import PromotionError
-from trainer.recipe import RecipeError
+from lema.services.collector.sources import SourceError
+from lema.services.endpoint.swap import StateConflict, UnknownModel
+from lema.services.verifier import VerifierUnavailable
+from lema.trainer.promote import PromotionError
+from lema.trainer.recipe import RecipeError
 
 
 @pytest.mark.parametrize("error, grpc_status, http_status, builtin", [

@@ -15,8 +15,8 @@ from lema.core.promotion_record import (
     record_path,
     write_record,
 )
-from trainer.promote import promote_fleet
-from trainer.registry import AdapterRegistry
+from lema.trainer.promote import promote_fleet
+from lema.trainer.registry import AdapterRegistry
 
 
 def _adapter(folder: Path, payload: bytes) -> Path:
@@ -92,7 +92,7 @@ def test_fleet_promotion_gates_then_writes_the_record(tmp_path):
 def test_the_promotion_commands_set_show_and_roll_back(tmp_path):
     from typer.testing import CliRunner
 
-    from lema.cli import app
+    from lema.app.cli import app
 
     registry = AdapterRegistry(tmp_path / "store")
     first = registry.register(_adapter(tmp_path / "one", b"1"), "lema-tiny", "one", {})

@@ -6,9 +6,9 @@ import pytest
 
 from lema.core.config import CorrectorConfig
 from lema.core.errors import InvalidInput
+from lema.services.corrector.validation import augmentation_job, batch_jobs, correction_job
 from lema.v1 import common_pb2 as pb
 from lema.v1 import corrector_pb2 as cpb
-from services.corrector.validation import augmentation_job, batch_jobs, correction_job
 
 CONFIG = CorrectorConfig(max_question_chars=50, max_solution_chars=80, max_batch_items=2)
 PROBLEM = pb.Problem(kind=1, question="Tom has 3 apples and buys 2. How many?", gold_answer="5")

@@ -7,7 +7,7 @@ import json
 
 from typer.testing import CliRunner
 
-from lema.cli import app
+from lema.app.cli import app
 
 
 def _dry_run(*args: str) -> tuple[str, dict]:

@@ -10,8 +10,8 @@ from openai.types import completion_create_params  # noqa: E402
 from openai.types.chat import completion_create_params as chat_create_params  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from services.endpoint.openai_api import _validation_message  # noqa: E402
-from services.endpoint.protocol import IDENTIFICATION, ChatRequest, CompletionRequest  # noqa: E402
+from lema.services.endpoint.openai_api import _validation_message  # noqa: E402
+from lema.services.endpoint.protocol import IDENTIFICATION, ChatRequest, CompletionRequest  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "2+3?"}]
 # A value that would change the output, per refused field (the spec's types, in the shape a client sends them).

@@ -6,9 +6,9 @@ import pytest
 
 from lema.core.config import ReasonerConfig
 from lema.core.errors import InvalidInput
+from lema.services.reasoner.validation import sampling, solve_request
 from lema.v1 import common_pb2 as pb
 from lema.v1 import reasoner_pb2 as rpb
-from services.reasoner.validation import sampling, solve_request
 
 CONFIG = ReasonerConfig(max_samples=4, max_problems=2, max_question_chars=40, max_tokens_limit=100)
 PROBLEM = pb.Problem(kind=3, question="What is 2 + 3?", gold_answer="5")

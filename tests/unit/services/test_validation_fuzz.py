@@ -79,7 +79,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 @FUZZ
 @given(message(vpb.VerifyBatchRequest))
 def test_verifier_boundary(request):
-    from services.verifier.validation import batch_items, verify_item
+    from lema.services.verifier.validation import batch_items, verify_item
 
     config = VerifierConfig()
     _typed_or_invalid(lambda: batch_items(request, config))
@@ -90,7 +90,7 @@ def test_verifier_boundary(request):
 @FUZZ
 @given(message(cpb.CorrectBatchRequest), message(cpb.AugmentRequest))
 def test_corrector_boundary(batch, augment):
-    from services.corrector.validation import augmentation_job, batch_jobs, correction_job
+    from lema.services.corrector.validation import augmentation_job, batch_jobs, correction_job
 
     config = CorrectorConfig()
     _typed_or_invalid(lambda: batch_jobs(batch, config))
@@ -102,7 +102,7 @@ def test_corrector_boundary(batch, augment):
 @FUZZ
 @given(message(rpb.SolveRequest))
 def test_reasoner_boundary(request):
-    from services.reasoner.validation import sampling, solve_request
+    from lema.services.reasoner.validation import sampling, solve_request
 
     config = ReasonerConfig()
     _typed_or_invalid(lambda: solve_request(request, config))
@@ -112,7 +112,7 @@ def test_reasoner_boundary(request):
 @FUZZ
 @given(message(pb.Problem))
 def test_collector_intake_boundary(problem):
-    from services.collector.intake_servicer import problem_from_pb
+    from lema.services.collector.intake_servicer import problem_from_pb
 
     validated, reason = problem_from_pb(problem)
     assert (validated is None) == bool(reason)

@@ -8,8 +8,8 @@ import pytest
 from lema.core.answers import DatasetKind
 from lema.core.config import VerifierConfig
 from lema.core.errors import InvalidInput
+from lema.services.verifier.validation import batch_items, verify_item
 from lema.v1 import verifier_pb2 as vpb
-from services.verifier.validation import batch_items, verify_item
 
 CONFIG = VerifierConfig(max_gold_chars=10, max_candidate_chars=20, max_batch_items=3)
 

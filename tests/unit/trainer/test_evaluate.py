@@ -1,4 +1,4 @@
-"""lema's one evaluator (`trainer.evaluate.evaluate_engine`): greedy generation through an engine, every output read
+"""lema's one evaluator (`lema.trainer.evaluate.evaluate_engine`): greedy generation through an engine, every output read
 by the real in-process verifier, and the result the trainer, lema-tiny and the demo all read."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from conftest import requires_lema_tiny
 from lema.core.answers import answer_is_integer
 from lema.core.engines import Completion, SamplingParams
 from lema.core.synthetic import generate
-from services.verifier import open_verifier
-from trainer.evaluate import EvalResult, evaluate_engine
+from lema.services.verifier import open_verifier
+from lema.trainer.evaluate import EvalResult, evaluate_engine
 
 
 class ScriptedEngine:

@@ -1,4 +1,4 @@
-"""The DPO arm's pairs (trainer.preference.load_pairs): by default the rejected side is the model's first wrong step
+"""The DPO arm's pairs (lema.trainer.preference.load_pairs): by default the rejected side is the model's first wrong step
 only: its later steps are mostly correct arithmetic on wrong numbers, which a whole-continuation DPO unlearns."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ def test_rejected_side_is_the_first_wrong_step_by_default(tmp_path):
     from transformers import AutoTokenizer
 
     from lema.core.model_resolve import resolve_model
-    from trainer.preference import load_pairs
+    from lema.trainer.preference import load_pairs
 
     pair = {"prompt": "Question: Ann has 3 pens and buys 4. She gives 2 away. How many pens?", "context":
             "Step 1: 3 + 4 = 7.\n", "chosen": "Step 2: 7 - 2 = 5.\nThe answer is 5.",

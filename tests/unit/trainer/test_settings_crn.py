@@ -1,4 +1,4 @@
-"""Common random numbers in the harness (trainer.settings.crn_stream): both arms of a seed see the shared CoT rows in
+"""Common random numbers in the harness (lema.trainer.settings.crn_stream): both arms of a seed see the shared CoT rows in
 the same order and differ only in the slots that hold the corrections (or their twins)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from trainer.settings import build_arms
+from lema.trainer.settings import build_arms
 
 
 def _write(path, rows):

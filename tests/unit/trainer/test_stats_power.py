@@ -1,11 +1,11 @@
-"""What a paired comparison can see (trainer.stats.paired_power): discordance, seed spread and mde_80."""
+"""What a paired comparison can see (lema.trainer.stats.paired_power): discordance, seed spread and mde_80."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from trainer.stats import Z_80, Z_975, paired_power
+from lema.trainer.stats import Z_80, Z_975, paired_power
 
 
 def test_identical_arms_have_no_discordance_and_no_uncertainty():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import requires_lema_tiny
 
-from trainer.recipe import RecipeError, load_recipe
+from lema.trainer.recipe import RecipeError, load_recipe
 
 
 def tiny_llama(vocab: int = 97):
@@ -36,8 +36,8 @@ def batch(vocab: int = 97):
 
 @pytest.mark.parametrize("chunk", [1024, 5])  # one pass; chunks recomputed in the backward pass
 def test_completion_loss_equals_the_full_logits_loss_and_its_gradient(monkeypatch, chunk):
-    import trainer.train as train_module
-    from trainer.train import completion_loss, supports_completion_loss
+    import lema.trainer.train as train_module
+    from lema.trainer.train import completion_loss, supports_completion_loss
 
     monkeypatch.setattr(train_module, "LOSS_CHUNK", chunk)
     model, inputs = tiny_llama(), batch()
@@ -69,7 +69,7 @@ def test_micro_batch_size_is_validated_and_sets_the_accumulation():
 
 
 def test_the_demo_picks_a_recipe_that_fits_its_base_model():
-    from lema.demo import recipe_for_model
+    from lema.app.demo import recipe_for_model
 
     assert recipe_for_model("lema-tiny") == "tiny"
     assert recipe_for_model("smollm2") == "small"
@@ -82,7 +82,7 @@ def test_micro_batches_give_the_same_step_as_one_batch(tmp_path):
     gradient norm (so no 1/accumulation scaling error), on lema-tiny with dropout off."""
     from lema.core.formats import cot_prompt
     from lema.core.synthetic import generate
-    from trainer.train import train
+    from lema.trainer.train import train
 
     data = tmp_path / "rows.jsonl"
     with data.open("w") as f:

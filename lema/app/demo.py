@@ -2,7 +2,7 @@
 
     baseline (lema-tiny through the endpoint, validation problems) -> collect mistakes on synthetic training
     problems -> correct them (reference corrector, or any OpenAI-compatible upstream) -> verify -> export (every row
-    measured against the recipe's context) -> the harness (`trainer.ablation`): CoT-only and LEMA adapters for
+    measured against the recipe's context) -> the harness (`lema.trainer.ablation`): CoT-only and LEMA adapters for
     each seed, the same steps, evaluated on the same held-out test problems -> promote the adapter with the best
     *validation* accuracy into the running endpoint (gated against the base model) -> evaluate through the endpoint
     -> tables + ablation.json/png.  `--rounds R` repeats collect..evaluate with the promoted adapter as the next
@@ -29,7 +29,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from trainer.stats import wilson
+from lema.trainer.stats import wilson
 
 
 @dataclass
@@ -97,7 +97,7 @@ def recipe_for_model(model: str) -> str:
 
 def _lema() -> list[str]:
     exe = shutil.which("lema", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "lema.cli"]
+    return [exe] if exe else [sys.executable, "-m", "lema.app.cli"]
 
 
 class Endpoint:
@@ -146,7 +146,7 @@ def evaluate_through_endpoint(url: str, model: str, problems, max_tokens: int = 
     """Greedy answers from the endpoint (the OpenAI engine: /v1/chat/completions, `concurrency` requests in flight),
     checked by the verifier through lema's one evaluator: one outcome per problem, in order."""
     from lema.core.engines.openai_engine import OpenAIEngine
-    from trainer.evaluate import evaluate_engine
+    from lema.trainer.evaluate import evaluate_engine
 
     async def run() -> list[bool]:
         # The demo's endpoint serves /v1 without a key; naming a variable of its own keeps $OPENAI_API_KEY (a real
@@ -163,8 +163,8 @@ def evaluate_through_endpoint(url: str, model: str, problems, max_tokens: int = 
 
 
 def _collect(options: DemoOptions, store: str, round_index: int, adapter: tuple[str, str] | None, console: Console):
-    from services.collector.pipeline import CollectSettings
-    from services.collector.run import collect
+    from lema.services.collector.pipeline import CollectSettings
+    from lema.services.collector.run import collect
 
     settings = CollectSettings(samples=options.samples, temperature=0.8, max_tokens=200, seed=options.seed + round_index,
                                model=options.model, batch_size=16, correct_concurrency=2,
@@ -201,11 +201,11 @@ def run_demo(options: DemoOptions) -> DemoResult:
 def _run_demo(options: DemoOptions) -> DemoResult:
     from lema.core.model_resolve import resolve_model
     from lema.core.quiet import quiet_libraries
-    from trainer.ablation import ARM_LABELS, print_report, run_ablation
-    from trainer.evaluate import eval_problems
-    from trainer.promote import promote
-    from trainer.recipe import load_recipe
-    from trainer.registry import AdapterRegistry
+    from lema.trainer.ablation import ARM_LABELS, print_report, run_ablation
+    from lema.trainer.evaluate import eval_problems
+    from lema.trainer.promote import promote
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.registry import AdapterRegistry
 
     console = Console() if sys.stdout.isatty() else Console(width=130)
     quiet_libraries()  # our own progress lines say what is happening
@@ -345,7 +345,7 @@ def rounds_report(result: DemoResult) -> dict:
 def _difference(before: tuple[str, list[bool]], now: tuple[str, list[bool]]) -> dict:
     """`now` - `before` (named outcome lists) on the problems both answered: the difference, its paired bootstrap
     interval, the exact McNemar p."""
-    from trainer.stats import mcnemar_exact, paired_bootstrap
+    from lema.trainer.stats import mcnemar_exact, paired_bootstrap
 
     n = min(len(before[1]), len(now[1]))
     paired = paired_bootstrap([now[1][:n]], [before[1][:n]])
@@ -367,60 +367,67 @@ def results_table(result: DemoResult) -> Table:
 
 
 def plot_results(result: DemoResult, path: Path) -> Path:
-    """Accuracy per round (test problems for the arms, validation problems through the endpoint for what serves)."""
+    """results.png: each model's accuracy with its 95% interval (test problems for the base model and the arms,
+    validation problems through the endpoint for what serves); per round when there are several."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure = demo_figure(result, plt)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _percent_interval(row: Row) -> tuple[float, float, float]:
+    """(accuracy, low, high) in percent: the table's Wilson interval (an arm's: of its mean over seeds, on n)."""
+    low, high = wilson(row.correct, row.n)
+    return 100 * row.accuracy, 100 * low, 100 * high
+
+
+def demo_figure(result: DemoResult, plt):
     rounds = sorted({r.round for r in result.rows if r.round > 0})
-    if len(rounds) <= 1:  # one round: a line over one x value was a near-empty plot, CoT-only hidden under LEMA
-        return _plot_one_round(result, path, plt)
-    fig, axis = plt.subplots(figsize=(6.5, 4.2))
-    axis.set_xticks(rounds)
-    for name, colour, marker in (("CoT-only", "#4c72b0", "o"), ("LEMA", "#dd8452", "o")):
-        points = [(r.round, 100 * r.accuracy) for r in result.rows if r.name == name]
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=f"{name} (test)", color=colour)
-    served = [(r.round, 100 * r.accuracy) for r in result.rows
-              if r.name.startswith("served") or (r.round == 0 and r.where.startswith("endpoint"))]
-    axis.plot([p[0] for p in served], [p[1] for p in served], marker="s", label="served (validation)", color="black")
     base_test = next((r for r in result.rows if r.round == 0 and r.where.endswith("test")), None)
-    if base_test:
-        axis.axhline(100 * base_test.accuracy, color="#999999", linestyle="--", label="base (test)")
-    axis.set_xlabel("round")
+    figure, axis = plt.subplots(figsize=(6.8, 4.4))
+    if len(rounds) <= 1:  # one round: a bar per model (lines over one x value hid CoT-only under LEMA)
+        bars = [("base\n(test)", base_test, "#999999")] if base_test else []
+        for name, colour in (("CoT-only", "#4c72b0"), ("LEMA", "#dd8452")):
+            row = next((r for r in result.rows if r.name == name and r.round > 0), None)
+            if row:
+                bars.append((f"{name}\n(test, {len(row.per_seed) or 1} seed{'s' if len(row.per_seed) > 1 else ''})",
+                             row, colour))
+        served = next((r for r in result.rows if r.name.startswith("served") and r.round > 0), None)
+        if served:
+            bars.append(("served\n(validation)", served, "black"))
+        values = [_percent_interval(row) for _, row, _ in bars]
+        positions = list(range(len(bars)))
+        axis.bar(positions, [v for v, _, _ in values], color=[colour for *_, colour in bars],
+                 yerr=[[v - low for v, low, _ in values], [high - v for v, _, high in values]], capsize=6,
+                 ecolor="#333333")
+        for x, (_, row, _), (value, _, high) in zip(positions, bars, values):
+            axis.annotate(f"{value:.1f}%\n({row.correct}/{row.n})", (x, high), ha="center", va="bottom", fontsize=8)
+        axis.set_xticks(positions, [label for label, *_ in bars])
+        axis.set_ylim(0, max([high for *_, high in values] + [1]) * 1.2)
+        axis.set_title("accuracy after one round of learning from mistakes (95% intervals)")
+    else:
+        axis.set_xticks(rounds)
+        series = [(name, "#4c72b0" if name == "CoT-only" else "#dd8452", "o", f"{name} (test)",
+                   [r for r in result.rows if r.name == name]) for name in ("CoT-only", "LEMA")]
+        series.append(("served", "black", "s", "served (validation)",
+                       [r for r in result.rows if r.name.startswith("served")]))
+        for offset, (_, colour, marker, label, rows) in zip((-0.08, 0.0, 0.08), series):
+            values = [_percent_interval(r) for r in rows]
+            axis.errorbar([r.round + offset for r in rows], [v for v, _, _ in values],
+                          yerr=[[v - low for v, low, _ in values], [high - v for v, _, high in values]],
+                          marker=marker, color=colour, capsize=4, label=label)
+        if base_test:
+            value, low, high = _percent_interval(base_test)
+            axis.axhline(value, color="#999999", linestyle="--", label="base (test)")
+            axis.axhspan(low, high, color="#999999", alpha=0.15)
+        axis.set_xlabel("round")
+        axis.legend()
+        axis.set_title("accuracy per round (95% intervals)")
     axis.set_ylabel("accuracy (%)")
-    axis.set_title("accuracy per round (continuous learning from mistakes)")
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _plot_one_round(result: DemoResult, path: Path, plt) -> Path:
-    """One round: a bar per model (test problems; what serves on validation problems), the accuracy written on it."""
-    bars = []
-    base_test = next((r for r in result.rows if r.round == 0 and r.where.endswith("test")), None)
-    if base_test:
-        bars.append(("base\n(test)", base_test, "#999999"))
-    for name, colour in (("CoT-only", "#4c72b0"), ("LEMA", "#dd8452")):
-        row = next((r for r in result.rows if r.name == name and r.round > 0), None)
-        if row:
-            bars.append((f"{name}\n(test)", row, colour))
-    served = next((r for r in result.rows if r.name.startswith("served") and r.round > 0), None)
-    if served:
-        bars.append(("served\n(validation)", served, "black"))
-    fig, axis = plt.subplots(figsize=(6.5, 4.2))
-    positions = range(len(bars))
-    heights = [100 * row.accuracy for _, row, _ in bars]
-    axis.bar(positions, heights, color=[colour for *_, colour in bars])
-    for x, (_, row, _), height in zip(positions, bars, heights):
-        axis.annotate(f"{height:.1f}%\n({row.correct}/{row.n})", (x, height), ha="center", va="bottom", fontsize=8)
-    axis.set_xticks(list(positions), [label for label, *_ in bars])
-    axis.set_ylim(0, max(heights + [1]) * 1.25)
-    axis.set_ylabel("accuracy (%)")
-    axis.set_title("accuracy after one round of learning from mistakes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    figure.tight_layout()
+    return figure

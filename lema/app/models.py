@@ -21,8 +21,8 @@ def pretrain_tiny(
     seed: int | None = typer.Option(None, "--seed", help="Overrides the recipe's seed."),
 ) -> None:
     """Train lema-tiny from scratch on synthetic problems (about 20-35 minutes on this 2-core machine, 1 thread)."""
-    from lema.tiny.pretrain import pretrain
     from lema.tiny.recipe import load_recipe
+    from lema.trainer.tiny.pretrain import pretrain
 
     result = pretrain(load_recipe(recipe), out, seed)
     typer.echo(f"saved to {out}: {result['steps']} steps, {result['wall_seconds']} s, "
@@ -46,7 +46,7 @@ def eval_tiny(
     from rich.table import Table
 
     from lema.core.synthetic import generate
-    from lema.tiny.evaluate import completion_losses, evaluate_loaded, load_model
+    from lema.trainer.tiny.evaluate import completion_losses, evaluate_loaded, load_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     problems = generate(n, seed=seed, split="test")

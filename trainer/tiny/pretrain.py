@@ -25,9 +25,9 @@ from lema.tiny.drills import (
     drill_examples,
     random_copy_examples,
 )
-from lema.tiny.evaluate import evaluate_loaded
 from lema.tiny.recipe import Recipe
 from lema.tiny.tokenizer import save_tokenizer, train_tokenizer
+from lema.trainer.tiny.evaluate import evaluate_loaded
 
 VAL_SEED_OFFSET = 7919  # validation problems come from another seed than any training stage
 

@@ -1,5 +1,5 @@
 """lema-tiny's model on disk: loading it and measuring how well it reads each training format (`completion_losses`).
-Greedy accuracy goes through lema's one evaluator, `trainer.evaluate.evaluate_engine` (`evaluate_loaded` here, for
+Greedy accuracy goes through lema's one evaluator, `lema.trainer.evaluate.evaluate_engine` (`evaluate_loaded` here, for
 `lema models eval-tiny` and lema-tiny's pretraining), which reads answers with the verifier like every other consumer."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from lema.core.synthetic import SyntheticProblem
 
 if TYPE_CHECKING:
-    from trainer.evaluate import EvalResult
+    from lema.trainer.evaluate import EvalResult
 
 
 def load_model(model_dir: str | Path):
@@ -31,7 +31,7 @@ def evaluate_loaded(model, tokenizer, problems: list[SyntheticProblem], max_new_
     import asyncio
 
     from lema.core.engines.transformers_engine import TransformersEngine
-    from trainer.evaluate import evaluate_engine
+    from lema.trainer.evaluate import evaluate_engine
 
     async def run() -> EvalResult:
         engine = TransformersEngine.from_loaded(model, tokenizer, model_id=model_id, batch_size=batch_size)
