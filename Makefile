@@ -47,12 +47,15 @@ confirm: setup
 	  --correction-ratio $(CONFIRM_RATIO) --eval-problems $(CONFIRM_TEST) --hard-problems $(CONFIRM_HARD) \
 	  --work-dir $(CONFIRM_DIR)/ablation
 
-# The PostgreSQL store test needs a server: Debian's package, installed here when missing (root only).
-# Without it that one test is skipped with the reason.
+# The PostgreSQL store test needs a server, the review pages' browser tests a headless Chromium: Debian's packages,
+# installed here when missing (root only). Without them those tests are skipped with the reason.
 test-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) ; } || \
 	  echo "PostgreSQL server not available: its test will be skipped"
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) ; } || \
+	  echo "Chromium (Debian's chromium, chromium-driver) not available: the browser tests of the review pages will be skipped"
 
 # Kubernetes manifests (deploy/k8s): rendered with kustomize, validated offline against Kubernetes' JSON schemas in
 # strict mode, lema's config loaded with LemaConfig (deploy/check.py). The tools install into gitignored places:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from sqlalchemy import inspect
+from sqlalchemy import func, inspect, select
 
 from lema.core.answers import DatasetKind
 from lema.core.store import repository as repo
 from lema.core.store.db import make_engine, open_store
+from lema.core.store.models import Review
 
-TABLES = {"problems", "attempts", "corrections", "augmentations", "intake", "exports", "alembic_version"}
+TABLES = {"problems", "attempts", "corrections", "augmentations", "intake", "exports", "reviews",
+          "alembic_version"}
 
 
 def problem(i: int) -> repo.ProblemIn:
@@ -48,6 +50,20 @@ def exercise(url: str) -> None:
         assert repo.pending_intake(s, 10) == ids[1:2]
         c = repo.counts(s)
         assert (c["problems"], c["attempts"], c["mistakes"], c["corrections_accepted"]) == (5, 3, 2, 1)
+    # People's grades (migration 0005): a regrade and an undo keep every row; the lowest current grade counts.
+    from lema.core import reviews
+
+    correction = f"{rows[1]['id']}|cX"
+    with sessions.begin() as s:
+        reviews.record_grade(s, correction, "alice", "excellent")
+        reviews.record_grade(s, correction, "alice", "good", "second look")
+        reviews.record_grade(s, correction, "bob", "poor")
+    with sessions.begin() as s:
+        assert reviews.effective_grades(s) == {correction: "poor"}
+        assert reviews.undo_grade(s, correction, "bob") is None
+        assert reviews.effective_grades(s) == {correction: "good"}
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Review)) == 3
 
 
 def test_sqlite_store_in_wal_mode(tmp_path):

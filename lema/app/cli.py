@@ -315,6 +315,32 @@ def serve_collector(
     main(section)
 
 
+@serve_app.command("review")
+def serve_review(
+    store: Optional[str] = typer.Option(None, help="an SQLite file path or a database URL (default lema.db)"),
+    port: Optional[int] = typer.Option(None, help="HTTP port (default 3100)"),
+    host: Optional[str] = typer.Option(None, help="bind address (default 127.0.0.1; beyond loopback only with TLS)"),
+    token_env: Optional[str] = typer.Option(None, help="env var holding the review token (default LEMA_REVIEW_TOKEN)"),
+    tls_cert: Optional[Path] = typer.Option(None, help="PEM certificate chain: serve HTTPS"),
+    tls_key: Optional[Path] = typer.Option(None, help="PEM private key of --tls-cert"),
+    config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
+) -> None:
+    """Serve the review pages: grade corrections Excellent / Good / Poor in a browser (keyboard: 1/2/3, j/k, n, u);
+    `lema export --min-grade good` then leaves out what was graded Poor."""
+    from lema.core.errors import InvalidInput
+    from lema.services.review.server import check_review_security, main
+
+    section = _with_overrides(_load_config(config).review, {"store": store, "port": port, "host": host,
+                                                            "token_env": token_env, "tls_cert": tls_cert,
+                                                            "tls_key": tls_key})
+    try:
+        check_review_security(section)
+    except InvalidInput as exc:
+        _fail(str(exc))
+    _store(section.store)  # a clear error now (and the schema migrated), not a traceback from inside the server
+    main(section)
+
+
 @app.command()
 def ablate(
     export: Path = typer.Option(..., help="an export folder written by `lema export`"),
@@ -540,6 +566,10 @@ def export_command(
                                                         "as target)"),
     mistakes: str = typer.Option("all", help="all | systematic (only mistakes the model believes: at the first wrong "
                                              "step its own likelihood of the wrong step beats the correct one)"),
+    min_grade: Optional[str] = typer.Option(None, help="excellent | good | poor: leave out corrections people graded "
+                                                       "below this in `lema serve review` (a correction's grade is "
+                                                       "the lowest any reviewer gave it)"),
+    ungraded: str = typer.Option("keep", help="keep | drop: corrections nobody graded"),
 ) -> None:
     """Export training JSONL in the paper's two formats (CoT and correction), each measured against the recipe's
     max_seq_len (a correction that does not fit is shortened or dropped; no completion is ever cut), and a
@@ -550,17 +580,25 @@ def export_command(
         _fail(f"--correction-format must be one of {', '.join(CORRECTION_FORMATS)} (got {correction_format!r})")
     if mistakes not in ("all", "systematic"):
         _fail(f"--mistakes must be all or systematic (got {mistakes!r})")
+    from lema.core.errors import InvalidInput
+    from lema.core.reviews import GradeFilter
+
+    try:
+        grades = GradeFilter(min_grade, ungraded)
+    except InvalidInput as exc:
+        _fail(str(exc).replace("min_grade must", "--min-grade must").replace("ungraded must", "--ungraded must"))
     lengths = _length_check(recipe, model, max_seq_len)
     sessions = _store(store)
     try:
         with sessions.begin() as session:
             manifest = export(session, out, size=size, seed=seed, lengths=lengths,
                               augment_per_problem=augment_per_problem, correction_format=correction_format,
-                              mistakes=mistakes, scoring_model=lengths.model)
+                              mistakes=mistakes, scoring_model=lengths.model, grades=grades)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(json.dumps({"id": manifest["id"], "counts": manifest["counts"], "mixes": manifest["mixes"],
-                           "length": manifest["length"], "mistakes": manifest["mistakes"], "out": str(out)}))
+                           "length": manifest["length"], "mistakes": manifest["mistakes"],
+                           "review": manifest["review"], "out": str(out)}))
 
 
 def _length_check(recipe: str, model: Optional[str], max_seq_len: Optional[int]):

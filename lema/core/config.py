@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORTS = {"verifier": 50061, "reasoner": 50062, "corrector": 50063, "trainer": 50064, "collector": 50065,
-                 "endpoint": 3000}
+                 "endpoint": 3000, "review": 3100}
 
 
 # A TCP port; every service section declares its own default port with this type, so the bound holds in all of them.
@@ -215,6 +215,22 @@ class CollectorConfig(GrpcServerConfig):
                                                              "the lease within this time (the worker died)")
 
 
+class ReviewConfig(_Section):
+    """The review pages (`lema serve review`, lema.services.review): people grade corrections in a browser."""
+
+    host: str = Field(default="127.0.0.1", description="bind address; beyond loopback only with tls_cert and tls_key "
+                                                       "(the session cookie carries proof of the token)")
+    port: Port = DEFAULT_PORTS["review"]
+    store: str = Field(default="lema.db", description="an SQLite file path or a database URL (postgresql://...)")
+    token_env: str = Field(default="LEMA_REVIEW_TOKEN",
+                           description="env var holding the bearer token every page and grade needs (unset: every "
+                                       "request is refused, as the admin API does)")
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30, description="how long a browser session lasts")
+    page_size: int = Field(default=50, ge=1, le=500, description="corrections per queue page")
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain: serve HTTPS")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+
+
 class LemaConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEMA_", env_nested_delimiter="__", extra="forbid",
                                       nested_model_default_partial_update=True)
@@ -232,6 +248,7 @@ class LemaConfig(BaseSettings):
     trainer: TrainerConfig = TrainerConfig()
     collector: CollectorConfig = CollectorConfig()
     endpoint: EndpointConfig = EndpointConfig()
+    review: ReviewConfig = ReviewConfig()
 
 
 def load_config(path: str | Path | None = None) -> LemaConfig:

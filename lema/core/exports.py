@@ -19,6 +19,7 @@ import json
 import random
 import re
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +36,7 @@ from lema.core.formats import (
     step_preference,
 )
 from lema.core.rendering import encode_row, framing_of
+from lema.core.reviews import GradeFilter, effective_grades
 from lema.core.store.models import Attempt, Augmentation, Correction, Export, Problem
 
 
@@ -220,7 +222,8 @@ def _write_rows(path: Path, rows: list[dict]) -> dict:
 
 def export(session: Session, out_dir: Path, size: int | None = None, seed: int = 0,
            lengths: LengthCheck | None = None, augment_per_problem: int | None = 3,
-           correction_format: str = "paper", mistakes: str = "all", scoring_model: str | None = None) -> dict:
+           correction_format: str = "paper", mistakes: str = "all", scoring_model: str | None = None,
+           grades: GradeFilter | None = None) -> dict:
     """Write cot.jsonl (references + capped augmentations), correction.jsonl (one per mistake path),
     corrected_cot.jsonl (each correction's whole corrected solution, for the `matched` setting), preference.jsonl
     (a step-level pair per correction: the model's continuation from its first wrong step vs the corrected one)
@@ -231,7 +234,8 @@ def export(session: Session, out_dir: Path, size: int | None = None, seed: int =
     shortened (its original solution stops at the incorrect step) or dropped, any other row that does not fit is
     dropped, so no completion is ever cut in training. A correction and its corrected-CoT twin are kept or dropped
     together, so the `matched` setting always has a twin for every correction. `correction_format`: `paper` (the
-    default) or `step` (see `_correction_example`)."""
+    default) or `step` (see `_correction_example`). `grades`: which corrections people's grades keep
+    (`lema serve review`; default: every one); the manifest's `review` counts what was kept and left out, and why."""
     if correction_format not in CORRECTION_FORMATS:
         raise ValueError(f"correction format must be one of {', '.join(CORRECTION_FORMATS)} (got {correction_format!r})")
     if mistakes not in MISTAKE_FILTERS:
@@ -244,8 +248,15 @@ def export(session: Session, out_dir: Path, size: int | None = None, seed: int =
     cot = dedupe(cot_examples(session, augment_per_problem=augment_per_problem))
     corrections, corrected, preferences = [], [], []
     seen_keys: set[str] = set()
+    grades = grades or GradeFilter()
+    graded = effective_grades(session)
+    review = {"min_grade": grades.min_grade, "ungraded": grades.ungraded, "kept": Counter(), "left_out": Counter()}
     for c, a, p in _accepted_corrections(session):
         if keep_ids is not None and c.id not in keep_ids:
+            continue
+        kept, why = grades.keeps(graded.get(c.id))
+        review["kept" if kept else "left_out"][why] += 1
+        if not kept:
             continue
         full = _correction_example(c, a, p, through_step=False, correction_format=correction_format)
         twin = _corrected_twin(c, a, p)
@@ -296,6 +307,7 @@ def export(session: Session, out_dir: Path, size: int | None = None, seed: int =
         "augment_per_problem": augment_per_problem,
         "correction_format": correction_format,
         "mistakes": mistake_counts,
+        "review": {**review, "kept": dict(review["kept"]), "left_out": dict(review["left_out"])},
         "sources": sorted({ex.source for ex in cot + corrections}),
         "mixes": mixes,
         "length": lengths.report() if lengths is not None else None,

@@ -29,7 +29,8 @@ def test_the_wheel_holds_one_top_level_package_with_its_data(lema_wheel):
     for expected in ("lema/services/endpoint/service.py", "lema/trainer/configs/paper.yaml",
                      "lema/trainer/tiny/pretrain.py", "lema/app/cli.py", "lema/assets/lema-tiny/model.safetensors",
                      "lema/core/store/migrations/env.py", "lema/core/store/migrations/script.py.mako",
-                     "lema/tiny/recipe.yaml"):
+                     "lema/tiny/recipe.yaml", "lema/services/review/templates/correction.html",
+                     "lema/services/review/static/review.js"):
         assert expected in names, expected
     assert any(n.startswith("lema/core/store/migrations/versions/") and n.endswith(".py") for n in names)
 

@@ -106,6 +106,21 @@ class IntakeItem(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Review(Base):
+    """A person's grade of one correction (`lema serve review`): Excellent, Good or Poor, as the LEMA paper graded
+    its corrector's output by hand. Rows are never deleted: a regrade adds a row (the reviewer's latest row is their
+    grade), an undo stamps `withdrawn_at` on the reviewer's latest row (the one before it counts again)."""
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    correction_id: Mapped[str] = mapped_column(ForeignKey("corrections.id"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(64))
+    grade: Mapped[str] = mapped_column(String(16))  # excellent | good | poor
+    note: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class Export(Base):
     __tablename__ = "exports"
     id: Mapped[str] = mapped_column(String(100), primary_key=True)
