@@ -64,6 +64,16 @@ def exercise(url: str) -> None:
         assert reviews.effective_grades(s) == {correction: "good"}
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Review)) == 3
+        # The review pages' queries on this database (filters, search with LIKE metacharacters, the summary).
+        from lema.services.review import queries
+
+        page = queries.queue(s, queries.QueueFilter(grade="ungraded", q="0 + 1"), "bob")
+        assert [r["id"] for r in page.rows] == [correction] and page.total == 1
+        assert queries.queue(s, queries.QueueFilter(grade="good"), "alice").total == 1
+        assert queries.queue(s, queries.QueueFilter(q="100%_"), "bob").total == 0
+        assert queries.neighbours(s, queries.QueueFilter(), "bob", correction) == (None, None)
+        assert queries.correction_view(s, correction)["grades"][0]["grade"] == "good"
+        assert queries.summary(s)["totals"] == {"excellent": 0, "good": 1, "poor": 0}
 
 
 def test_sqlite_store_in_wal_mode(tmp_path):
