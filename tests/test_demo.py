@@ -14,7 +14,8 @@ from conftest import lema_command, requires_lema_tiny
 def test_demo_writes_results_and_ablation_json(tmp_path):
     work = tmp_path / "demo"
     run = subprocess.run([*lema_command(), "demo", "--problems", "12", "--samples", "2", "--eval-problems", "16",
-                          "--hard-problems", "8", "--seeds", "0,1", "--max-steps", "2", "--served-check", "8", "--workdir", str(work)],
+                          "--hard-problems", "8", "--seeds", "0,1", "--max-steps", "2", "--served-check", "8",
+                          "--gate-problems", "40", "--workdir", str(work)],
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "{'loss'" not in run.stdout and "LEMA − CoT-only" in run.stdout
@@ -26,15 +27,26 @@ def test_demo_writes_results_and_ablation_json(tmp_path):
     assert set(data["paired"]["lema_vs_cot"]) >= {"mean_diff", "ci95", "mcnemar_p", "discordance", "mde_80"}
     assert data["hard_problems"] == 8 and "lema_vs_cot" in data["paired_hard"]
     assert "power: this run detects" in run.stdout  # the demo says what size of effect it could see
-    rows = json.loads((work / "results.json").read_text())
-    names = [row["name"] for row in rows]
+    results = json.loads((work / "results.json").read_text())
+    names = [row["name"] for row in results["rows"]]
     assert "base" in names and "CoT-only" in names and "LEMA" in names
-    assert any(name.startswith("served:") for name in names)
+    # 40 gate problems cannot see a 3-point margin: the gate refuses as too small and the base model keeps serving.
+    gate = results["gate"]
+    assert set(gate) >= {"candidate", "reference", "n", "diff", "ci95", "mde_80", "margin", "decision", "forced"}
+    assert (gate["n"], gate["margin"], gate["reference"]) == (40, 0.03, "the base model")
+    assert gate["decision"] == "refuse: too small to decide" and gate["mde_80"] > 0.03 and not gate["promoted"]
+    assert gate["ci95"][0] <= gate["diff"] <= gate["ci95"][1] and gate["problems_needed"] > 40
+    # Chosen among the four adapters on the first 100 validation problems, gated on the next 40.
+    assert gate["chosen"]["among"] == 4 and gate["chosen"]["validation_problems"] == 100
+    assert gate["gate_problems"] == 40 and results["gates"] == [gate]
+    assert "served: lema-tiny" in names  # nothing was promoted
+    assert "gate, round 1: " in run.stdout and "too small to decide" in run.stdout  # the interval and decision
     for image in ("ablation.png", "results.png"):
         assert (work / image).read_bytes()[:4] == b"\x89PNG"
     rounds = json.loads((work / "rounds.json").read_text())
     assert list(rounds["accuracy"]) == ["base", "round 1"] and rounds["n"] == {"base": 8, "round 1": 8}
     assert rounds["steps"][0]["from"] == "base" and rounds["steps"][0]["n"] == 8
+    assert rounds["gates"] == [gate]
 
 
 def test_rounds_report_pairs_each_round_with_the_one_before_and_says_what_is_noise():

@@ -35,6 +35,10 @@ def services(tmp_path_factory):
     registry = root / "adapters"
     registry.mkdir()
     os.environ["LEMA_E2E_TOKEN"] = TOKEN
+    # A wide gate margin (50 points): the promotion tests register adapters at the extremes (every gate problem
+    # right, or every one wrong) on a few hundred problems, which cannot see the default one-point margin.
+    config = root / "lema.yaml"
+    config.write_text("trainer:\n  gate_margin: 0.5\n")
     port = free_port()
     endpoint = subprocess.Popen([*lema_command(), "serve", "endpoint", "--port", str(port), "--model", MODEL,
                                  "--engine", "transformers", "--registry", str(registry),
@@ -50,7 +54,7 @@ def services(tmp_path_factory):
             ("corrector", []),
             ("trainer", ["--runs-root", str(root / "runs"), "--adapters-root", str(registry), "--exports-root",
                          str(root), "--endpoint-url",
-                         f"http://127.0.0.1:{port}", "--admin-token-env", "LEMA_E2E_TOKEN"]),
+                         f"http://127.0.0.1:{port}", "--admin-token-env", "LEMA_E2E_TOKEN", "--config", str(config)]),
         ):
             p = free_port()
             env_args = ["serve", name, "--port", str(p), *args]
@@ -75,8 +79,8 @@ def services(tmp_path_factory):
 
 
 def test_promote_refuses_an_adapter_worse_than_the_serving_base_model_unless_forced(services):
-    """Runs first: the base model serves. The trainer measures the base model's validation accuracy itself (on the
-    adapter's recipe's validation problems) and refuses an adapter below it."""
+    """Runs first: the base model serves. The trainer measures the base model's outcomes itself (on the adapter's
+    recipe's gate problems), pairs them with the adapter's and refuses an adapter not shown non-inferior."""
     root, addresses, endpoint = services
     status = httpx.get(f"{endpoint}/admin/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert status.json()["promoted"] == status.json()["model"]  # the base model serves
@@ -85,14 +89,15 @@ def test_promote_refuses_an_adapter_worse_than_the_serving_base_model_unless_for
     with grpc.insecure_channel(addresses["trainer"]) as channel:
         trainer = trainer_pb2_grpc.TrainerStub(channel)
         refused = trainer.Promote(tpb.PromoteRequest(adapter_id=worse), timeout=300)
-        assert not refused.promoted and "worse than the base model" in refused.reason, refused.reason
-        base = json.loads((root / "adapters" / "base-metrics.json").read_text())
+        assert not refused.promoted and "the base model on 32 problems" in refused.reason, refused.reason
+        assert "not shown non-inferior" in refused.reason and "force to override" in refused.reason
+        base = json.loads((root / "adapters" / "base-outcomes.json").read_text())
         (measured,) = base.values()
-        assert measured["validation_n"] == 32 and measured["validation_accuracy"] > 0.0
+        assert measured["n"] == 32 and measured["accuracy"] > 0.0
         status = httpx.get(f"{endpoint}/admin/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         assert status.json()["promoted"] == status.json()["model"]  # the refusal changed nothing
         forced = trainer.Promote(tpb.PromoteRequest(adapter_id=worse, force=True), timeout=300)
-        assert forced.promoted and "forced" in forced.reason
+        assert forced.promoted and "(forced)" in forced.reason and "not shown non-inferior" in forced.reason
     status = httpx.get(f"{endpoint}/admin/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert status.json()["promoted"] == worse
 
@@ -148,7 +153,8 @@ def test_loop_collects_corrects_trains_promotes_and_serves(services):
 
 
 def _registered_adapter(registry_root, accuracy: float, config_yaml: str = "") -> str:
-    """A real PEFT adapter on the test model (fresh LoRA weights), registered with a given validation accuracy."""
+    """A real PEFT adapter on the test model (fresh LoRA weights), registered with a given validation accuracy and
+    gate outcomes to match (1.0: every gate problem of its recipe right; 0.0: every one wrong)."""
     import tempfile
     from pathlib import Path
 
@@ -156,14 +162,22 @@ def _registered_adapter(registry_root, accuracy: float, config_yaml: str = "") -
     from transformers import AutoModelForCausalLM
 
     from lema.core.model_resolve import resolve_model
-    from lema.trainer.registry import AdapterRegistry
+    from lema.trainer.baseline import eval_settings_of
+    from lema.trainer.evaluate import eval_problems
+    from lema.trainer.gate import Outcomes
+    from lema.trainer.registry import AdapterRecord, AdapterRegistry
+
+    settings = eval_settings_of(AdapterRecord("", MODEL, "", "", 0, [], config_yaml=config_yaml))
+    ids = tuple(p.id for p in eval_problems(settings, "gate"))
+    outcomes = Outcomes(ids, (accuracy == 1.0,) * len(ids)).to_json()
 
     with tempfile.TemporaryDirectory() as tmp:
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_model(MODEL)),
                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
         model.save_pretrained(tmp)
         record = AdapterRegistry(registry_root).register(Path(tmp), MODEL, "gate", config_yaml=config_yaml,
-                                                         metrics={"validation_accuracy": accuracy, "validation_n": 16})
+                                                         metrics={"validation_accuracy": accuracy, "validation_n": 16},
+                                                         gate_outcomes=outcomes)
     return record.id
 
 
@@ -176,7 +190,8 @@ def test_promote_refuses_a_worse_adapter_unless_forced(services):
         first = trainer.Promote(tpb.PromoteRequest(adapter_id=best), timeout=300)
         assert first.promoted, first.reason
         refused = trainer.Promote(tpb.PromoteRequest(adapter_id=worse), timeout=300)
-        assert not refused.promoted and "worse" in refused.reason and refused.previous_adapter_id == best
+        assert not refused.promoted and refused.previous_adapter_id == best
+        assert f"− the serving {best} on 200 problems: -100.0 pts" in refused.reason, refused.reason
         status = httpx.get(f"{endpoint}/admin/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         assert status.json()["promoted"] == best  # the refusal changed nothing on the endpoint
         forced = trainer.Promote(tpb.PromoteRequest(adapter_id=worse, force=True), timeout=300)

@@ -33,7 +33,7 @@ batch_size: 8
 threads: 1
 lora: {{r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear}}
 learning_rate: 2.0e-3
-eval: {{problems: 24, validation_problems: 24, max_tokens: 160}}
+eval: {{problems: 24, validation_problems: 24, gate_problems: 16, max_tokens: 160}}
 """
 
 
@@ -115,6 +115,7 @@ def test_run_streams_progress_evaluates_and_registers_an_adapter(trainer, export
     assert evals and 0 <= evals[0]["accuracy"] <= 1 and evals[0]["n"] == 24
     # validation metrics (they gate promotion) come from the validation split, not the test problems
     assert 0 <= evals[0]["validation_accuracy"] <= 1 and evals[0]["validation_n"] == 24
+    assert evals[0]["gate_n"] == 16
     final = stub.GetRun(tpb.GetRunRequest(run_id=run.id), timeout=10)
     assert final.state == tpb.RUN_STATE_SUCCEEDED and final.adapter_id
     adapters = {a.id: a for a in stub.ListAdapters(tpb.ListAdaptersRequest(), timeout=10).adapters}
@@ -122,6 +123,17 @@ def test_run_streams_progress_evaluates_and_registers_an_adapter(trainer, export
     assert adapter.rank == 8 and adapter.metrics["accuracy"] == evals[0]["accuracy"]
     assert len(adapter.content_hash) == 64 and adapter.base_model == MODEL
     assert {"q_proj", "v_proj", "down_proj"} <= set(adapter.target_modules)
+    # The gate's per-problem outcomes: 16 validation problems after the 24 the metrics (and a checkpoint choice)
+    # come from, never the same ones.
+    from lema.trainer.evaluate import eval_problems
+    from lema.trainer.gate import Outcomes
+    from lema.trainer.recipe import load_recipe
+    from lema.trainer.registry import AdapterRegistry
+
+    gated = Outcomes.from_json(AdapterRegistry(root / "adapters").gate_outcomes(adapter.id))
+    assert gated.n == 16 and not gated.chosen_on and gated.accuracy == evals[0]["gate_accuracy"]
+    chosen_on = {p.id for p in eval_problems(load_recipe(RECIPE).eval, "validation")}
+    assert len(chosen_on) == 24 and not chosen_on & set(gated.ids)
     # the registered folder is a PEFT adapter that peft loads on the base model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -5,7 +5,9 @@ interface, so the trainer, lema-tiny's pretraining and `lema models eval-tiny`, 
 answers one way.
 
 Two held-out sets: `test` (the reported problems: touched only for the final table) and `validation`
-(training-distribution problems that fine-tuning data never holds: checkpoint selection and the promotion gate).
+(training-distribution problems that fine-tuning data never holds). The validation stream is cut in two: its first
+`validation_problems` choose (checkpoints, candidates) and the next `gate_problems` (the "gate" split) only gate
+promotion, so the gate never grades a choice on the problems that made it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class EvalResult:
     by_steps: dict[int, tuple[int, int]] = field(default_factory=dict)  # step count -> (correct, n)
     outcomes: list[bool] = field(default_factory=list)  # per problem, in the order of the evaluated set
     split: str = "test"
+    ids: list[str] = field(default_factory=list)  # the problems' ids, in the same order (pairs two evaluations)
     # Per problem, in the same order (empty for a result built from counts only).
     outputs: list[str] = field(default_factory=list)  # the greedy completion
     families: list[str] = field(default_factory=list)  # the synthetic problem's family
@@ -89,14 +92,16 @@ class EvalResult:
         }
 
 
-SPLITS = ("test", "ood", "validation", "hard", "validation_hard")
+SPLITS = ("test", "ood", "validation", "gate", "hard", "validation_hard")
 HARD_MAX_TOKENS = 320  # the hard split's generation bound (its longest reference solutions: about 200 tokens)
 
 
 def eval_problems(settings: EvalSettings, split: str | None = None):
-    """The held-out problems of a split: `settings.split` (test, or ood), "validation", or a hard split: "hard"
-    (test problems with more steps than any training problem: `HARD_STEPS`) and "validation_hard" (the same from
-    the validation slice, for choosing on), `settings.hard_problems` of each."""
+    """The held-out problems of a split: `settings.split` (test, or ood), "validation", "gate" (the
+    `settings.gate_problems` validation problems after the first `validation_problems`, disjoint from them; the
+    validation problems themselves when `gate_problems` is 0), or a hard split: "hard" (test problems with more steps
+    than any training problem: `HARD_STEPS`) and "validation_hard" (the same from the validation slice, for choosing
+    on), `settings.hard_problems` of each."""
     from lema.core.synthetic import generate
     from lema.core.synthetic.generate import HARD_STEPS
 
@@ -105,6 +110,11 @@ def eval_problems(settings: EvalSettings, split: str | None = None):
         raise ValueError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
     if split == "validation":
         return generate(settings.validation_problems, seed=settings.seed, split="validation")
+    if split == "gate":
+        # One stream, cut: a stream's first k problems are the same for any n >= k, so the two parts never overlap.
+        first = settings.validation_problems
+        return generate(first + settings.gate_problems, seed=settings.seed, split="validation")[
+            first if settings.gate_problems else 0:]
     if split in ("hard", "validation_hard"):
         if not settings.hard_problems:
             raise ValueError("eval.hard_problems is 0: set it to evaluate the hard split")
@@ -172,7 +182,7 @@ async def evaluate_engine(engine: Engine, problems: Sequence[SyntheticProblem], 
         hits[problem.n_steps] += bool(verdict.correct)
     return EvalResult(
         correct=sum(hits.values()), n=len(problems), by_steps={k: (hits[k], totals[k]) for k in sorted(totals)},
-        outcomes=[bool(v.correct) for v in verdicts], split=split, outputs=texts,
+        outcomes=[bool(v.correct) for v in verdicts], split=split, ids=[p.id for p in problems], outputs=texts,
         families=[p.family for p in problems], answers=[v.extracted_answer or None for v in verdicts],
         reference_logprobs=[lp for lp, _ in scores], reference_tokens=[t for _, t in scores],
         seconds=time.perf_counter() - started)

@@ -1,14 +1,16 @@
-"""`lema promotion`: read and change the fleet's promotion record by hand (an operator's rollback or pin).
+"""`lema promote` (through the gate) and `lema promotion` (by hand): the fleet's promotion record.
 
+    lema promote ADAPTER_ID [--force]       every replica serves this adapter if it passes the promotion gate
     lema promotion show                     the record and the adapter it names
     lema promotion set ADAPTER_ID           every replica serves this registered adapter
     lema promotion set --base               every replica serves the base model
     lema promotion rollback                 back to the adapter the record names as previous
 
 The store and the record's file name come from the config's `trainer` section (`adapters_root`,
-`promotion_record`), or `--store` and `--record`. These commands skip the trainer's evaluation gate (the trainer's
-Promote applies it): they are the operator's explicit choice. An adapter is written into the record only when its
-folder's content hash matches the hash the registry recorded when the adapter was registered.
+`promotion_record`), or `--store` and `--record`. `lema promote` applies the trainer's gate (lema.trainer.gate,
+the same as the trainer's Promote) and writes its decision into the record; `lema promotion` skips it: the
+operator's explicit choice. An adapter is written into the record only when its folder's content hash matches the
+hash the registry recorded when the adapter was registered.
 """
 
 from __future__ import annotations
@@ -105,3 +107,50 @@ def rollback(store: Optional[Path] = _STORE, record: Optional[str] = _RECORD, co
     if current is None:
         _fail(f"no promotion record at {path}: nothing to roll back")
     _write(root, path, current.previous, reason=f"rollback from generation {current.generation}")
+
+
+def promote_command(
+    adapter_id: str = typer.Argument(..., help="a registered adapter id"),
+    force: bool = typer.Option(False, "--force", help="promote even when the gate refuses (recorded as forced)"),
+    margin: Optional[float] = typer.Option(None, help="the gate's margin in accuracy points (default: the "
+                                                      "config's trainer.gate_margin, 1 point)"),
+    store: Optional[Path] = _STORE, record: Optional[str] = _RECORD, config: Optional[Path] = _CONFIG,
+) -> None:
+    """Promote a registered adapter fleet-wide through the gate: its outcomes on the gate's validation problems,
+    paired with the serving adapter's and the base model's (measured here once when not yet in the store), must show
+    it not worse by more than the margin. Prints {promoted, reason, previous, gate} (JSON); exit 1 when refused."""
+    from lema.core.config import load_config
+    from lema.core.promotion_record import content_hash
+    from lema.trainer.baseline import BaseOutcomes, eval_settings_of
+    from lema.trainer.gate import GateError
+    from lema.trainer.promote import promote_fleet
+    from lema.trainer.registry import AdapterRegistry
+
+    if margin is not None and not 0 < margin < 100:
+        _fail(f"--margin: must lie in (0, 100) accuracy points (got {margin})")
+    root, path = _locate(store, record, config)
+    registry = AdapterRegistry(root)
+    try:
+        candidate = registry.get(adapter_id)
+    except (KeyError, ValueError, TypeError):
+        _fail(f"ADAPTER_ID: no registered adapter {adapter_id[:200]!r} in {root}")
+    if content_hash(root / adapter_id) != candidate.content_hash:
+        _fail(f"{adapter_id}: its files changed since it was registered (content hash differs); not promoted")
+    settings = eval_settings_of(candidate)
+
+    def base():
+        kept = BaseOutcomes(root)
+        if kept.cached(candidate.base_model, settings) is None:
+            typer.echo(f"measuring {candidate.base_model} on the gate's problems (once: kept in {kept.path}) ...",
+                       err=True)
+        return kept.get(candidate.base_model, settings)
+
+    gate_margin = margin / 100 if margin is not None else load_config(config).trainer.gate_margin
+    try:
+        outcome = promote_fleet(candidate, registry, path, force=force, base_outcomes=base, margin=gate_margin)
+    except GateError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"promoted": outcome.promoted, "reason": outcome.reason, "previous": outcome.previous,
+                           "gate": outcome.gate}))
+    if not outcome.promoted:
+        raise typer.Exit(1)

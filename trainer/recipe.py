@@ -53,7 +53,12 @@ class EvalSettings(BaseModel):
     problems: int = Field(default=500, ge=1, description="reported (test) problems")
     split: Literal["test", "ood"] = "test"
     validation_problems: int = Field(default=200, ge=1, description="validation problems: checkpoint choice, "
-                                                                    "promotion gate")
+                                                                    "the adapter's validation metrics")
+    gate_problems: int = Field(default=0, ge=0, le=100_000,
+                               description="validation problems after the first validation_problems (disjoint from "
+                                           "them) that only the promotion gate grades on; 0: the gate uses the "
+                                           "validation problems themselves, which it refuses when a checkpoint was "
+                                           "chosen on them (select_checkpoint: best_validation)")
     hard_problems: int = Field(default=0, ge=0, description="problems of the hard split (more steps than any "
                                                              "training problem), reported beside the test split "
                                                              "by the harness; 0: not evaluated")

@@ -1,9 +1,12 @@
 """The adapter registry: one versioned folder per adapter in PEFT format, plus metadata.json.
 
-    <root>/<adapter id>/adapter_config.json, adapter_model.safetensors, metadata.json
+    <root>/<adapter id>/adapter_config.json, adapter_model.safetensors, metadata.json[, gate-outcomes.json]
 
 Ids are never reused (vLLM serves stale prefix-cache entries for a reused name, its issue #42125): an id is the
 recipe name, a UTC timestamp and a random suffix. The content hash covers the adapter's weight and config files.
+`gate-outcomes.json` holds the adapter's per-problem outcomes on the promotion gate's validation problems
+(lema.trainer.gate): a file of its own, because the endpoint serves metadata.json in its adapter listings and these
+are thousands of problem ids.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lema.core.promotion_record import content_hash
+
+GATE_OUTCOMES = "gate-outcomes.json"
 
 
 @dataclass
@@ -49,7 +54,8 @@ class AdapterRegistry:
         return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"
 
     def register(self, adapter_dir: Path, base_model: str, prefix: str, metrics: dict[str, float] | None = None,
-                 export_id: str = "", parent_adapter: str = "", config_yaml: str = "", run_id: str = "") -> AdapterRecord:
+                 export_id: str = "", parent_adapter: str = "", config_yaml: str = "", run_id: str = "",
+                 gate_outcomes: dict | None = None) -> AdapterRecord:
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
         adapter_id = self.new_id(prefix)
         target = self.root / adapter_id
@@ -63,6 +69,8 @@ class AdapterRegistry:
             created_at=datetime.now(timezone.utc).isoformat(), config_yaml=config_yaml, run_id=run_id,
         )
         (tmp / "metadata.json").write_text(json.dumps(asdict(record), indent=2))
+        if gate_outcomes:
+            (tmp / GATE_OUTCOMES).write_text(json.dumps(gate_outcomes))
         tmp.rename(target)  # atomic: a half-copied adapter never looks registered
         return record
 
@@ -73,6 +81,15 @@ class AdapterRegistry:
         if folder.parent != self.root.resolve() or not (folder / "metadata.json").exists():
             raise KeyError(adapter_id)
         return AdapterRecord(**json.loads((folder / "metadata.json").read_text()))
+
+    def gate_outcomes(self, adapter_id: str) -> dict:
+        """The adapter's outcomes on the gate's problems as registered; {} when it has none (or is unknown)."""
+        try:
+            self.get(adapter_id)  # a registered adapter's folder directly in the store, never a path elsewhere
+            data = json.loads((self.root / adapter_id / GATE_OUTCOMES).read_text())
+        except (KeyError, OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def list(self, base_model: str = "") -> list[AdapterRecord]:
         records = []

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lema.core.config import TrainerConfig
 from lema.core.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from lema.core.promotion_record import record_path
-from lema.trainer.baseline import BaseMetrics, eval_settings_of
+from lema.trainer.baseline import BaseOutcomes, eval_settings_of
 from lema.trainer.promote import promote, promote_fleet
 from lema.trainer.recipe import RecipeError, load_recipe
 from lema.trainer.registry import AdapterRecord, AdapterRegistry
@@ -84,7 +84,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self.config = config
         self.runs = RunManager(config.runs_root, config.adapters_root)
         self.registry = AdapterRegistry(config.adapters_root)
-        self.base_metrics = BaseMetrics(config.adapters_root)
+        self.base_outcomes = BaseOutcomes(config.adapters_root)
 
     def _run(self, run_id: str) -> RunDir | None:
         try:
@@ -194,16 +194,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             record = self.registry.get(request.adapter_id)
         except KeyError:
             raise NotFound(f"no adapter {request.adapter_id[:200]!r} in the registry") from None
-        base = lambda: self.base_metrics.get(record.base_model, eval_settings_of(record))  # noqa: E731
+        base = lambda: self.base_outcomes.get(record.base_model, eval_settings_of(record))  # noqa: E731
+        gated = {"force": request.force, "base_outcomes": base, "margin": self.config.gate_margin}
         try:
             if fleet:
                 outcome = await asyncio.to_thread(
                     promote_fleet, record, self.registry,
-                    record_path(self.config.adapters_root, self.config.promotion_record),
-                    self.config.gate_metric, request.force, base)
+                    record_path(self.config.adapters_root, self.config.promotion_record), **gated)
             else:
                 outcome = await asyncio.to_thread(
-                    promote, record, url, self.config.admin_token_env, self.config.gate_metric, request.force, base)
+                    promote, record, url, self.config.admin_token_env, self.registry, **gated)
         except OSError as exc:  # PromotionError carries its own status (UNAVAILABLE when transient)
             raise Conflict(f"cannot write the promotion record: {exc}") from None
         return tpb.PromoteResponse(promoted=outcome.promoted, reason=outcome.reason, adapter=adapter_to_pb(record),

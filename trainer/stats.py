@@ -40,6 +40,9 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> tuple[float, int, int
     return min(1.0, 2 * tail), wins, losses
 
 
+BOOTSTRAP_CELLS = 4_000_000  # problem indices drawn at once by paired_bootstrap (32 MB)
+
+
 @dataclass(frozen=True)
 class PairedDiff:
     mean_diff: float  # accuracy(a) - accuracy(b), averaged over seeds
@@ -60,8 +63,14 @@ def paired_bootstrap(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]], r
     diff = x - y  # seeds x problems
     n_seeds, n_problems = diff.shape
     rng = np.random.default_rng(seed)
-    problems = rng.integers(0, n_problems, size=(resamples, n_problems))
-    per_seed = np.stack([diff[s][problems].mean(axis=1) for s in range(n_seeds)], axis=1)  # resamples x seeds
+    # Resampled in chunks of at most BOOTSTRAP_CELLS indices: 10,000 resamples of the gate's thousands of problems
+    # at once took gigabytes. The generator yields the same draws chunked or not, so intervals are unchanged.
+    per_seed = np.empty((resamples, n_seeds))  # resamples x seeds
+    step = max(1, BOOTSTRAP_CELLS // n_problems)
+    for start in range(0, resamples, step):
+        problems = rng.integers(0, n_problems, size=(min(step, resamples - start), n_problems))
+        per_seed[start:start + len(problems)] = np.stack([diff[s][problems].mean(axis=1) for s in range(n_seeds)],
+                                                         axis=1)
     if n_seeds > 1:
         seeds = rng.integers(0, n_seeds, size=(resamples, n_seeds))
         stats = np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)

@@ -43,6 +43,7 @@ def execute(run: RunDir, should_stop: Callable[[], bool], registry_root: Path | 
         from lema.core.model_resolve import resolve_model
         from lema.trainer.ablation import best_checkpoint
         from lema.trainer.evaluate import evaluate
+        from lema.trainer.gate import Outcomes
         from lema.trainer.recipe import load_recipe
         from lema.trainer.registry import AdapterRegistry
         from lema.trainer.train import latest_checkpoint, train, world
@@ -85,15 +86,26 @@ def execute(run: RunDir, should_stop: Callable[[], bool], registry_root: Path | 
             run.event("log", message=f"kept {adapter_dir.name} (best validation accuracy {validation.accuracy:.3f})")
         else:
             validation = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir, split="validation"))
-        # Validation metrics gate promotion; the test metrics are reported, never used to choose.
+        # The gate pairs per-problem outcomes on its own validation problems (eval.gate_problems, after those a
+        # checkpoint was chosen on); with none set it reuses the validation problems, marked as chosen on when a
+        # checkpoint was chosen there (the gate then refuses: lema.trainer.gate).
+        if recipe.eval.gate_problems:
+            on_gate = asyncio.run(evaluate(model_path, recipe.eval.model_copy(update={"reference_logprob": False}),
+                                           adapter_dir, split="gate"))
+            gate_outcomes = Outcomes.of(on_gate)
+        else:
+            gate_outcomes = Outcomes.of(validation, chosen_on=recipe.select_checkpoint == "best_validation")
+        # The test metrics are reported, never used to choose.
         evaluation = asyncio.run(evaluate(model_path, recipe.eval, adapter_dir))
         metrics = evaluation.metrics() | validation.metrics(prefix="validation_") | {
+            "gate_accuracy": gate_outcomes.accuracy, "gate_n": float(gate_outcomes.n),
             "train_loss": result.train_loss, "train_seconds": result.seconds,
             "train_tokens_per_second": result.tokens_per_second, "train_world_size": float(result.world_size)}
         run.event("eval", metrics=metrics)
         record = AdapterRegistry(registry_root).register(
             adapter_dir, base_model=recipe.base_model, prefix=f"{recipe.name}", metrics=metrics,
-            export_id=Path(spec["export_path"]).parent.name, config_yaml=spec["config_yaml"], run_id=run.id)
+            export_id=Path(spec["export_path"]).parent.name, config_yaml=spec["config_yaml"], run_id=run.id,
+            gate_outcomes=gate_outcomes.to_json())
         run.update(state="succeeded", adapter_id=record.id, metrics=metrics, finished_at=now())
         run.event("state", state="succeeded", adapter_id=record.id)
         return 0

@@ -28,9 +28,10 @@ except ImportError:  # pragma: no cover - depends on the install
     models_app = typer.Typer(help="Models: fetch, pretrain and evaluate.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-from lema.trainer.promotion_cli import promotion_app  # noqa: E402 - beside the other command groups
+from lema.trainer.promotion_cli import promote_command, promotion_app  # noqa: E402 - beside the other groups
 
 app.add_typer(promotion_app, name="promotion")
+app.command("promote")(promote_command)  # gated: the record with the gate's decision (trainer/promotion_cli.py)
 
 
 @models_app.command("fetch")
@@ -698,6 +699,10 @@ def demo(
                                                        "paper (the paper's correction rows)"),
     max_steps: Optional[int] = typer.Option(None, min=1, help="optimizer steps of every arm (default: the recipe's)"),
     served_check: int = typer.Option(100, min=1, help="validation problems sent through the endpoint after promotion"),
+    gate_problems: int = typer.Option(2500, min=2, help="validation problems, after those the adapter is chosen on, "
+                                                        "that the promotion gate grades on"),
+    gate_margin: float = typer.Option(3.0, min=0.01, max=99.0, help="the promotion gate's margin in accuracy points "
+                                                                    "(docs/harness.md, 'Promotion gate')"),
     corrector_url: Optional[str] = typer.Option(None, help="an OpenAI-compatible corrector (default: reference)"),
     corrector_model: str = typer.Option("gpt-4", help="the corrector upstream's model name"),
     recipe: Optional[str] = typer.Option(None, help="training recipe (trainer/configs/NAME.yaml or a file; default: "
@@ -706,8 +711,8 @@ def demo(
     workdir: Path = typer.Option(Path(".lema/demo"), help="where the run's store, exports, adapters and plots go"),
 ) -> None:
     """The main job: baseline -> collect mistakes -> correct -> verify -> export -> CoT-only vs LEMA for each seed
-    -> promote the best on validation into the endpoint -> evaluate through it -> Table 1, paired statistics,
-    WORKDIR/results.json and WORKDIR/ablation.json."""
+    -> choose the best on validation, gate it on other validation problems, promote it into the endpoint if it passes
+    -> evaluate through it -> Table 1, paired statistics, WORKDIR/results.json and WORKDIR/ablation.json."""
     from lema.app.demo import DemoOptions, run_demo
     from lema.trainer.settings import SETTINGS
 
@@ -724,7 +729,8 @@ def demo(
     run_demo(DemoOptions(model=model, rounds=rounds, problems=problems, samples=samples, eval_problems=eval_problems,
                          hard_problems=hard_problems, setting=setting, seeds=tuple(_parse_seeds(seeds)),
                          correction_ratio=correction_ratio, correction_format=correction_format,
-                         max_steps=max_steps, served_check=served_check, recipe=recipe, corrector_url=corrector_url,
+                         max_steps=max_steps, served_check=served_check, gate_problems=gate_problems,
+                         gate_margin=gate_margin / 100, recipe=recipe, corrector_url=corrector_url,
                          corrector_model=corrector_model, workdir=workdir))
 
 

@@ -3,10 +3,11 @@
     baseline (lema-tiny through the endpoint, validation problems) -> collect mistakes on synthetic training
     problems -> correct them (reference corrector, or any OpenAI-compatible upstream) -> verify -> export (every row
     measured against the recipe's context) -> the harness (`lema.trainer.ablation`): CoT-only and LEMA adapters for
-    each seed, the same steps, evaluated on the same held-out test problems -> promote the adapter with the best
-    *validation* accuracy into the running endpoint (gated against the base model) -> evaluate through the endpoint
-    -> tables + ablation.json/png.  `--rounds R` repeats collect..evaluate with the promoted adapter as the next
-    reasoner.
+    each seed, the same steps, evaluated on the same held-out test problems -> choose the adapter with the best
+    accuracy on the first validation problems -> gate it on the next, disjoint validation problems against what
+    serves and the base model (lema.trainer.gate: paired, sized) -> promote it into the running endpoint if it passes
+    -> evaluate through the endpoint -> tables + ablation.json/png, results.json and rounds.json with each round's
+    gate.  `--rounds R` repeats collect..evaluate with the promoted adapter as the next reasoner.
 
 The endpoint is a real `lema serve endpoint` (BentoML) process; collection, training and the arms' evaluation run
 in-process (the same code the collector and trainer services run).
@@ -52,6 +53,13 @@ class DemoOptions:
     # Validation problems sent through the endpoint to check what serves after promotion (the endpoint answers
     # one request at a time today, about 0.4 s each for lema-tiny, so this is a sample, not all of them).
     served_check: int = 100
+    # The promotion gate (docs/harness.md, 'Promotion gate'): validation problems after the selection problems, and
+    # the margin it must see. lema-tiny's adapters answer about 19% of validation problems differently from the base
+    # model (bench/results/learning.json), so mde_80 = 2.8 x sqrt(0.19 / n): a one-point margin needs about 15,000
+    # problems per model (longer than the whole demo on two cores); 2,500 see 2.5 points, within a 3-point margin
+    # with room for a discordance up to about 28%, for about 5,000 evaluations (candidate and base model).
+    gate_problems: int = 2500
+    gate_margin: float = 0.03  # an accuracy fraction (0.03: three points)
     corrector_url: str | None = None
     corrector_model: str = "gpt-4"
     workdir: Path = Path(".lema/demo")
@@ -83,6 +91,7 @@ class DemoResult:
     base_validation: list[bool] = field(default_factory=list)
     served: list[list[bool]] = field(default_factory=list)
     promoted: list[str] = field(default_factory=list)
+    gates: list[dict] = field(default_factory=list)  # per round: the gate's decision (lema.trainer.gate) and choice
     mistakes: int = 0
     corrections_accepted: int = 0
     seconds: float = 0.0
@@ -202,7 +211,8 @@ def _run_demo(options: DemoOptions) -> DemoResult:
     from lema.core.model_resolve import resolve_model
     from lema.core.quiet import quiet_libraries
     from lema.trainer.ablation import ARM_LABELS, print_report, run_ablation
-    from lema.trainer.evaluate import eval_problems
+    from lema.trainer.evaluate import eval_problems, evaluate
+    from lema.trainer.gate import Outcomes
     from lema.trainer.promote import promote
     from lema.trainer.recipe import load_recipe
     from lema.trainer.registry import AdapterRegistry
@@ -216,7 +226,8 @@ def _run_demo(options: DemoOptions) -> DemoResult:
     (work / "adapters").mkdir(parents=True)
     store = str(work / "lema.db")
     overrides: dict = {"base_model": options.model, "eval": {"problems": options.eval_problems,
-                                                             "hard_problems": options.hard_problems}}
+                                                             "hard_problems": options.hard_problems,
+                                                             "gate_problems": options.gate_problems}}
     if options.max_steps:
         overrides["max_steps"] = options.max_steps
     recipe = load_recipe(options.recipe or recipe_for_model(options.model), overrides)
@@ -224,6 +235,9 @@ def _run_demo(options: DemoOptions) -> DemoResult:
         raise ValueError("the demo's comparison needs a recipe with max_steps (the same steps for both arms)")
     model_path = resolve_model(options.model)
     validation = eval_problems(recipe.eval, "validation")
+    # The gate grades on its own problems: accuracy only (the reference log-likelihood is a pass it does not read).
+    gate_settings = recipe.eval.model_copy(update={"reference_logprob": False})
+    base_gate: Outcomes | None = None  # the base model's, measured in round 1
     registry = AdapterRegistry(work / "adapters")
     result = DemoResult()
     seeds = list(options.seeds)
@@ -268,7 +282,6 @@ def _run_demo(options: DemoOptions) -> DemoResult:
             shutil.copy(ablation_dir / "ablation.png", work / "ablation.png")
             if r == 1:
                 result.rows.append(Row(0, "base", "-", 0, report.base.correct, report.base.n, "in-process, test"))
-                base_metrics = report.base_validation.metrics(prefix="validation_")
                 result.base_validation = list(report.base_validation.outcomes[: options.served_check])
             for arm in ("cot", "lema"):
                 runs = report.arm_runs(arm)
@@ -276,16 +289,35 @@ def _run_demo(options: DemoOptions) -> DemoResult:
                 result.rows.append(Row(r, ARM_LABELS[arm], runs[0].data, runs[0].examples, mean_correct,
                                        runs[0].test.n, f"in-process, test, mean of {len(runs)} seeds",
                                        [x.test.accuracy for x in runs]))
+            # Chosen on the first validation problems; gated on the next ones, which the choice never saw.
             best = max(report.runs, key=lambda x: x.validation.accuracy)
-            metrics = best.test.metrics() | best.validation.metrics(prefix="validation_")
+            first, gated = recipe.eval.validation_problems, recipe.eval.gate_problems
+            console.print(f"[bold]5/7[/] the gate: {ARM_LABELS[best.arm]} seed {best.seed} was chosen among "
+                          f"{len(report.runs)} adapters on validation problems 1-{first} "
+                          f"({best.validation.accuracy:.1%}); it is gated on problems {first + 1}-{first + gated}, "
+                          f"paired with what serves and the base model (margin {100 * options.gate_margin:.1f} pts) ...")
+            gate_started = time.monotonic()
+            if base_gate is None:
+                base_gate = Outcomes.of(asyncio.run(evaluate(model_path, gate_settings, split="gate")))
+            candidate_gate = Outcomes.of(asyncio.run(evaluate(model_path, gate_settings, best.adapter_dir,
+                                                              split="gate")))
+            gate_seconds = time.monotonic() - gate_started
+            metrics = best.test.metrics() | best.validation.metrics(prefix="validation_") | {
+                "gate_accuracy": candidate_gate.accuracy, "gate_n": float(candidate_gate.n)}
             record = registry.register(best.adapter_dir, base_model=options.model,
                                        prefix=f"demo-r{r}-{best.arm}-s{best.seed}", metrics=metrics,
-                                       export_id=manifest["id"], parent_adapter=serving[0] if serving else "")
-            console.print(f"[bold]5/7[/] promoting the best adapter on validation ({ARM_LABELS[best.arm]}, seed "
-                          f"{best.seed}: {best.validation.accuracy:.1%}) into the endpoint, gated ...")
-            # Gated on validation accuracy against what serves and against the base model.
-            outcome = promote(record, endpoint.url, endpoint.token_env, base_metrics=base_metrics)
-            console.print(f"    {outcome.reason}")
+                                       export_id=manifest["id"], parent_adapter=serving[0] if serving else "",
+                                       config_yaml=recipe_yaml(recipe), gate_outcomes=candidate_gate.to_json())
+            outcome = promote(record, endpoint.url, endpoint.token_env, registry, base_outcomes=base_gate,
+                              margin=options.gate_margin)
+            result.gates.append({"round": r, **outcome.gate, "promoted": outcome.promoted,
+                                 "chosen": {"arm": best.arm, "seed": best.seed, "among": len(report.runs),
+                                            "validation_problems": first,
+                                            "validation_accuracy": best.validation.accuracy},
+                                 "gate_problems": gated, "seconds": round(gate_seconds, 1)})
+            console.print(f"    gate ({candidate_gate.n} problems x 2 models evaluated in {gate_seconds:.0f}s): "
+                          + gate_line(outcome.gate))
+            console.print(f"    {'promoted' if outcome.promoted else 'not promoted'}: {outcome.reason}")
             if outcome.promoted:
                 result.promoted.append(record.id)
                 serving = (record.id, record.path)
@@ -306,12 +338,16 @@ def _run_demo(options: DemoOptions) -> DemoResult:
     result.seconds = time.monotonic() - started
     console.print("[bold]7/7[/] results")
     console.print(results_table(result))
+    for gate in result.gates:
+        console.print(f"gate, round {gate['round']}: {gate_line(gate)}")
     print_report(console, result.ablations[-1])
     rounds = rounds_report(result)
     if options.rounds > 1:
         console.print(rounds["summary"])
     plot = plot_results(result, work / "results.png")
-    (work / "results.json").write_text(json.dumps([r.__dict__ for r in result.rows], indent=2))
+    (work / "results.json").write_text(json.dumps({"rows": [r.__dict__ for r in result.rows],
+                                                   "gate": result.gates[-1] if result.gates else None,
+                                                   "gates": result.gates}, indent=2))
     (work / "rounds.json").write_text(json.dumps(rounds, indent=2))
     console.print(f"plots: {plot}, {work / 'ablation.png'}   data: {work / 'results.json'}, "
                   f"{work / 'ablation.json'}, {work / 'rounds.json'}   total {result.seconds / 60:.1f} min")
@@ -338,7 +374,7 @@ def rounds_report(result: DemoResult) -> dict:
         verdict += (f"; overall {overall['to']} - {overall['from']} is "
                     + ("outside the noise" if overall["ci95"][0] > 0 or overall["ci95"][1] < 0 else "within the noise"))
     return {"accuracy": {name: sum(o) / len(o) for name, o in series}, "n": {name: len(o) for name, o in series},
-            "steps": steps, "overall": overall, "rising": rising,
+            "steps": steps, "overall": overall, "rising": rising, "gates": result.gates,
             "summary": "served validation accuracy by round: " + "\n".join(lines) + "\n" + verdict}
 
 
@@ -352,6 +388,28 @@ def _difference(before: tuple[str, list[bool]], now: tuple[str, list[bool]]) -> 
     p_value, _, _ = mcnemar_exact(now[1][:n], before[1][:n])
     return {"from": before[0], "to": now[0], "difference": paired.mean_diff, "ci95": list(paired.ci95),
             "p_value": p_value, "n": n}
+
+
+def recipe_yaml(recipe) -> str:
+    """The recipe as YAML, registered with the adapter: `lema promote` and the trainer read its evaluation settings
+    (the gate's problems) from it."""
+    import yaml
+
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def gate_line(gate: dict) -> str:
+    """One line: the deciding comparison's interval and the decision (every check when there are several)."""
+    def one(c: dict) -> str:
+        if c["diff"] is None:
+            return f"{c['candidate']} − {c['reference']}: {c['decision']}"
+        low, high = c["ci95"]
+        return (f"{c['candidate']} − {c['reference']} on {c['n']} problems: {100 * c['diff']:+.1f} pts "
+                f"[{100 * low:+.1f}, {100 * high:+.1f}], mde_80 {100 * c['mde_80']:.1f} pts, margin "
+                f"{100 * c['margin']:.1f} pts: {c['decision']}"
+                + (f" (about {c['problems_needed']:,} problems would decide)" if c.get("problems_needed") else ""))
+
+    return "; ".join(one(c) for c in gate.get("checks") or [gate]) + (" — forced" if gate.get("forced") else "")
 
 
 def results_table(result: DemoResult) -> Table:

@@ -198,9 +198,14 @@ class TrainerConfig(GrpcServerConfig):
     promotion_record: str | None = Field(
         default=None, description="fleet-wide promotion: Promote writes this file in adapters_root (the record every "
                                   "endpoint replica follows) instead of calling endpoint_url")
-    gate_metric: str = Field(default="validation_accuracy",
-                             description="Promote refuses adapters worse than the serving adapter or the base model on "
-                                         "this metric (validation problems, never the reported test problems)")
+    gate_margin: float = Field(
+        default=0.01, gt=0, lt=1,
+        description="the promotion gate's margin as an accuracy fraction (0.01: one point). Promote pairs the "
+                    "adapter's outcomes on the gate's validation problems with the serving adapter's and the base "
+                    "model's, and promotes only when the lower end of each paired 95% interval of the difference is "
+                    "above -margin and the mean difference is at least 0; it refuses as too small to decide when the "
+                    "problems cannot see a margin-sized difference (mde_80 > margin). docs/harness.md, 'Promotion "
+                    "gate'")
 
 
 class CollectorConfig(GrpcServerConfig):

@@ -2,7 +2,11 @@
 replica serves.
 
     <adapter store>/promotion.json  {"adapter": "<adapter id>" | null, "content_hash": "<sha256>", "generation": N,
-                                     "promoted_at": "...", "previous": "<adapter id>" | null, "reason": "..."}
+                                     "promoted_at": "...", "previous": "<adapter id>" | null, "reason": "...",
+                                     "gate": {candidate, reference, n, diff, ci95, mde_80, margin, decision,
+                                              forced, checks} | null}
+
+`gate` is the promotion gate's decision the trainer promoted on (lema.trainer.gate; null when set by hand).
 
 Why a record and not a push: a push to an endpoint's admin API reaches one replica behind a Kubernetes Service (the
 same limit as vLLM's runtime load endpoint); a declarative record that every replica reconciles to (the approach of
@@ -59,8 +63,11 @@ class PromotionRecord:
     promoted_at: str = ""
     previous: str | None = None
     reason: str = ""
+    gate: dict | None = None  # the gate's decision and numbers (forced or passed); None when set by hand
 
     def __post_init__(self) -> None:
+        if self.gate is not None and not isinstance(self.gate, dict):
+            raise PromotionRecordError("gate: must be an object (the gate's decision) or null")
         if self.adapter is not None and not _ADAPTER_ID.match(self.adapter):
             raise PromotionRecordError(f"adapter: {self.adapter[:80]!r} is not an adapter id")
         if self.adapter is not None and not _SHA256.match(self.content_hash):
@@ -101,8 +108,10 @@ def read_record(path: Path) -> PromotionRecord | None:
         raise PromotionRecordError(f"the promotion record is not a valid record ({type(exc).__name__})") from None
 
 
-def write_record(path: Path, adapter: str | None, adapter_hash: str = "", reason: str = "") -> PromotionRecord:
-    """Write a new record naming `adapter` (None: the base model), one generation after the current one."""
+def write_record(path: Path, adapter: str | None, adapter_hash: str = "", reason: str = "",
+                 gate: dict | None = None) -> PromotionRecord:
+    """Write a new record naming `adapter` (None: the base model), one generation after the current one, with the
+    gate's decision when the trainer's gate promoted it."""
     try:
         current = read_record(path)
     except PromotionRecordError:
@@ -111,7 +120,7 @@ def write_record(path: Path, adapter: str | None, adapter_hash: str = "", reason
         adapter=adapter, content_hash=adapter_hash if adapter else "",
         generation=(current.generation + 1) if current else 1,
         promoted_at=datetime.now(timezone.utc).isoformat(),
-        previous=current.adapter if current else None, reason=reason[:500],
+        previous=current.adapter if current else None, reason=reason[:500], gate=gate,
     )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

@@ -15,6 +15,7 @@ from lema.core.promotion_record import (
     record_path,
     write_record,
 )
+from lema.trainer.gate import NO_OUTCOMES, NOT_SHOWN, PROMOTE, Outcomes
 from lema.trainer.promote import promote_fleet
 from lema.trainer.registry import AdapterRegistry
 
@@ -66,25 +67,49 @@ def test_content_hash_covers_weights_and_config(tmp_path):
     assert content_hash(one) != content_hash(two)
 
 
-def test_fleet_promotion_gates_then_writes_the_record(tmp_path):
+def _outcomes(right: int, n: int = 2500, first: int = 0) -> dict:
+    """Gate outcomes on n shared problems: `right` of them answered right, from problem `first` on."""
+    return Outcomes(tuple(f"v{i}" for i in range(n)), tuple(first <= i < first + right for i in range(n))).to_json()
+
+
+def test_fleet_promotion_gates_then_writes_the_record_with_the_gate(tmp_path):
     registry = AdapterRegistry(tmp_path / "store")
-    good = registry.register(_adapter(tmp_path / "good", b"1"), "lema-tiny", "good", {"validation_accuracy": 0.6})
-    worse = registry.register(_adapter(tmp_path / "worse", b"2"), "lema-tiny", "worse", {"validation_accuracy": 0.4})
+    good = registry.register(_adapter(tmp_path / "good", b"1"), "lema-tiny", "good", {},
+                             gate_outcomes=_outcomes(1500))  # 60%
+    worse = registry.register(_adapter(tmp_path / "worse", b"2"), "lema-tiny", "worse", {},
+                              gate_outcomes=_outcomes(1000))  # 40%
     unmeasured = registry.register(_adapter(tmp_path / "none", b"3"), "lema-tiny", "none", {})
     path = registry.root / "promotion.json"
+    gated = {"margin": 0.03}
 
-    below_base = promote_fleet(good, registry, path, base_metrics={"validation_accuracy": 0.7})
-    assert not below_base.promoted and "base model" in below_base.reason and read_record(path) is None
-    outcome = promote_fleet(good, registry, path, base_metrics={"validation_accuracy": 0.5})
-    assert outcome.promoted and "generation 1" in outcome.reason
+    below_base = promote_fleet(good, registry, path, base_outcomes=Outcomes.from_json(_outcomes(1750)), **gated)
+    assert not below_base.promoted and "the base model" in below_base.reason and read_record(path) is None
+    assert below_base.gate["decision"] == NOT_SHOWN and below_base.gate["diff"] == pytest.approx(-0.1)
+    calls = []
+
+    def base():  # measured only when the gate needs it
+        calls.append(1)
+        return Outcomes.from_json(_outcomes(1250))
+
+    outcome = promote_fleet(good, registry, path, base_outcomes=base, **gated)
+    assert outcome.promoted and "generation 1" in outcome.reason and calls == [1]
     record = read_record(path)
-    assert (record.adapter, record.content_hash) == (good.id, good.content_hash)
+    assert (record.adapter, record.content_hash, record.reason) == (good.id, good.content_hash, "gate passed")
+    assert record.gate["decision"] == PROMOTE and record.gate["forced"] is False
+    assert record.gate["n"] == 2500 and record.gate["margin"] == 0.03 and record.gate["mde_80"] < 0.03
 
-    refused = promote_fleet(worse, registry, path)  # worse than the serving adapter the record names
-    assert not refused.promoted and good.id in refused.reason and read_record(path).adapter == good.id
-    assert not promote_fleet(unmeasured, registry, path).promoted
-    forced = promote_fleet(worse, registry, path, force=True)
-    assert forced.promoted and forced.previous == good.id and read_record(path).adapter == worse.id
+    refused = promote_fleet(worse, registry, path, base_outcomes=base, **gated)  # worse than what serves
+    assert not refused.promoted and f"the serving {good.id}" in refused.reason and read_record(path).adapter == good.id
+    assert refused.gate["reference"] == f"the serving {good.id}" and refused.gate["decision"] == NOT_SHOWN
+    no_outcomes = promote_fleet(unmeasured, registry, path, base_outcomes=base, **gated)
+    assert not no_outcomes.promoted and no_outcomes.gate["decision"] == NO_OUTCOMES
+    assert len(calls) == 2  # the unmeasured adapter did not cost a measurement of the base model
+
+    forced = promote_fleet(worse, registry, path, force=True, base_outcomes=base, **gated)
+    assert forced.promoted and forced.previous == good.id and "(forced)" in forced.reason
+    record = read_record(path)
+    assert (record.adapter, record.reason) == (worse.id, "forced")
+    assert record.gate["forced"] is True and record.gate["decision"] == NOT_SHOWN  # what the force overrode
     again = promote_fleet(worse, registry, path, force=True)
     assert "already promoted" in again.reason and read_record(path).generation == 2
 
@@ -118,3 +143,48 @@ def test_the_promotion_commands_set_show_and_roll_back(tmp_path):
     assert read_record(registry.root / "promotion.json").adapter is None  # unchanged by the refusals
     both = lema("set", first.id, "--base")
     assert both.exit_code == 2 and "one of them" in both.stderr
+
+
+def test_lema_promote_gates_prints_the_decision_and_records_a_force(tmp_path):
+    from typer.testing import CliRunner
+
+    from lema.app.cli import app
+    from lema.trainer.baseline import BaseOutcomes
+    from lema.trainer.recipe import EvalSettings
+
+    registry = AdapterRegistry(tmp_path / "store")
+    # The base model's outcomes as the trainer keeps them (measured once): 50% of the same 2,500 problems.
+    (registry.root / "base-outcomes.json").write_text(json.dumps(
+        {BaseOutcomes.key("lema-tiny", EvalSettings()): _outcomes(1250)}))
+    # One problem ahead of the base model, answering 20% of the problems differently (as lema-tiny's adapters do).
+    ahead = registry.register(_adapter(tmp_path / "ahead", b"1"), "lema-tiny", "ahead", {},
+                              gate_outcomes=_outcomes(1251, first=250))
+    clear = registry.register(_adapter(tmp_path / "clear", b"2"), "lema-tiny", "clear", {},
+                              gate_outcomes=_outcomes(1500))  # ten points ahead
+    runner = CliRunner()
+
+    def lema(*args: str):
+        return runner.invoke(app, ["promote", *args, "--store", str(registry.root)])
+
+    refused = lema(ahead.id)  # the default margin (1 point) needs far more than 2,500 problems here
+    assert refused.exit_code == 1, refused.output
+    report = json.loads(refused.stdout)
+    assert not report["promoted"] and report["gate"]["decision"] == "refuse: too small to decide"
+    assert report["gate"]["n"] == 2500 and report["gate"]["margin"] == 0.01 and report["gate"]["mde_80"] > 0.01
+    assert read_record(registry.root / "promotion.json") is None
+
+    promoted = lema(clear.id, "--margin", "3")
+    assert promoted.exit_code == 0, promoted.output
+    assert json.loads(promoted.stdout)["gate"]["decision"] == "promote"
+    assert read_record(registry.root / "promotion.json").gate["margin"] == 0.03
+
+    forced = lema(ahead.id, "--force")
+    assert forced.exit_code == 0 and json.loads(forced.stdout)["gate"]["forced"] is True
+    record = read_record(registry.root / "promotion.json")
+    assert (record.adapter, record.reason, record.gate["forced"]) == (ahead.id, "forced", True)
+    assert record.gate["reference"] == f"the serving {clear.id}"
+
+    bad = lema(clear.id, "--margin", "0")
+    assert bad.exit_code == 2 and "--margin" in bad.stderr
+    unknown = lema("no-such-adapter")
+    assert unknown.exit_code == 2 and "no registered adapter" in unknown.stderr
