@@ -703,6 +703,8 @@ def demo(
                                                         "that the promotion gate grades on"),
     gate_margin: float = typer.Option(3.0, min=0.01, max=99.0, help="the promotion gate's margin in accuracy points "
                                                                     "(docs/harness.md, 'Promotion gate')"),
+    min_grade: Optional[str] = typer.Option(None, help="excellent | good | poor: leave corrections people graded below "
+                                                       "this (lema serve review) out of the exports"),
     corrector_url: Optional[str] = typer.Option(None, help="an OpenAI-compatible corrector (default: reference)"),
     corrector_model: str = typer.Option("gpt-4", help="the corrector upstream's model name"),
     recipe: Optional[str] = typer.Option(None, help="training recipe (trainer/configs/NAME.yaml or a file; default: "
@@ -726,12 +728,14 @@ def demo(
 
     if correction_format not in CORRECTION_FORMATS:
         _fail(f"--correction-format must be one of {', '.join(CORRECTION_FORMATS)} (got {correction_format!r})")
+    if min_grade is not None and min_grade not in ("excellent", "good", "poor"):
+        _fail(f"--min-grade must be one of excellent, good, poor (got {min_grade!r})")
     run_demo(DemoOptions(model=model, rounds=rounds, problems=problems, samples=samples, eval_problems=eval_problems,
                          hard_problems=hard_problems, setting=setting, seeds=tuple(_parse_seeds(seeds)),
                          correction_ratio=correction_ratio, correction_format=correction_format,
                          max_steps=max_steps, served_check=served_check, gate_problems=gate_problems,
                          gate_margin=gate_margin / 100, recipe=recipe, corrector_url=corrector_url,
-                         corrector_model=corrector_model, workdir=workdir))
+                         corrector_model=corrector_model, workdir=workdir, min_grade=min_grade))
 
 
 def main() -> None:  # pragma: no cover

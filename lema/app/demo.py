@@ -49,6 +49,7 @@ class DemoOptions:
     # noise): the model's own correct steps as untrained context, the corrected steps from its first wrong step as the
     # target. "paper": the paper's correction rows.
     correction_format: str = "step"
+    min_grade: str | None = None  # leave out corrections people graded below this (lema serve review; a reused store)
     max_steps: int | None = None  # default: the recipe's
     # Validation problems sent through the endpoint to check what serves after promotion (the endpoint answers
     # one request at a time today, about 0.4 s each for lema-tiny, so this is a sample, not all of them).
@@ -183,17 +184,19 @@ def _collect(options: DemoOptions, store: str, round_index: int, adapter: tuple[
     return asyncio.run(collect(store, [source], settings, console=console))
 
 
-def _export(store: str, out: Path, recipe, correction_format: str = "paper") -> dict:
+def _export(store: str, out: Path, recipe, correction_format: str = "paper", min_grade: str | None = None) -> dict:
     from transformers import AutoTokenizer
 
     from lema.core.exports import LengthCheck, export
     from lema.core.model_resolve import resolve_model
+    from lema.core.reviews import GradeFilter
     from lema.core.store.db import open_store
 
     lengths = LengthCheck(AutoTokenizer.from_pretrained(resolve_model(recipe.base_model)), recipe.max_seq_len,
                           model=recipe.base_model)
     with open_store(store).begin() as session:
-        manifest = export(session, out, lengths=lengths, correction_format=correction_format)
+        manifest = export(session, out, lengths=lengths, correction_format=correction_format,
+                          grades=GradeFilter(min_grade))
     if manifest["counts"]["cot"] < 8 or manifest["counts"]["correction"] == 0:
         raise RuntimeError(f"too little data to train on: {manifest['counts']}")
     return manifest
@@ -264,7 +267,7 @@ def _run_demo(options: DemoOptions) -> DemoResult:
             console.print(f"    {stats.mistakes} mistakes, {stats.accepted} corrections accepted")
             console.print(f"[bold]3/7[/] exporting (every row measured against max_seq_len {recipe.max_seq_len}) ...")
             export_dir = work / f"export-round{r}"
-            manifest = _export(store, export_dir, recipe, options.correction_format)
+            manifest = _export(store, export_dir, recipe, options.correction_format, options.min_grade)
             length = manifest["length"]
             console.print(f"    {manifest['counts']['cot']} CoT rows ({manifest['counts']['cot_augmentation']} "
                           f"verified samples), {manifest['counts']['correction']} corrections ({options.correction_format} format); "
