@@ -200,6 +200,9 @@ def correct(
     program_file: Optional[Path] = typer.Option(None, help="in-process reference corrector: the synthetic program JSON"),
     max_candidates: int = typer.Option(0, help="samples until one verifies (0 = server default)"),
     timeout: float = typer.Option(120.0, help="deadline, seconds"),
+    url: Optional[str] = typer.Option(None, help="a lema endpoint's correction API (http(s)://HOST:PORT): "
+                                                 "POST /v1/corrections through lema.client"),
+    api_key_env: str = typer.Option("LEMA_API_KEY", help="with --url: the env var holding your API key"),
 ) -> None:
     """Correct one wrong solution and print the correction as JSON."""
     import grpc
@@ -219,6 +222,10 @@ def correct(
         program = program_file.read_text() if program_file else ""
     except OSError as exc:
         _fail(f"cannot read a file: {exc}")
+    if url is not None:
+        _correct_over_http(url, api_key_env, question, solution, dataset_kind.value, gold, program, max_candidates,
+                           timeout)
+        return
     request = corrector_pb2.CorrectRequest(
         problem=common_pb2.Problem(kind=KIND_TO_PB[dataset_kind], question=question, gold_answer=gold or "",
                                    program_json=program),
@@ -234,6 +241,91 @@ def correct(
             except grpc.RpcError as exc:
                 _fail(f"{exc.code().name}: {exc.details()}", code=1)
     typer.echo(json.dumps(MessageToDict(response, preserving_proto_field_name=True), ensure_ascii=False))
+
+
+def _correct_over_http(url: str, api_key_env: str, question: str, solution: str, kind: str, gold: Optional[str],
+                       program: str, max_candidates: int, timeout: float) -> None:
+    import os
+
+    from lema.client import CorrectionApiError, CorrectionsClient
+
+    if not url.startswith(("http://", "https://")):
+        _fail(f"--url must be an http(s) URL (got {url[:100]!r})")
+    try:
+        with CorrectionsClient(url, os.environ.get(api_key_env) or None, timeout_s=timeout) as client:
+            result = client.correct(question, solution, kind, gold, max_candidates=max_candidates or None,
+                                    program_json=program or None)
+    except CorrectionApiError as exc:
+        _fail(str(exc), code=1)
+    except ValueError as exc:  # the client refused the request before sending it (a bad field)
+        _fail(str(exc).splitlines()[0] if str(exc) else "invalid request")
+    except OSError as exc:
+        _fail(f"cannot reach {url}: {exc}", code=1)
+    typer.echo(result.model_dump_json())
+
+
+keys_app = typer.Typer(help="API keys of the correction API (/v1/corrections): create, list, revoke.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _keys_file(file: Optional[Path], config: Optional[Path]) -> Path:
+    return file or Path(_load_config(config).endpoint.api_keys_file).expanduser()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., help="who the key is for (letters, digits, . _ -)"),
+    requests_per_minute: int = typer.Option(60, help="requests per minute (a burst of this many, refilled evenly)"),
+    corrections_per_day: int = typer.Option(1000, help="corrections billed per UTC day (cached answers are free)"),
+    file: Optional[Path] = typer.Option(None, help="the keys file (default: endpoint.api_keys_file)"),
+    config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
+) -> None:
+    """Create a key and print it once (only its SHA-256 is kept)."""
+    from lema.core.api_keys import create_key
+    from lema.core.errors import LemaError
+
+    try:
+        key = create_key(_keys_file(file, config), name, requests_per_minute, corrections_per_day)
+    except LemaError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"name": name, "key": key, "requests_per_minute": requests_per_minute,
+                           "corrections_per_day": corrections_per_day}))
+
+
+@keys_app.command("list")
+def keys_list(
+    file: Optional[Path] = typer.Option(None, help="the keys file (default: endpoint.api_keys_file)"),
+    config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
+) -> None:
+    """The keys, without secrets: name, prefix, limits, created, revoked."""
+    from dataclasses import asdict
+
+    from lema.core.api_keys import read_keys
+    from lema.core.errors import LemaError
+
+    try:
+        keys = read_keys(_keys_file(file, config))
+    except LemaError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps([{k: v for k, v in asdict(key).items() if k != "sha256"} for key in keys]))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: str = typer.Argument(..., help="the key's name"),
+    file: Optional[Path] = typer.Option(None, help="the keys file (default: endpoint.api_keys_file)"),
+    config: Optional[Path] = typer.Option(None, help="lema YAML config file"),
+) -> None:
+    """Revoke a key: the endpoint refuses it from its next request (the file is re-read when it changes)."""
+    from lema.core.api_keys import revoke_key
+    from lema.core.errors import LemaError
+
+    try:
+        key = revoke_key(_keys_file(file, config), name)
+    except LemaError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"name": key.name, "revoked_at": key.revoked_at}))
 
 
 class _InProcessCall:

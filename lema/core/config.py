@@ -179,6 +179,21 @@ class EndpointConfig(_Section):
         default=None, description="fleet-wide promotion: a file name in registry_dir naming the adapter every replica "
                                   "serves; this replica follows it (None: the admin API alone decides)")
     promotion_poll_s: float = Field(default=2.0, gt=0, le=3600, description="how often the promotion record is read")
+    # Correction-as-a-service (/v1/corrections, /v1/verifications: services/endpoint/corrections.py).
+    corrector: str = Field(default="local", min_length=1, max_length=1000,
+                           description="who corrects for /v1/corrections: 'local' (the corrector proxy in this process, "
+                                       "configured by the corrector section: reference or an OpenAI-compatible "
+                                       "upstream) or the corrector service's gRPC target (host:port)")
+    api_keys_file: str = Field(default=".lema/api-keys.json",
+                               description="API keys (hashed) with their limits, written by `lema keys create`")
+    api_keys_env: str = Field(default="LEMA_API_KEYS",
+                              description="env var holding more key entries as JSON (e.g. a mounted secret)")
+    corrections_open_on_loopback: bool = Field(
+        default=False, description="development only: without a key, serve /v1/corrections and /v1/verifications "
+                                   "to loopback clients when the endpoint listens on loopback (never otherwise)")
+    max_correction_items: int = Field(default=64, ge=1, le=10_000, description="items one request may hold")
+    correction_timeout_s: float = Field(default=300.0, gt=0, le=3600,
+                                        description="deadline of one correction (the upstream's retries included)")
 
 
 class TrainerConfig(GrpcServerConfig):

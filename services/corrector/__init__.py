@@ -31,13 +31,24 @@ LOCAL = "local"
 @dataclass(frozen=True)
 class CorrectionResult:
     status: str
-    fields: dict
+    fields: dict  # the store's correction columns
+    cached: bool = False  # answered from the corrector's cache: no upstream call, nothing spent
+
+
+@dataclass(frozen=True)
+class CorrectionOptions:
+    """Per-request choices a caller may make (the HTTP API's `max_candidates` and `sampling`); None: the corrector
+    section's defaults."""
+
+    max_candidates: int | None = None
+    temperature: float | None = None  # of the 2nd..k-th candidates (the first is greedy)
 
 
 class Corrector(Protocol):
     tag: str
 
-    async def correct(self, problem: Any, attempt: Any) -> CorrectionResult: ...
+    async def correct(self, problem: Any, attempt: Any,
+                      options: CorrectionOptions | None = None) -> CorrectionResult: ...
 
     async def close(self) -> None: ...
 
@@ -59,14 +70,16 @@ class LocalCorrector:
         versions = sorted(f"{p.id}:{p.version}" for p in PROMPTS.values())
         self.tag = "c" + hashlib.sha256(json.dumps([self.proxy.upstream.model, versions]).encode()).hexdigest()[:10]
 
-    async def correct(self, problem: Any, attempt: Any) -> CorrectionResult:
+    async def correct(self, problem: Any, attempt: Any,
+                      options: CorrectionOptions | None = None) -> CorrectionResult:
         from lema.core.resilience import CircuitOpenError, RetryableError
         from lema.services.corrector.upstreams import CorrectionInput, UpstreamFatalError, UpstreamInputError
 
+        options = options or CorrectionOptions()
         job = CorrectionInput(DatasetKind(problem.kind), problem.question, attempt.text, problem.gold_answer,
-                              problem.program_json or "")
+                              problem.program_json or "", temperature=options.temperature)
         try:
-            o = await self.proxy.correct(job)
+            o = await self.proxy.correct(job, options.max_candidates)
         except (UpstreamInputError, UpstreamFatalError) as exc:
             return CorrectionResult("upstream_error", dict(failure_reason=str(exc), upstream_model=self.proxy.upstream.model))
         except (CircuitOpenError, RetryableError, asyncio.TimeoutError):
@@ -76,7 +89,7 @@ class LocalCorrector:
             incorrect_step=o.incorrect_step, explanation=o.explanation, corrected_solution=o.corrected_solution,
             final_answer=o.final_answer, verified=o.verified,
             verdict=o.verdict.model_dump(mode="json") if o.verdict else None, failure_reason=o.failure_reason,
-            prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens, cost_usd=o.cost_usd))
+            prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens, cost_usd=o.cost_usd), o.cached)
 
     async def close(self) -> None:
         await self.proxy.upstream.close()
@@ -95,14 +108,18 @@ class RemoteCorrector:
         self.timeout_s = timeout_s
         self.tag = "c" + hashlib.sha256(address.encode()).hexdigest()[:10]
 
-    async def correct(self, problem: Any, attempt: Any) -> CorrectionResult:
+    async def correct(self, problem: Any, attempt: Any,
+                      options: CorrectionOptions | None = None) -> CorrectionResult:
         from lema.v1 import common_pb2 as pb
         from lema.v1 import corrector_pb2
 
+        options = options or CorrectionOptions()
         request = corrector_pb2.CorrectRequest(
             problem=pb.Problem(id=problem.id, kind=KIND_TO_PB[DatasetKind(problem.kind)], question=problem.question,
                                gold_answer=problem.gold_answer, program_json=problem.program_json or ""),
-            wrong_solution=attempt.text, id=attempt.id)
+            wrong_solution=attempt.text, id=attempt.id, max_candidates=options.max_candidates or 0)
+        if options.temperature is not None:
+            request.sampling.temperature = options.temperature
         try:
             r = await self.stub.Correct(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -116,7 +133,7 @@ class RemoteCorrector:
             final_answer=c.final_answer, verified=c.verified,
             verdict=verdict_from_pb(c.verdict).model_dump(mode="json") if c.HasField("verdict") else None,
             failure_reason=r.failure_reason, prompt_tokens=c.usage.prompt_tokens,
-            completion_tokens=c.usage.completion_tokens, cost_usd=c.cost_usd))
+            completion_tokens=c.usage.completion_tokens, cost_usd=c.cost_usd), c.cached)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -82,7 +82,7 @@ class CorrectorProxy:
     def cache_key(self, job: CorrectionInput, max_candidates: int) -> str:
         prompt = prompt_for(job.kind)
         payload = [prompt.version, self.upstream.model, job.kind.value, job.question, job.wrong_solution,
-                   job.gold_answer, job.program_json, max_candidates]
+                   job.gold_answer, job.program_json, max_candidates, job.temperature]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
     def _cache_get(self, key: str) -> Outcome | None:

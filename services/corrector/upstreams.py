@@ -35,6 +35,7 @@ class CorrectionInput:
     wrong_solution: str
     gold_answer: str = ""
     program_json: str = ""
+    temperature: float | None = None  # of the 2nd..k-th candidates (None: the upstream's configured temperature)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ class OpenAIUpstream:
 
     async def correct(self, job: CorrectionInput, prompt: CorrectionPrompt, sample_index: int,
                       timeout_s: float) -> UpstreamReply:
-        temperature = 0.0 if sample_index == 0 else self.temperature  # greedy first, then sample
+        sampled = self.temperature if job.temperature is None else job.temperature
+        temperature = 0.0 if sample_index == 0 else sampled  # greedy first, then sample
         replies = await self._chat(prompt.messages(job.question, job.wrong_solution), 1, temperature, timeout_s)
         return replies[0] if replies else UpstreamReply(text="")
 

@@ -33,7 +33,11 @@ def correction_job(request: cpb.CorrectRequest, config: CorrectorConfig, where: 
         raise InvalidInput(f"{where}wrong_solution has no steps")
     if request.max_candidates < 0 or request.max_candidates > 16:
         raise InvalidInput(f"{where}max_candidates must be in 0..16 (got {request.max_candidates})")
-    return CorrectionInput(kind, problem.question, request.wrong_solution, problem.gold_answer, problem.program_json)
+    temperature = request.sampling.temperature if request.HasField("sampling") else None
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise InvalidInput(f"{where}sampling.temperature must be in 0..2 (got {temperature})")
+    return CorrectionInput(kind, problem.question, request.wrong_solution, problem.gold_answer, problem.program_json,
+                           temperature=temperature)
 
 
 def batch_jobs(request: cpb.CorrectBatchRequest, config: CorrectorConfig) -> list[CorrectionInput]:

@@ -462,11 +462,20 @@ class ReadyGate:
         await self.app(scope, receive, send)
 
 
+# The correction API's verifier and corrector (opened on first use; closed with the endpoint: service.py).
+CORRECTION_BACKENDS = None
+
+
 def v1_app(config: EndpointConfig | None = None):
     """The OpenAI-compatible app, bound to whatever core is current (built at import time)."""
     from lema.services.endpoint.openai_api import build_app
 
     config = config or load_endpoint_config()
+    from lema.services.endpoint.corrections import corrections_router
+
+    global CORRECTION_BACKENDS
+    router, CORRECTION_BACKENDS = corrections_router(
+        config, metrics=lambda: current_core().metrics if _CURRENT is not None else None)
     app = build_app(
         lambda: current_core().engine,
         pin=lambda model: current_core().pin(model),
@@ -475,6 +484,7 @@ def v1_app(config: EndpointConfig | None = None):
         default_max_tokens=config.default_max_tokens,
         max_tokens_limit=config.max_tokens_limit,
         max_sequences_per_request=config.max_sequences_per_request,
+        routers=[router],
     )
     app.add_middleware(ReadyGate)
     return app

@@ -35,6 +35,19 @@ class EndpointMetrics:
             "lema_endpoint_tokens", "Tokens processed, by served model and kind (prompt|completion)",
             ["model", "kind"], registry=r,
         )
+        # The correction API, per API key (its name: never the key).
+        self.api_requests = Counter(
+            "lema_endpoint_api_requests", "Correction API requests by API key name, route and HTTP status",
+            ["key", "route", "status"], registry=r,
+        )
+        self.api_corrections = Counter(
+            "lema_endpoint_api_corrections", "Corrections billed to each API key (cached answers are not)", ["key"],
+            registry=r,
+        )
+        self.api_rate_limited = Counter(
+            "lema_endpoint_api_rate_limited", "Requests refused with 429, by API key name and limit",
+            ["key", "limit"], registry=r,
+        )
         self.in_flight = Gauge(
             "lema_endpoint_in_flight", "Requests generating now, by served model", ["model"],
             multiprocess_mode="livesum", registry=r,

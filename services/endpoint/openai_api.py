@@ -20,11 +20,11 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -62,6 +62,7 @@ def build_app(
     default_max_tokens: int = 256,
     max_tokens_limit: int = MAX_TOKENS_LIMIT,
     max_sequences_per_request: int | None = None,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """`resolve_adapter(model_name)` maps a requested model to an adapter name (None = base model) or raises
     UnknownModel for an unknown model; the default accepts the base model's name and any loaded adapter name.
@@ -69,6 +70,7 @@ def build_app(
     `pin(model_name)` is a context manager doing the same and holding the adapter for the request's duration
     (default: `resolve_adapter` with nothing held). `list_models()` returns /models' data entries.
     `on_request(route, served_model, status, seconds, prompt_tokens, completion_tokens)` sees every request.
+    `routers`: more /v1 routes (the correction API), matched before the JSON 404 for unknown routes.
     """
     app = FastAPI(title="lema OpenAI-compatible API", responses=documented(400, 404, 499, 503))
 
@@ -300,6 +302,9 @@ def build_app(
     async def http_error(request: Request, exc: StarletteHTTPException):
         return _error(exc.status_code, str(exc.detail)[:200], "not_found_error" if exc.status_code == 404
                       else "invalid_request_error")
+
+    for router in routers:
+        app.include_router(router)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def unknown_route(path: str):

@@ -66,6 +66,10 @@ class Endpoint:
 
     @bentoml.on_shutdown
     async def stop_engine(self) -> None:
+        from lema.services.endpoint import core
+
+        if core.CORRECTION_BACKENDS is not None:
+            await core.CORRECTION_BACKENDS.close()
         await self.core.close()
         set_current_core(None)
 
