@@ -26,11 +26,10 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]  
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from lema.core.answers import DatasetKind  # noqa: E402
+from lema.core.answers import DatasetKind, unbox  # noqa: E402
 from lema.core.verification import verify_item  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
-_BOXED = re.compile(r"\\boxed\s*\{")
 
 # {v}: the value as written (math wrapped in $...$ for MATH), {n}: a context number from the problem.
 STYLES = {
@@ -47,23 +46,6 @@ STYLES = {
     "display": "Therefore\n$$ {v} $$",
     "value_then_words": "The result is {v} once all {n} cases are counted.",
 }
-
-
-def unbox(solution: str) -> tuple[str, str] | None:
-    """(the solution with its last \\boxed{X} replaced by X, X), or None."""
-    start = None
-    for start in _BOXED.finditer(solution):
-        pass
-    if start is None:
-        return None
-    depth, i = 1, start.end()
-    while i < len(solution) and depth:
-        depth += {"{": 1, "}": -1}.get(solution[i], 0)
-        i += 1
-    if depth:
-        return None
-    inner = solution[start.end():i - 1]
-    return solution[:start.start()] + inner + solution[i:], inner
 
 
 def gsm8k_items(limit: int, rng: random.Random) -> list[dict]:

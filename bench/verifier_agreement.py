@@ -14,35 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from lema.core.answers import DatasetKind, extract_answer
+from lema.core.answers import DatasetKind, extract_answer, unbox
 from lema.core.verification import verify_item
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "math" / "test500.jsonl"
-_BOXED = re.compile(r"\\boxed\s*\{")
-
-
-def unbox(solution: str) -> str | None:
-    """The solution with its last \\boxed{X} replaced by X (None when it has no boxed answer)."""
-    start = None
-    for start in _BOXED.finditer(solution):
-        pass
-    if start is None:
-        return None
-    depth, i = 1, start.end()
-    while i < len(solution) and depth:
-        depth += {"{": 1, "}": -1}.get(solution[i], 0)
-        i += 1
-    if depth:
-        return None
-    return solution[: start.start()] + solution[start.end() : i - 1] + solution[i:]
 
 
 def math_verify_verdict(gold: str, candidate: str) -> bool:
@@ -62,7 +44,8 @@ def main() -> None:
     rows = [json.loads(line) for line in args.data.open()][: args.limit]
     items = []
     for i, row in enumerate(rows):
-        candidate = unbox(row["solution"])
+        unboxed = unbox(row["solution"])
+        candidate = unboxed[0] if unboxed else None
         if candidate is None:
             continue
         items.append(("positive", row["answer"], candidate))

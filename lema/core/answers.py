@@ -310,6 +310,27 @@ def extract_answer(text: str, kind: DatasetKind) -> Extraction:
     return Extraction(None, ExtractionMethod.NONE)
 
 
+_BOXED_OPEN_RE = re.compile(r"\\boxed\s*\{")
+
+
+def unbox(solution: str) -> tuple[str, str] | None:
+    """(the solution with its last \\boxed{X} replaced by X, X), or None when it has no closed boxed answer: the
+    same solution as a model that does not box would write it (the benchmarks of unboxed answer reading use it)."""
+    start = None
+    for start in _BOXED_OPEN_RE.finditer(solution):
+        pass
+    if start is None:
+        return None
+    depth, i = 1, start.end()
+    while i < len(solution) and depth:
+        depth += {"{": 1, "}": -1}.get(solution[i], 0)
+        i += 1
+    if depth:
+        return None
+    inner = solution[start.end():i - 1]
+    return solution[:start.start()] + inner + solution[i:], inner
+
+
 def gold_answer(gold: str, kind: DatasetKind) -> str:
     """Accept a bare gold answer or a full reference solution ("... #### 72" / "... \\boxed{72}")."""
     gold = gold.strip()

@@ -284,15 +284,20 @@ class VLLMEngine:
         return list(self._adapters.values())
 
     # -- generation --------------------------------------------------------------------------------
-    async def generate(
-        self, prompts: list[Prompt], params: SamplingParams, adapter: str | None = None
-    ) -> list[list[Completion]]:
+    async def _prepare(self, prompts: list[Prompt], params: SamplingParams, adapter: str | None):
+        """What `generate` and `generate_stream` both need: the adapter's LoRA request, the prompts' token ids (each
+        checked against the context), the engine started, vLLM's sampling parameters."""
         if adapter and adapter not in self._adapters:
             raise EngineError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapters)})")
         lora_request = self._lora_requests.get(adapter) if adapter else None
         token_ids = [self.encode(p) for p in prompts]
         await self.start()
-        vllm_params = self._sampling_params(params)
+        return lora_request, token_ids, self._sampling_params(params)
+
+    async def generate(
+        self, prompts: list[Prompt], params: SamplingParams, adapter: str | None = None
+    ) -> list[list[Completion]]:
+        lora_request, token_ids, vllm_params = await self._prepare(prompts, params, adapter)
         results = await asyncio.gather(*(self._generate_one(ids, vllm_params, lora_request) for ids in token_ids))
         # Greedy decoding is generated once (vLLM refuses n > 1 without sampling) and repeated: OpenAI's semantics.
         return [completions * (params.n // vllm_params.n) for completions in results]
@@ -303,14 +308,9 @@ class VLLMEngine:
         """Token deltas as vLLM's async engine produces them (`RequestOutputKind.DELTA`), every prompt's request
         generating at once; each choice's last delta carries its finish reason and completion, decoded as
         `generate` decodes it. Closing the iterator early (a client gone) aborts the requests in the engine."""
-        if adapter and adapter not in self._adapters:
-            raise EngineError(f"adapter {adapter!r} is not loaded (loaded: {sorted(self._adapters)})")
         from vllm.sampling_params import RequestOutputKind
 
-        lora_request = self._lora_requests.get(adapter) if adapter else None
-        token_ids = [self.encode(p) for p in prompts]
-        await self.start()
-        vllm_params = self._sampling_params(params)
+        lora_request, token_ids, vllm_params = await self._prepare(prompts, params, adapter)
         vllm_params.output_kind = RequestOutputKind.DELTA
         queue: asyncio.Queue = asyncio.Queue()
 

@@ -148,3 +148,11 @@ def test_every_extraction_method_has_a_wire_value():
     from lema.core.proto_convert import METHOD_TO_PB
 
     assert set(METHOD_TO_PB) == set(ExtractionMethod)
+
+
+def test_unbox_replaces_the_last_closed_boxed_answer():
+    from lema.core.answers import unbox
+
+    assert unbox("so \\boxed{\\frac{1}{2}} is it") == ("so \\frac{1}{2} is it", "\\frac{1}{2}")
+    assert unbox("\\boxed{1} then \\boxed {2}.") == ("\\boxed{1} then 2.", "2")
+    assert unbox("no box") is None and unbox("\\boxed{open") is None
