@@ -81,7 +81,18 @@ class VerdictInfo(BaseModel):
     extracted_answer: str = Field(description="the answer the verifier read")
 
 
+EXAMPLE_RESULT = {
+    "index": 0, "id": "tom-apples-1", "status": "accepted", "incorrect_step": 2,
+    "explanation": "He gives away 5 apples, so they are subtracted: 12 - 5 = 7, not 12 + 5 = 17.",
+    "corrected_solution": "Step 2: He gives away 5 apples, so he has 12 - 5 = 7 apples.\nThe answer is 7.",
+    "corrected_answer": "7", "verified": True,
+    "verdict": {"correct": True, "reason": "matched", "extracted_answer": "7"}, "failure_reason": "",
+    "corrector": {"upstream_model": "gpt-4", "prompt_id": "lema-correct-gsm8k-v1", "prompt_version": "b009e2f431df"},
+    "usage": {"prompt_tokens": 1183, "completion_tokens": 61, "cost_usd": 0.0}, "cached": False}
+
+
 class CorrectionOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_RESULT]})
     index: int = Field(description="the item's position in the request")
     id: str | None = Field(description="the item's id, echoed")
     status: Literal["accepted", "unverified", "rejected", "unparseable", "upstream_error"] = Field(
@@ -101,6 +112,7 @@ class CorrectionOut(BaseModel):
 
 
 class CorrectionsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"results": [EXAMPLE_RESULT]}]})
     results: list[CorrectionOut]
 
 
@@ -122,8 +134,11 @@ class VerificationBatch(BaseModel):
 
 
 class VerificationOut(BaseModel):
-    index: int
-    id: str | None
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"index": 0, "id": None, "correct": True, "reason": "matched", "extracted_answer": "7",
+         "extraction_method": "answer_is"}]})
+    index: int = Field(description="the item's position in the request")
+    id: str | None = Field(description="the item's id, echoed")
     correct: bool = Field(description="the solution's final answer equals the gold answer")
     reason: str = Field(description="matched, mismatch, no_answer, timeout, ...")
     extracted_answer: str = Field(description="the final answer read from the solution")
