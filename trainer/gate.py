@@ -130,8 +130,12 @@ class Check:
     def sentence(self) -> str:
         """The decision with its numbers, in points."""
         head = f"{self.candidate} − {self.reference}"
+        if self.decision == CHOSEN_ON:
+            return (f"{head}: {self.decision} (a choice among checkpoints or candidates was made on these {self.n} "
+                    "problems: gate on others, eval.gate_problems)")
         if self.diff is None:
-            return f"{head}: {self.decision}"
+            return (f"{head}: {self.decision} (per-problem outcomes on problems both answered are needed; "
+                    f"{self.n} in common)")
         low, high = self.ci95
         numbers = (f"{head} on {self.n} problems: {100 * self.diff:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}], "
                    f"mde_80 {100 * self.mde_80:.1f} pts, margin {100 * self.margin:.1f} pts")

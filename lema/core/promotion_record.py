@@ -27,7 +27,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -63,7 +63,8 @@ class PromotionRecord:
     promoted_at: str = ""
     previous: str | None = None
     reason: str = ""
-    gate: dict | None = None  # the gate's decision and numbers (forced or passed); None when set by hand
+    # The gate's decision and numbers (forced or passed); None when set by hand. Not hashed: a dict cannot be.
+    gate: dict | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.gate is not None and not isinstance(self.gate, dict):

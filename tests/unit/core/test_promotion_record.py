@@ -110,6 +110,7 @@ def test_fleet_promotion_gates_then_writes_the_record_with_the_gate(tmp_path):
     record = read_record(path)
     assert (record.adapter, record.reason) == (worse.id, "forced")
     assert record.gate["forced"] is True and record.gate["decision"] == NOT_SHOWN  # what the force overrode
+    assert hash(record) == hash(read_record(path))  # records stay hashable with the gate's dict in them
     again = promote_fleet(worse, registry, path, force=True)
     assert "already promoted" in again.reason and read_record(path).generation == 2
 

@@ -91,7 +91,8 @@ def test_outcomes_pair_on_the_problems_both_answered():
 def test_a_candidate_chosen_on_its_gate_problems_is_refused():
     candidate, base = paired(2500, both=1200, only_candidate=325, only_reference=175)
     chosen = Outcomes(candidate.ids, candidate.correct, chosen_on=True)
-    assert check("best-of-six", chosen, "the base model", base, margin=0.03).decision == CHOSEN_ON
+    refused = check("best-of-six", chosen, "the base model", base, margin=0.03)
+    assert refused.decision == CHOSEN_ON and "eval.gate_problems" in refused.sentence()
 
 
 def test_missing_outcomes_are_refused():
