@@ -85,7 +85,9 @@ def test_two_ranks_train_and_rank_zero_registers_one_adapter(tmp_path, export_fi
     assert adapters[0]["metrics"]["train_world_size"] == 2 and adapters[0]["rank"] == 16
     files = {p.name for p in Path(adapters[0]["path"]).iterdir()}
     # the adapter as one process writes it (PEFT adds its README.md): no optimizer, tokenizer or pickled arguments
-    assert files == {"adapter_config.json", "adapter_model.safetensors", "metadata.json", "README.md"}, files
+    # (and the registry's gate-outcomes.json: the adapter's outcomes on the gate's validation problems, issue 33)
+    assert files == {"adapter_config.json", "adapter_model.safetensors", "metadata.json", "README.md",
+                     "gate-outcomes.json"}, files
     # both ranks trained: the global batch of 16 rows per step split 8 + 8, each rank 6 steps x 8 rows
     run_events = events(tmp_path, "ddp")
     trained = [e for e in run_events if e.get("ranks")]

@@ -738,17 +738,25 @@ def test_metrics(server, loaded, client, admin):
 
 def test_the_trainers_eval_gated_promotion_works_against_the_endpoint(loaded, server, client, admin, registry,
                                                                       monkeypatch):
-    """lema's trainer registers adapters (metadata.json beside the weights) and promotes them through this admin
-    API (POST /admin/adapters/load, /admin/adapters/promote); its gate reads the serving adapter's validation
-    metrics."""
+    """lema's trainer registers adapters (metadata.json beside the weights, their outcomes on the gate's validation
+    problems beside them) and promotes them through this admin API (POST /admin/adapters/load,
+    /admin/adapters/promote); its gate pairs the candidate's outcomes with the serving adapter's and the base
+    model's (issue 33)."""
     trainer_promote = pytest.importorskip("lema.trainer.promote").promote
+    from lema.trainer.gate import Outcomes
     from lema.trainer.registry import AdapterRegistry as TrainerRegistry
 
     monkeypatch.setenv("LEMA_ADMIN_TOKEN", ADMIN_TOKEN)
+    ids = tuple(f"validation-{i}" for i in range(400))
+    base = Outcomes(ids, tuple(i % 2 == 0 for i in range(400)))  # 50%
+    good_outcomes = Outcomes(ids, tuple(i % 2 == 0 or i % 3 == 0 for i in range(400)))  # 67%: ahead on 67 problems
+    worse_outcomes = Outcomes(ids, tuple(i % 4 == 0 for i in range(400)))  # 25%
     trainer_registry = TrainerRegistry(registry)
     good = trainer_registry.register(registry / "a2", base_model=str(MODEL_DIR), prefix="trained",
-                                     metrics={"accuracy": 0.5, "validation_accuracy": 0.5})
-    outcome = trainer_promote(good, server.url, "LEMA_ADMIN_TOKEN")
+                                     metrics={"accuracy": 0.5, "validation_accuracy": 0.67},
+                                     gate_outcomes=good_outcomes.to_json())
+    outcome = trainer_promote(good, server.url, "LEMA_ADMIN_TOKEN", trainer_registry, base_outcomes=base,
+                              margin=0.1)
     assert outcome.promoted, outcome.reason
     listing = admin.get("/adapters").json()
     assert listing["promoted"] == good.id
@@ -758,9 +766,11 @@ def test_the_trainers_eval_gated_promotion_works_against_the_endpoint(loaded, se
     assert complete(client, "default", PROMPTS[0]) == (good.id, complete(client, loaded["a2"], PROMPTS[0])[1])
 
     worse = trainer_registry.register(registry / "a3", base_model=str(MODEL_DIR), prefix="trained",
-                                      metrics={"accuracy": 0.25, "validation_accuracy": 0.25})
-    outcome = trainer_promote(worse, server.url, "LEMA_ADMIN_TOKEN")
-    assert not outcome.promoted and "worse" in outcome.reason
+                                      metrics={"accuracy": 0.25, "validation_accuracy": 0.25},
+                                      gate_outcomes=worse_outcomes.to_json())
+    outcome = trainer_promote(worse, server.url, "LEMA_ADMIN_TOKEN", trainer_registry, base_outcomes=base,
+                              margin=0.1)
+    assert not outcome.promoted and "not shown non-inferior" in outcome.reason, outcome.reason
     assert admin.get("/adapters").json()["promoted"] == good.id
     promote(admin, BASE)
     assert admin.delete(f"/adapters/{good.id}").status_code == 200
