@@ -49,6 +49,7 @@ from lema.core.correction_api import (
     VerificationOut,
     VerificationsOut,
 )
+from lema.core.errors import InvalidInput
 from lema.core.security import is_loopback
 from lema.services.endpoint.errors import error_response as _error
 
@@ -125,7 +126,10 @@ class Gatekeeper:
             self._count("api_requests", "-", route, "401")
             raise ApiError(401, "an API key is required: Authorization: Bearer <key> (lema keys create)",
                            "authentication_error")
-        key = self.ring.find(offered.strip()) if scheme.lower() == "bearer" else None
+        try:
+            key = self.ring.find(offered.strip()) if scheme.lower() == "bearer" else None
+        except InvalidInput as exc:  # a keys file broken by hand: no key can be checked (it names the file)
+            raise ApiError(503, f"API keys cannot be read: {str(exc)[:300]}", "unavailable", retry_after=30) from None
         if key is None:
             self._count("api_requests", "-", route, "401")
             raise ApiError(401, "the API key is not valid (unknown or revoked)", "authentication_error")

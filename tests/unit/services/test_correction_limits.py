@@ -31,3 +31,20 @@ def test_a_gold_answer_must_read_for_its_kind(kind, gold, ok):
         with pytest.raises(ApiError) as refused:
             _check_gold(kind, gold, "items[3].")
         assert refused.value.status == 400 and str(refused.value).startswith("items[3].gold_answer")
+
+
+def test_a_broken_keys_file_is_a_503_naming_it_not_a_crash(tmp_path):
+    from types import SimpleNamespace
+
+    from lema.core.api_keys import KeyRing
+    from lema.core.config import EndpointConfig
+    from lema.services.endpoint.corrections import Gatekeeper
+
+    keys = tmp_path / "keys.json"
+    keys.write_text('{"keys": [{"name": "x", "sha256": "secret-looking-text"')
+    gate = Gatekeeper(EndpointConfig(), KeyRing(keys))
+    request = SimpleNamespace(headers={"authorization": "Bearer lema_anything"}, client=None)
+    with pytest.raises(ApiError) as refused:
+        gate.admit(request, "corrections")
+    assert refused.value.status == 503 and "keys.json" in str(refused.value)
+    assert "secret-looking-text" not in str(refused.value)
