@@ -215,11 +215,15 @@ def test_grading_five_corrections_by_keyboard(review_server, store, browser, tmp
     wait.until(lambda d: "Undone" in d.find_element(By.ID, "grade-status").text)
     withdrawn = [r for r in _review_rows(store) if r[0] == graded[4] and r[1] == "alice"]
     assert len(withdrawn) == 1 and withdrawn[0][3] is not None
+    regraded_page = browser.current_url
     ActionChains(browser).send_keys("3").perform()
     wait.until(lambda d: any(r[0] == graded[4] and r[1] == "alice" and r[2] == "poor" and r[3] is None
                              for r in _review_rows(store)))
+    # the page moves on to the next correction after a grade: let it, so it cannot replace the summary below
+    wait.until(lambda d: d.current_url != regraded_page or "last one" in d.find_element(By.ID, "grade-status").text)
 
     browser.get(review_server + "/summary")
+    wait.until(lambda d: d.find_elements(By.ID, "totals"))
     after = {g: int(browser.find_element(By.CSS_SELECTOR, f'#totals [data-grade="{g}"]').text)
              for g in ("excellent", "good", "poor")}
     assert after == {"excellent": zero["excellent"] + 1, "good": zero["good"] + 2, "poor": zero["poor"] + 2}
