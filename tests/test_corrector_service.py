@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lema.core.proto_convert import synthetic_to_pb
 from lema.core.synthetic import check_solution_steps, generate
+from lema.devtools import wait_http
 from lema.v1 import common_pb2 as pb
 from lema.v1 import corrector_pb2 as cpb
 from lema.v1 import corrector_pb2_grpc
@@ -31,20 +32,6 @@ def corrupt(problem, step: int) -> str:
     lines = problem.gold_solution.splitlines()
     lines[step - 1] = re.sub(r"= (\d+)", lambda m: f"= {int(m.group(1)) + 3}", lines[step - 1])
     return "\n".join(lines)
-
-
-def wait_http(url: str, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(url)
 
 
 @pytest.fixture(scope="module")

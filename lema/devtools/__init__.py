@@ -63,6 +63,25 @@ def wait_healthy(address: str, timeout: float = 60.0, service: str = "") -> None
     raise TimeoutError(f"{address} not SERVING after {timeout}s: {last}")
 
 
+def wait_http(url: str, timeout: float = 120.0, process: subprocess.Popen | None = None,
+              log_path: Path | None = None) -> None:
+    """Until `url` answers 200; a `process` that exits first is an error with the end of its log."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            log = log_path.read_text()[-2000:] if log_path is not None and log_path.exists() else ""
+            raise RuntimeError(f"the server exited {process.returncode} before {url} answered: {log}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
 @dataclass
 class RunningServer:
     process: subprocess.Popen

@@ -369,6 +369,14 @@ def corrections_router(config: EndpointConfig, corrector_config: CorrectorConfig
                                                                                    prompt_version=""),
                                  usage=Usage(prompt_tokens=0, completion_tokens=0, cost_usd=0.0), cached=False)
 
+    async def gathered(tasks: list[asyncio.Task]) -> list:
+        """The batch's results in item order (gather keeps it); whatever is left is cancelled if this one fails."""
+        try:
+            return await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
     def stream_lines(tasks: list[asyncio.Task]) -> StreamingResponse:
         async def lines() -> AsyncIterator[bytes]:
             try:
@@ -396,15 +404,11 @@ def corrections_router(config: EndpointConfig, corrector_config: CorrectorConfig
             tasks = [asyncio.ensure_future(deferred_as_error(i, item, name, key)) for i, item in enumerate(items)]
             if stream:
                 return stream_lines(tasks)
-            try:
-                results = await asyncio.gather(*tasks)
-            finally:
-                for task in tasks:
-                    task.cancel()
+            results = await gathered(tasks)
             if all(r.status == "upstream_error" and "unavailable" in r.failure_reason for r in results):
                 raise ApiError(503, "the upstream corrector is unavailable; retry later", "unavailable",
                                retry_after=max(1.0, corrector_config.breaker_cooldown_s))
-            return JSONResponse(CorrectionsOut(results=sorted(results, key=lambda r: r.index)).model_dump())
+            return JSONResponse(CorrectionsOut(results=results).model_dump())
 
         return await admitted(request, "corrections", handle)
 
@@ -441,12 +445,7 @@ def corrections_router(config: EndpointConfig, corrector_config: CorrectorConfig
             tasks = [asyncio.ensure_future(verify_one(i, item)) for i, item in enumerate(items)]
             if stream:
                 return stream_lines(tasks)
-            try:
-                results = await asyncio.gather(*tasks)
-            finally:
-                for task in tasks:
-                    task.cancel()
-            return JSONResponse(VerificationsOut(results=list(results)).model_dump())
+            return JSONResponse(VerificationsOut(results=await gathered(tasks)).model_dump())
 
         return await admitted(request, "verifications", handle)
 

@@ -11,7 +11,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -19,23 +18,11 @@ import httpx
 import pytest
 from conftest import free_port, lema_command, requires_lema_tiny
 
+from lema.devtools import wait_http
+
 TOKEN = "review-test-token-7c1e"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = requires_lema_tiny
-
-
-def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"lema serve review exited {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(log.read_text()[-2000:])
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +45,7 @@ def review_server(store, tmp_path_factory):
     process = subprocess.Popen([*lema_command(), "serve", "review", "--store", str(store), "--port", str(port)],
                                stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/healthz", process, log)
+        wait_http(f"http://127.0.0.1:{port}/healthz", 60, process, log)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
